@@ -1,0 +1,302 @@
+"""The LLaDA-architecture mask predictor, with an optional ME-DLM next-token head.
+
+Read top to bottom: config, norm, rotary embedding, attention, MLP, block, model, heads.
+
+LLaDA (Nie et al., 2025) is a Llama-shaped transformer without the causal mask: token
+embedding, pre-norm RMSNorm blocks with rotary self-attention and a SwiGLU MLP, a final
+norm and an untied output head that predicts the token at every position (masked or not).
+ME-DLM adds a second head of the same shape, the *next-token head*, whose prediction at
+position i is the token that belongs in the gap after i; it drives insertions.
+
+The model knows nothing about sampling, losses, tokenizers or files: it maps token ids to
+logits. Special token ids live on the config so that strategies and trainers read them
+from one place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+
+class LLaDAConfig(PretrainedConfig):
+    """Shape and special tokens of a LLaDA-architecture model.
+
+    The defaults are a tiny CPU-sized model; :meth:`llada_8b` gives the published shape.
+    """
+
+    model_type = "refinery_llada"
+
+    def __init__(
+        self,
+        vocab_size: int = 128,  # rows of the embedding and of each head
+        d_model: int = 64,  # residual stream width
+        n_layers: int = 2,  # transformer blocks
+        n_heads: int = 4,  # attention heads (head_dim = d_model // n_heads)
+        n_kv_heads: Optional[int] = None,  # key/value heads for grouped-query attention; None = n_heads
+        mlp_hidden_size: int = 176,  # SwiGLU inner width
+        max_sequence_length: int = 512,  # longest sequence the rotary cache is sized for
+        rope_theta: float = 10000.0,  # rotary base; LLaDA-8B uses 500000
+        rms_norm_eps: float = 1e-5,  # RMSNorm epsilon
+        init_std: float = 0.02,  # normal init of linear and embedding weights
+        next_token_head: bool = False,  # add the ME-DLM next-token head
+        attn_backend: str = "sdpa",  # key into ATTENTION_BACKENDS
+        mask_token_id: int = 0,  # [MASK]; LLaDA-8B: 126336
+        delete_token_id: Optional[int] = None,  # ME-DLM <|del|>; LLaDA-8B reserved 126084
+        eos_token_id: int = 1,  # end of text; LLaDA-8B: 126081
+        pad_token_id: Optional[int] = None,  # padding; LLaDA pads with EOS, so None = eos
+        bos_token_id: Optional[int] = None,  # start of text; LLaDA-8B: 126080
+        eot_token_id: Optional[int] = None,  # end of turn; LLaDA-8B: 126348
+        start_header_token_id: Optional[int] = None,  # chat role header start; LLaDA-8B: 126346
+        end_header_token_id: Optional[int] = None,  # chat role header end; LLaDA-8B: 126347
+        **kwargs,
+    ):
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be divisible by n_kv_heads ({n_kv_heads})")
+        if attn_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attn_backend {attn_backend!r} unknown; available: {sorted(ATTENTION_BACKENDS)}")
+        for name, value in (("mask_token_id", mask_token_id), ("eos_token_id", eos_token_id), ("delete_token_id", delete_token_id)):
+            if value is not None and not 0 <= value < vocab_size:
+                raise ValueError(f"{name}={value} is outside the vocabulary (size {vocab_size})")
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.mlp_hidden_size = mlp_hidden_size
+        self.max_sequence_length = max_sequence_length
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.init_std = init_std
+        self.next_token_head = next_token_head
+        self.attn_backend = attn_backend
+        self.mask_token_id = mask_token_id
+        self.delete_token_id = delete_token_id
+        self.eot_token_id = eot_token_id
+        self.start_header_token_id = start_header_token_id
+        self.end_header_token_id = end_header_token_id
+        pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
+        kwargs["tie_word_embeddings"] = False  # LLaDA's output head is untied
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def llada_8b(cls, **overrides) -> "LLaDAConfig":
+        """The published LLaDA-8B shape and special tokens (ME-DLM's <|del|> = reserved 126084)."""
+        shape = dict(
+            vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, mlp_hidden_size=12288,
+            max_sequence_length=4096, rope_theta=500000.0, mask_token_id=126336, delete_token_id=126084,
+            eos_token_id=126081, bos_token_id=126080, eot_token_id=126348,
+            start_header_token_id=126346, end_header_token_id=126347,
+        )
+        shape.update(overrides)
+        return cls(**shape)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32 whatever the activation dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half rotary position embedding; cos/sin are computed per call from position ids."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids (B, L) -> cos, sin (B, 1, L, head_dim)."""
+        freqs = position_ids[..., None].float() * self.inv_freq  # (B, L, head_dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+def sdpa_attention(q, k, v, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """q (B, H, L, D), k/v (B, H, L, D), key_mask (B, 1, 1, L) bool (True = attend) or None."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)
+
+
+def eager_attention(q, k, v, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Plain softmax attention; the reference the SDPA path is tested against."""
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1) @ v
+
+
+# Attention back-ends by name: a table, not an if/else chain.
+ATTENTION_BACKENDS: dict[str, Callable] = {"sdpa": sdpa_attention, "eager": eager_attention}
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head self-attention (optionally grouped-query), no biases."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.q_proj = nn.Linear(config.d_model, config.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.d_model, config.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.d_model, config.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.n_heads * self.head_dim, config.d_model, bias=False)
+        self.backend = ATTENTION_BACKENDS[config.attn_backend]
+
+    def forward(self, x, cos, sin, key_mask):
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.n_kv_heads != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        y = self.backend(q, k, v, key_mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=False)
+        self.up_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=False)
+        self.down_proj = nn.Linear(config.mlp_hidden_size, config.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(GradientCheckpointingLayer):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, key_mask):
+        x = x + self.attn(self.attn_norm(x), cos, sin, key_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+@dataclass
+class MaskPredictorOutput(ModelOutput):
+    """logits (B, L, V): token at each position; next_logits (B, L, V) or None: token in the gap after each
+    position (ME-DLM next-token head); hidden_states (B, L, d_model): final normed hidden states."""
+
+    logits: Optional[torch.Tensor] = None
+    next_logits: Optional[torch.Tensor] = None
+    hidden_states: Optional[torch.Tensor] = None
+
+
+class LLaDAPreTrainedModel(PreTrainedModel):
+    config_class = LLaDAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+
+
+class LLaDAModel(LLaDAPreTrainedModel):
+    """Token ids -> logits of the output head and, when configured, of the next-token head."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.next_token_head = nn.Linear(config.d_model, config.vocab_size, bias=False) if config.next_token_head else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def add_next_token_head(self, copy_output_head: bool = True) -> None:
+        """Attach the ME-DLM next-token head, initialised as a copy of the output head (or fresh)."""
+        head = nn.Linear(self.config.d_model, self.config.vocab_size, bias=False)
+        head.to(device=self.lm_head.weight.device, dtype=self.lm_head.weight.dtype)
+        with torch.no_grad():
+            if copy_output_head:
+                head.weight.copy_(self.lm_head.weight)
+            else:
+                head.weight.normal_(0.0, self.config.init_std)
+        self.next_token_head = head
+        self.config.next_token_head = True
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        compute_next: bool = True,
+        **kwargs,
+    ) -> MaskPredictorOutput:
+        """input_ids (B, L); attention_mask (B, L), 1 = real token, 0 = padding (keys only: padded query rows
+        produce values nobody should read); position_ids (B, L), by default counted over real tokens so that
+        a left- or right-padded row sees the same positions as the unpadded row."""
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            else:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(position_ids, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, key_mask)
+        h = self.norm(x)
+        next_logits = self.next_token_head(h) if (self.next_token_head is not None and compute_next) else None
+        return MaskPredictorOutput(logits=self.lm_head(h), next_logits=next_logits, hidden_states=h)
+
+
+AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig)
+AutoModel.register(LLaDAConfig, LLaDAModel)
