@@ -1,0 +1,190 @@
+"""The one generation loop. It is the only code in refinery that calls the model while generating.
+
+    result = generate(model, prompts, gen_length=64, strategy="masked", budget="1/4")
+
+Every strategy runs through :func:`generate` on the same canvas and is charged the same way:
+each forward pass costs every still-active row one NFE (two with classifier-free guidance,
+which runs the prompt-masked canvas too). A budget ``b`` lets a row use at most
+``ceil(b * gen_length)`` passes; strategies that finish early report what they used.
+
+Prompts are left-padded into a block of width P, so the generation region is the same
+columns [P, P+L) for every row; position ids are counted over real tokens, which makes a
+padded batch decode exactly like its rows one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from core.trace import StepRecord, Trace
+from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy
+from strategies.registry import get_strategy
+from strategies.sampling import passes_for_budget
+
+log = logging.getLogger(__name__)
+
+Prompts = Union[Sequence[Sequence[int]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def parse_budget(budget: Union[str, float, Fraction]) -> Fraction:
+    """'1/8', 0.125 or Fraction(1, 8) -> Fraction(1, 8); forward passes per generated token, in (0, 1]."""
+    try:
+        frac = Fraction(budget).limit_denominator(4096) if not isinstance(budget, Fraction) else budget
+    except (ValueError, ZeroDivisionError, TypeError):
+        raise ValueError(f"budget {budget!r} is not a fraction like '1/4' or a number") from None
+    if not 0 < frac <= 1:
+        raise ValueError(f"budget {budget!r} must lie in (0, 1] forward passes per generated token")
+    return frac
+
+
+def left_pad(prompts: Prompts, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged id lists, or an (ids, mask) pair padded on either side -> left-padded (B, P) ids and bool mask."""
+    if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], torch.Tensor):
+        ids, mask = prompts
+        rows = [ids[b][mask[b].bool()].tolist() for b in range(ids.shape[0])]
+    else:
+        rows = [list(map(int, p)) for p in prompts]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        ids[b, P - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[b, P - len(r):] = True
+    return ids.to(device), mask.to(device)
+
+
+def strip_padding(tokens: torch.Tensor, eos_id: int, pad_id: Optional[int] = None) -> torch.Tensor:
+    """(B, L) -> (B,) lengths: the region up to (excluding) the first end-of-text / pad token."""
+    stop = tokens == eos_id
+    if pad_id is not None:
+        stop |= tokens == pad_id
+    L = tokens.shape[1]
+    first = torch.where(stop, torch.arange(L, device=tokens.device), L)
+    return first.min(dim=1).values
+
+
+@dataclass
+class GenerationResult:
+    """tokens (B, L): final generation region (``pad_id`` past ``lengths``); nfe (B,) passes charged per row;
+    trace: the per-pass records (None unless recorded); seconds: wall time of the loop."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    nfe: torch.Tensor
+    trace: Optional[Trace]
+    seconds: float
+    max_nfe: int
+
+
+def _special_ids(model) -> dict:
+    c = model.config
+    return dict(mask_id=c.mask_token_id, eos_id=c.eos_token_id, pad_id=c.pad_token_id,
+                delete_id=getattr(c, "delete_token_id", None), eot_id=getattr(c, "eot_token_id", None))
+
+
+def _forward(model, state: DecodeState, P: int, req: ForwardRequest, mask_id: int) -> ForwardOutput:
+    """The single model call site of generation. Heads are evaluated from the last prompt column on."""
+    x, attn = state.x, state.attention_mask
+    if req.uncond:
+        un = x.clone()
+        un[:, :P] = torch.where(attn[:, :P], torch.full_like(un[:, :P], mask_id), un[:, :P])
+        x, attn = torch.cat([x, un]), torch.cat([attn, attn])
+    out = model(x, attention_mask=attn, compute_next=req.next_head)
+    logits = out.logits[:, P:]
+    next_logits = out.next_logits[:, P - 1:] if (req.next_head and out.next_logits is not None) else None
+    if req.next_head and next_logits is None:
+        raise ValueError("this strategy needs the model's next-token head (config.next_token_head=True)")
+    if req.uncond:
+        B = state.x.shape[0]
+        return ForwardOutput(logits[:B], None if next_logits is None else next_logits[:B], logits[B:])
+    return ForwardOutput(logits, next_logits)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: Prompts,
+    gen_length: int,
+    strategy: Union[str, Strategy],
+    budget: Union[str, float, Fraction] = "1/1",
+    *,
+    init: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    record_trace: bool = True,
+    on_step: Optional[Callable[[int, StepRecord], None]] = None,
+    strategy_params: Optional[dict] = None,
+) -> GenerationResult:
+    """Generate ``gen_length`` tokens after each prompt with ``strategy`` under ``budget``.
+
+    prompts: ragged id lists, or (ids (B, P), mask (B, P)) padded on either side.
+    init: optional (B, L) starting region (mask id where unknown), e.g. a partially masked answer.
+    on_step: called after every pass with (pass index, record) - the app streams from it.
+    """
+    if isinstance(strategy, str):
+        strategy = get_strategy(strategy, **(strategy_params or {}))
+    ids = _special_ids(model)
+    device = next(model.parameters()).device
+    max_nfe = passes_for_budget(parse_budget(budget), gen_length)
+    strategy.config.check(gen_length, max_nfe)
+    need = strategy.min_passes(gen_length)
+    if max_nfe < need:
+        raise ValueError(f"budget {budget} allows {max_nfe} forward passes for {gen_length} tokens, "
+                         f"but {strategy!r} needs at least {need}")
+    prompt_ids, prompt_mask = left_pad(prompts, ids["pad_id"], device)
+    B, P = prompt_ids.shape
+    if init is None:
+        region = torch.full((B, gen_length), ids["mask_id"], dtype=torch.long, device=device)
+    else:
+        if tuple(init.shape) != (B, gen_length):
+            raise ValueError(f"init has shape {tuple(init.shape)}, expected ({B}, {gen_length})")
+        region = init.to(device=device, dtype=torch.long)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ctx = DecodeContext(P, gen_length, max_nfe, ids["mask_id"], ids["eos_id"], ids["pad_id"], ids["delete_id"],
+                        ids["eot_id"], gen)
+    state = DecodeState(
+        x=torch.cat([prompt_ids, region], 1),
+        attention_mask=torch.cat([prompt_mask, torch.ones_like(region, dtype=torch.bool)], 1),
+        lengths=torch.full((B,), gen_length, dtype=torch.long, device=device),
+        active=torch.ones(B, dtype=torch.bool, device=device),
+        nfe=torch.zeros(B, dtype=torch.long, device=device),
+    )
+    trace = Trace(region, state.lengths, ids["mask_id"], ids["pad_id"]) if record_trace else None
+    strategy.begin(ctx, state)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        while True:
+            req = strategy.request(ctx, state)
+            charged = state.active.clone()
+            # One host sync per pass: "anything left?" and "would this pass break the budget?" together.
+            go, over = torch.stack([charged.any(), ((state.nfe + req.nfe_cost * charged) > max_nfe).any()]).tolist()
+            if not go:
+                break
+            if over:
+                raise RuntimeError(f"{strategy!r} asked for more than {max_nfe} passes (budget {budget})")
+            out = _forward(model, state, P, req, ctx.mask_id)
+            state.nfe += req.nfe_cost * charged
+            record = strategy.step(ctx, state, out)
+            record.active = charged
+            if trace is not None:
+                trace.append(record)
+            if on_step is not None:
+                on_step(state.step, record)
+            state.step += 1
+    finally:
+        model.train(was_training)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    if not torch.equal(state.x[:, :P], prompt_ids):
+        raise RuntimeError(f"{strategy!r} changed prompt positions")
+    return GenerationResult(state.x[:, P:].clone(), state.lengths.clone(), state.nfe.clone(), trace, seconds, max_nfe)

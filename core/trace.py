@@ -1,0 +1,196 @@
+"""Per-pass records of a generation, and the trace that collects them.
+
+A strategy returns one :class:`StepRecord` per forward pass. During decoding a record holds
+device tensors (no host sync on the hot path); :meth:`Trace.compact` turns the whole trace
+into a few flat numpy arrays at the end:
+
+- ``tokens``: int32 (passes, B, L), the generation region after every pass;
+- one (N, 4) int32 event table ``(pass, row, position, token)`` per event kind, positions
+  counted in the region *before* the pass (``inserted`` counts gaps: gap g sits before
+  position g);
+- ``scores``: float32 (N,) aligned with ``unmasked`` (the score the strategy ranked by).
+
+:meth:`Trace.replay` rebuilds every pass from the initial region and the events alone and
+checks it against the stored tokens, so a trace cannot claim an edit it did not make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+EVENT_KINDS = ("unmasked", "remasked", "replaced", "deleted", "inserted")
+
+
+@dataclass
+class StepRecord:
+    """What one pass did. Masks are (B, L) bool over the pre-pass region, ``inserted`` is (B, L+1) over gaps.
+
+    ``values`` (B, L) holds the new token of each replaced position; ``inserted_tokens`` (B, L+1) the
+    token put in each gap; ``scores`` (B, L) the per-position score the strategy ranked by.
+    """
+
+    phase: str  # "mask" or "edit"
+    tokens: torch.Tensor  # (B, L) region after the pass
+    lengths: torch.Tensor  # (B,) region length after the pass
+    active: torch.Tensor  # (B,) rows charged for this pass
+    unmasked: Optional[torch.Tensor] = None
+    remasked: Optional[torch.Tensor] = None
+    replaced: Optional[torch.Tensor] = None
+    deleted: Optional[torch.Tensor] = None
+    inserted: Optional[torch.Tensor] = None
+    values: Optional[torch.Tensor] = None
+    inserted_tokens: Optional[torch.Tensor] = None
+    scores: Optional[torch.Tensor] = None
+
+    def detach_to(self, device: str | torch.device = "cpu") -> "StepRecord":
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return StepRecord(**moved)
+
+    def counts(self) -> dict[str, int]:
+        """Events of each kind in this pass (host sync: use off the hot path)."""
+        return {k: int(getattr(self, k).sum()) if getattr(self, k) is not None else 0 for k in EVENT_KINDS}
+
+
+@dataclass
+class CompactTrace:
+    """The serialisable form of a trace (numpy only; saved with ``np.savez_compressed``, loaded without pickle)."""
+
+    initial: np.ndarray  # (B, L) int32 region before the first pass
+    initial_lengths: np.ndarray  # (B,) int32
+    tokens: np.ndarray  # (S, B, L) int32
+    lengths: np.ndarray  # (S, B) int32
+    active: np.ndarray  # (S, B) bool
+    phases: np.ndarray  # (S,) unicode
+    events: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> (N, 4) int32 (pass, row, pos, token)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # aligned with events["unmasked"]
+    mask_id: int = -1
+    pad_id: int = -1
+
+    @property
+    def num_passes(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def save(self, path: str | Path) -> None:
+        arrays = {f"event_{k}": v for k, v in self.events.items()}
+        np.savez_compressed(
+            path, initial=self.initial, initial_lengths=self.initial_lengths, tokens=self.tokens,
+            lengths=self.lengths, active=self.active, phases=self.phases, scores=self.scores,
+            ids=np.array([self.mask_id, self.pad_id], np.int64), **arrays,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CompactTrace":
+        with np.load(path, allow_pickle=False) as z:
+            events = {k[len("event_"):]: z[k] for k in z.files if k.startswith("event_")}
+            mask_id, pad_id = (int(v) for v in z["ids"])
+            return cls(z["initial"], z["initial_lengths"], z["tokens"], z["lengths"], z["active"], z["phases"],
+                       events, z["scores"], mask_id, pad_id)
+
+    def row_events(self, step: int, row: int) -> dict[str, np.ndarray]:
+        """kind -> (n, 2) (position, token) of one row in one pass."""
+        out = {}
+        for kind, ev in self.events.items():
+            sel = (ev[:, 0] == step) & (ev[:, 1] == row)
+            out[kind] = ev[sel][:, 2:]
+        return out
+
+    def replay(self) -> np.ndarray:
+        """Rebuild every pass from ``initial`` and the events; raise if any stored pass disagrees.
+
+        Returns the final (B, L) region."""
+        cur = self.initial.copy()
+        lengths = self.initial_lengths.copy()
+        B, L = cur.shape
+        for s in range(self.num_passes):
+            for b in range(B):
+                ev = self.row_events(s, b)
+                row = _replay_row(cur[b, : lengths[b]], ev, self.mask_id)
+                if len(row) > L:
+                    row = row[:L]
+                new = np.full(L, self.pad_id, np.int32)
+                new[: len(row)] = row
+                if len(row) != self.lengths[s, b] or not np.array_equal(new[: len(row)], self.tokens[s, b, : len(row)]):
+                    raise ValueError(f"trace pass {s}, row {b}: events do not reproduce the recorded tokens")
+                cur[b], lengths[b] = self.tokens[s, b], len(row)
+        return cur
+
+
+def _replay_row(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> np.ndarray:
+    """Apply one row's events to its pre-pass tokens (positions refer to ``prev``)."""
+    row = prev.copy()
+    for kind in ("unmasked", "replaced"):
+        if kind in ev and len(ev[kind]):
+            row[ev[kind][:, 0]] = ev[kind][:, 1]
+    if "remasked" in ev and len(ev["remasked"]):
+        row[ev["remasked"][:, 0]] = mask_id
+    deleted = set(ev["deleted"][:, 0].tolist()) if "deleted" in ev else set()
+    inserts = {int(g): int(t) for g, t in ev.get("inserted", np.zeros((0, 2), np.int32))}
+    if not deleted and not inserts:
+        return row
+    out: list[int] = []
+    for g in range(len(row) + 1):
+        if g in inserts:
+            out.append(inserts[g])
+        if g < len(row) and g not in deleted:
+            out.append(int(row[g]))
+    return np.asarray(out, np.int32)
+
+
+class Trace:
+    """Collects StepRecords during a generation and compacts them afterwards."""
+
+    def __init__(self, initial: torch.Tensor, initial_lengths: torch.Tensor, mask_id: int, pad_id: int):
+        self.initial = initial.detach().to("cpu", torch.int32)
+        self.initial_lengths = initial_lengths.detach().to("cpu", torch.int32)
+        self.mask_id, self.pad_id = mask_id, pad_id
+        self.records: list[StepRecord] = []
+
+    def append(self, record: StepRecord) -> None:
+        # int32 on device first, so the copy to the host is a quarter of an int64 one.
+        record.tokens = record.tokens.to(torch.int32)
+        self.records.append(record)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def compact(self) -> CompactTrace:
+        recs = [r.detach_to("cpu") for r in self.records]
+        B, L = self.initial.shape
+        S = len(recs)
+        tokens = np.stack([r.tokens.numpy() for r in recs]) if S else np.zeros((0, B, L), np.int32)
+        lengths = np.stack([r.lengths.numpy().astype(np.int32) for r in recs]) if S else np.zeros((0, B), np.int32)
+        active = np.stack([r.active.numpy().astype(bool) for r in recs]) if S else np.zeros((0, B), bool)
+        events, scores = {}, []
+        for kind in EVENT_KINDS:
+            rows = []
+            for s, r in enumerate(recs):
+                m = getattr(r, kind)
+                if m is None:
+                    continue
+                b, p = np.nonzero(m.numpy())
+                vals = _event_values(kind, r, b, p, self.mask_id, tokens[s - 1] if s else self.initial.numpy())
+                rows.append(np.stack([np.full_like(b, s), b, p, vals], 1).astype(np.int32))
+                if kind == "unmasked":
+                    sc = r.scores.float().numpy()[b, p] if r.scores is not None else np.full(len(b), np.nan)
+                    scores.append(sc.astype(np.float32))
+            events[kind] = np.concatenate(rows) if rows else np.zeros((0, 4), np.int32)
+        return CompactTrace(
+            self.initial.numpy(), self.initial_lengths.numpy(), tokens, lengths, active,
+            np.array([r.phase for r in recs]), events,
+            np.concatenate(scores) if scores else np.zeros(0, np.float32), self.mask_id, self.pad_id,
+        )
+
+
+def _event_values(kind: str, rec: StepRecord, b, p, mask_id: int, prev: np.ndarray) -> np.ndarray:
+    if kind == "unmasked":
+        return rec.tokens.numpy()[b, p]
+    if kind == "replaced":
+        return rec.values.numpy()[b, p]
+    if kind == "inserted":
+        return rec.inserted_tokens.numpy()[b, p]
+    return prev[b, p]  # remasked / deleted: the token that was there

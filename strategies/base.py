@@ -1,0 +1,170 @@
+"""What every strategy is: a typed config and a ``step`` that turns one forward pass into edits.
+
+Strategies never call the model. The one loop (``core.decode.generate``) owns the canvas,
+calls the model, charges NFE and hands each strategy a :class:`ForwardOutput`; the strategy
+updates the :class:`DecodeState` in place and returns a :class:`core.trace.StepRecord`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+
+from core.trace import StepRecord
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Base of every strategy's frozen config. Subclasses add fields; ``check`` validates combinations."""
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any], where: str = "config") -> "StrategyConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        coerced = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in params.items()}
+        return cls(**coerced)
+
+    def check(self, gen_length: int, max_nfe: int) -> None:
+        """Raise ValueError naming the parameter when this config cannot run at this length and budget."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Light type checking for YAML values: ints where ints are due, floats accept ints, Literal choices."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+@dataclass
+class DecodeContext:
+    """Fixed facts of one generation call."""
+
+    prompt_width: int  # P: columns of the (left-padded) prompt block
+    gen_length: int  # L: columns of the generation region
+    max_nfe: int  # ceil(budget * L): forward passes each row may be charged
+    mask_id: int
+    eos_id: int
+    pad_id: int
+    delete_id: Optional[int]
+    eot_id: Optional[int]
+    generator: torch.Generator  # all randomness of the call comes from here (seeded)
+
+
+@dataclass
+class DecodeState:
+    """The mutable canvas. ``x`` is (B, P+L): prompt block then generation region."""
+
+    x: torch.Tensor  # (B, P+L) int64
+    attention_mask: torch.Tensor  # (B, P+L) bool: False for prompt padding and for region positions >= lengths
+    lengths: torch.Tensor  # (B,) current generation-region lengths
+    active: torch.Tensor  # (B,) rows that still need passes
+    nfe: torch.Tensor  # (B,) passes charged so far
+    step: int = 0
+    extra: dict = dataclasses.field(default_factory=dict)  # strategy-owned per-call state
+
+    def region(self, P: int) -> torch.Tensor:
+        """(B, L) view of the generation region."""
+        return self.x[:, P:]
+
+
+@dataclass
+class ForwardRequest:
+    """What the strategy needs from the next model call."""
+
+    next_head: bool = False  # also compute the ME-DLM next-token head
+    uncond: bool = False  # also run the prompt-masked canvas (classifier-free guidance)
+
+    @property
+    def nfe_cost(self) -> int:
+        return 2 if self.uncond else 1
+
+
+@dataclass
+class ForwardOutput:
+    """Model outputs over the generation region.
+
+    logits (B, L, V); next_logits (B, L+1, V) or None, where next_logits[:, g] predicts gap g (gap 0 is
+    before the first region token, read at the last prompt position); uncond_logits (B, L, V) or None."""
+
+    logits: torch.Tensor
+    next_logits: Optional[torch.Tensor] = None
+    uncond_logits: Optional[torch.Tensor] = None
+
+
+class Strategy(ABC):
+    """A decoding strategy. Subclasses set ``config_class`` and ``description`` and implement ``step``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
+
+    def __init__(self, config: Optional[StrategyConfig] = None):
+        self.config = config if config is not None else self.config_class()
+
+    def min_passes(self, gen_length: int) -> int:
+        """Fewest forward passes (NFE) this configuration needs; the loop refuses smaller budgets."""
+        return 1
+
+    def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
+        """Prepare per-call state (schedules) before the first pass."""
+
+    def request(self, ctx: DecodeContext, state: DecodeState) -> ForwardRequest:
+        return ForwardRequest()
+
+    @abstractmethod
+    def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
+        """Update ``state`` in place from one forward pass and describe what changed."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.config.as_dict().items())
+        return f"{type(self).__name__}({params})"
+
+
+def commit(ctx: DecodeContext, state: DecodeState, select: torch.Tensor, x0: torch.Tensor,
+           scores: Optional[torch.Tensor] = None, remask: Optional[torch.Tensor] = None) -> StepRecord:
+    """Write ``x0`` at the ``select``ed (B, L) region positions, re-mask ``remask``, refresh ``active``
+    (rows with masks left) and return the mask-phase record of the pass."""
+    P = ctx.prompt_width
+    region = state.x[:, P:]
+    select = select & state.active[:, None]
+    region[select] = x0[select]
+    if remask is not None:
+        remask = remask & state.active[:, None] & ~select
+        region[remask] = ctx.mask_id
+    state.active = (region == ctx.mask_id).any(1)
+    return StepRecord(phase="mask", tokens=region.clone(), lengths=state.lengths.clone(), active=state.active,
+                      unmasked=select, remasked=remask, scores=scores)

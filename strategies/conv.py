@@ -1,0 +1,93 @@
+"""Convolutional decoding (Seo et al., 2025, "Conv"): a soft window instead of hard blocks.
+
+A centred box kernel of width ``window`` counts the decoded positions (prompt included) around
+every position; ``gate = tanh(gate_scale * count)`` is ~1 next to decoded text and 0 far from
+it, so unmasking flows outward from the context without semi-AR segmentation.
+
+- ``confidence``: LLaDA's low-confidence ranking with confidence multiplied by the gate; the
+  uniform transfer schedule fixes how many positions each pass commits.
+- ``stochastic``: the paper's sampler. Each masked position chooses among its ``top_k``
+  candidate tokens (weights p_j * c * gate * (t - s)) and staying masked (weight s), where the
+  per-row normaliser c = (#masked) / sum_masked(gate * sum_j p_j) keeps the total unmasking
+  mass of the uniform schedule. The final pass commits every position still masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from core.trace import StepRecord
+from strategies.base import DecodeContext, DecodeState, ForwardOutput, Strategy, StrategyConfig, commit
+from strategies.registry import register
+from strategies.sampling import NEG_INF, ban_tokens, gumbel_argmax, select_topk, token_probability, transfer_counts
+
+
+@dataclass(frozen=True)
+class ConvConfig(StrategyConfig):
+    variant: Literal["confidence", "stochastic"] = "confidence"  # ranking by gated confidence, or the paper's sampler
+    window: int = 32  # box-kernel width in tokens (made odd so it is centred)
+    gate_scale: float = 1.0  # tanh(gate_scale * decoded count): how fast the gate saturates
+    top_k: int = 1  # candidate tokens per position (stochastic variant)
+    temperature: float = 0.0  # Gumbel temperature; 0 = greedy token and deterministic unmask decisions
+
+    def check(self, gen_length: int, max_nfe: int) -> None:
+        if self.window < 1:
+            raise ValueError(f"window={self.window} must be >= 1")
+        if self.gate_scale <= 0:
+            raise ValueError(f"gate_scale={self.gate_scale} must be > 0")
+        if self.top_k < 1:
+            raise ValueError(f"top_k={self.top_k} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+
+
+def conv_gate(state: DecodeState, ctx: DecodeContext, window: int, gate_scale: float) -> torch.Tensor:
+    """tanh(gate_scale * box(decoded)) over the region. (B, P+L) canvas -> (B, L) gate in [0, 1)."""
+    width = window + (window % 2 == 0)
+    decoded = ((state.x != ctx.mask_id) & state.attention_mask).float()[:, None, :]
+    kernel = torch.ones(1, 1, width, device=decoded.device)
+    counts = F.conv1d(decoded, kernel, padding=width // 2)[:, 0, ctx.prompt_width:]
+    return torch.tanh(gate_scale * counts)
+
+
+@register("conv")
+class ConvStrategy(Strategy):
+    description = "Convolutional decoding: a soft tanh window around decoded text decides where to unmask"
+    config_class = ConvConfig
+
+    def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
+        masks = (state.x[:, ctx.prompt_width:] == ctx.mask_id).sum(1)
+        state.extra["counts"] = transfer_counts(masks, ctx.max_nfe)
+        state.extra["steps"] = ctx.max_nfe
+
+    def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
+        cfg = self.config
+        logits = ban_tokens(out.logits.clone(), (ctx.mask_id, ctx.delete_id))
+        masked = state.x[:, ctx.prompt_width:] == ctx.mask_id
+        gate = conv_gate(state, ctx, cfg.window, cfg.gate_scale)
+        last = state.step == state.extra["steps"] - 1
+        if cfg.variant == "confidence" or last:
+            x0 = gumbel_argmax(logits, cfg.temperature, ctx.generator)
+            scores = token_probability(logits, x0) * gate
+            k = masked.sum(1) if last else state.extra["counts"][:, state.step]
+            select = select_topk(torch.where(masked, scores, NEG_INF), k)
+            return commit(ctx, state, select, x0, scores)
+        return self._stochastic(ctx, state, logits, masked, gate)
+
+    def _stochastic(self, ctx, state, logits, masked, gate) -> StepRecord:
+        cfg, S, i = self.config, state.extra["steps"], state.step
+        t, s = 1.0 - i / S, 1.0 - (i + 1) / S
+        probs = logits.float().softmax(-1)
+        top_p, top_ids = probs.topk(cfg.top_k, dim=-1)  # (B, L, k)
+        mass = top_p.sum(-1) * gate
+        norm = masked.sum(1) / (mass * masked).sum(1).clamp_min(1e-12)  # per-row c
+        weights = torch.cat([top_p * (norm[:, None] * gate * (t - s))[..., None],
+                             torch.full_like(top_p[..., :1], s)], -1)  # last column: stay masked
+        choice = gumbel_argmax(weights.clamp_min(1e-30).log(), cfg.temperature, ctx.generator)
+        select = masked & (choice < cfg.top_k)
+        x0 = top_ids.gather(-1, choice.clamp(max=cfg.top_k - 1)[..., None])[..., 0]
+        return commit(ctx, state, select, x0, mass * norm[:, None])

@@ -1,0 +1,119 @@
+"""LLaDA's sampler (Nie et al., 2025, Algorithms 4-5): commit the most confident masked positions.
+
+Each pass predicts every masked position (argmax, or a float64 Gumbel sample at temperature T),
+then commits the ``k`` best by confidence (the predicted token's probability) or at random;
+``k`` follows the uniform transfer schedule implied by LLaDA's linear noise schedule. With
+``block_length`` the region is decoded block by block (semi-autoregressive), the passes split
+evenly over the blocks. Classifier-free guidance mixes in the prompt-masked logits:
+``uncond + (w + 1) * (cond - uncond)`` (LLaDA Eq. 16), charged as two forward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+
+from core.trace import StepRecord
+
+from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig, commit
+from strategies.registry import register
+from strategies.sampling import (NEG_INF, ban_tokens, gumbel_argmax, select_topk, split_evenly, token_probability,
+                                 transfer_counts, uniform_rand)
+
+
+@dataclass(frozen=True)
+class MaskedConfig(StrategyConfig):
+    remasking: Literal["low_confidence", "random"] = "low_confidence"  # what ranks the masked positions
+    temperature: float = 0.0  # Gumbel temperature; 0 = greedy
+    block_length: Optional[int] = None  # semi-AR block length (divides gen_length); None = one block
+    cfg_scale: float = 0.0  # classifier-free guidance weight w; > 0 doubles the cost of a pass
+    suppress_eos: bool = False  # rank end-of-text / end-of-turn predictions last
+    tokens_per_pass: Optional[int] = None  # commit k per pass (finishing early) instead of spreading the budget
+
+    def check(self, gen_length: int, max_nfe: int) -> None:
+        if self.block_length is not None:
+            if self.block_length <= 0 or gen_length % self.block_length:
+                raise ValueError(f"block_length={self.block_length} must divide gen_length={gen_length}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0")
+        if self.tokens_per_pass is not None and self.tokens_per_pass < 1:
+            raise ValueError(f"tokens_per_pass={self.tokens_per_pass} must be >= 1")
+
+    def num_blocks(self, gen_length: int) -> int:
+        return 1 if self.block_length is None else gen_length // self.block_length
+
+
+@register("masked")
+class MaskedStrategy(Strategy):
+    description = "LLaDA: commit the most confident (or random) masked positions each pass, optionally block by block"
+    config_class = MaskedConfig
+
+    def min_passes(self, gen_length: int) -> int:
+        return self.config.num_blocks(gen_length) * (2 if self.config.cfg_scale > 0 else 1)
+
+    def request(self, ctx: DecodeContext, state: DecodeState) -> ForwardRequest:
+        return ForwardRequest(uncond=self.config.cfg_scale > 0)
+
+    def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
+        state.extra["plan"] = block_plan(self.config, ctx, state)
+
+    def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
+        cfg = self.config
+        block_of_pass, counts, bounds = state.extra["plan"]
+        s = state.step
+        logits = guided_logits(out, cfg.cfg_scale)
+        ban_tokens(logits, (ctx.mask_id, ctx.delete_id))
+        x0 = gumbel_argmax(logits, cfg.temperature, ctx.generator)
+        scores = rank_scores(cfg.remasking, logits, x0, ctx)
+        if cfg.suppress_eos:
+            scores = torch.where(eos_like(x0, ctx), scores - 2.0, scores)  # below every ordinary confidence
+        lo, hi = bounds[block_of_pass[s]]
+        region = state.x[:, ctx.prompt_width:]
+        candidates = region == ctx.mask_id
+        candidates[:, :lo] = False
+        candidates[:, hi:] = False
+        select = select_topk(torch.where(candidates, scores, NEG_INF), counts[:, s])
+        return commit(ctx, state, select, x0, scores)
+
+
+def guided_logits(out: ForwardOutput, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance (LLaDA Eq. 16) or a writable copy of the conditional logits."""
+    if cfg_scale > 0:
+        return out.uncond_logits + (cfg_scale + 1) * (out.logits - out.uncond_logits)
+    return out.logits.clone()
+
+
+def rank_scores(remasking: str, logits: torch.Tensor, x0: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
+    if remasking == "random":
+        return uniform_rand(x0.shape, ctx.generator, x0.device)
+    return token_probability(logits, x0)
+
+
+def eos_like(x0: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
+    out = x0 == ctx.eos_id
+    if ctx.eot_id is not None:
+        out |= x0 == ctx.eot_id
+    return out
+
+
+def block_plan(cfg: MaskedConfig, ctx: DecodeContext, state: DecodeState):
+    """(block index of each pass, per-row commit counts (B, passes), [(lo, hi)] block bounds).
+
+    The passes (budget // cost) are split evenly over the blocks; within a block each row's masks follow
+    the uniform transfer schedule (or ``tokens_per_pass``)."""
+    L = ctx.gen_length
+    nb = cfg.num_blocks(L)
+    size = L // nb
+    bounds = [(i * size, (i + 1) * size) for i in range(nb)]
+    steps = split_evenly(ctx.max_nfe // (2 if cfg.cfg_scale > 0 else 1), nb)
+    region = state.x[:, ctx.prompt_width:]
+    block_of_pass, counts = [], []
+    for i, (lo, hi) in enumerate(bounds):
+        masks = (region[:, lo:hi] == ctx.mask_id).sum(1)
+        counts.append(transfer_counts(masks, steps[i], cfg.tokens_per_pass))
+        block_of_pass += [i] * steps[i]
+    return block_of_pass, torch.cat(counts, 1), bounds

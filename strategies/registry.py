@@ -1,0 +1,51 @@
+"""The strategy registry: ``@register("name")`` on each strategy class, ``get_strategy(name, **params)``."""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from strategies.base import Strategy
+
+_REGISTRY: dict[str, type["Strategy"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a strategy available under ``name`` (= its file name = its test file name)."""
+
+    def wrap(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"strategy {name!r} registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
+    """"Unknown strategy 'x'. Did you mean ...? Available: ..." (shared by every registry of refinery)."""
+    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"Unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(available))}"
+
+
+def strategy_class(name: str) -> type["Strategy"]:
+    import strategies  # noqa: F401  (importing the package registers every strategy)
+
+    if name not in _REGISTRY:
+        raise KeyError(unknown_name_message("strategy", name, list(_REGISTRY)))
+    return _REGISTRY[name]
+
+
+def get_strategy(name: str, **params: Any) -> "Strategy":
+    """Build a registered strategy from keyword parameters (validated by its config dataclass)."""
+    cls = strategy_class(name)
+    return cls(cls.config_class.from_dict(params, where=f"strategy {name!r}"))
+
+
+def available_strategies() -> dict[str, type["Strategy"]]:
+    import strategies  # noqa: F401
+
+    return dict(sorted(_REGISTRY.items()))

@@ -1,0 +1,108 @@
+"""ReMDM (Wang et al., 2025): remasking samplers that let committed tokens be revised.
+
+LLaDA has no time input, so time is the pass index: t = 1 - i/S, s = 1 - (i+1)/S, and
+alpha_t = 1 - t (the linear schedule LLaDA was trained with). One step from t to s (ReMDM Eq. 6):
+
+- a decoded token is re-masked with probability sigma_t (the carry-over of the MDLM posterior
+  becomes "keep with probability 1 - sigma_t");
+- a masked position is unmasked with probability (alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t),
+  its token drawn from the model (mask logit set to -inf).
+
+Schedules for sigma_t, with sigma_max = min(1, (1 - alpha_s) / alpha_t):
+``cap`` min(eta, sigma_max); ``rescale`` eta * sigma_max; ``conf`` sigma_max spread over decoded
+positions by softmax(-confidence when decoded); ``loop``: alpha rises linearly to ``alpha_on`` until
+``t_on``, stays there while tokens are re-masked with sigma = eta until ``t_off``, then rises to 1.
+The final pass always goes to alpha = 1 without re-masking, so no mask survives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from core.trace import StepRecord
+from strategies.base import DecodeContext, DecodeState, ForwardOutput, Strategy, StrategyConfig, commit
+from strategies.registry import register
+from strategies.sampling import ban_tokens, gumbel_argmax, token_probability, uniform_rand
+
+
+@dataclass(frozen=True)
+class RemdmConfig(StrategyConfig):
+    schedule: Literal["cap", "rescale", "conf", "loop"] = "loop"  # how sigma_t is chosen
+    eta: float = 0.04  # remasking strength
+    t_on: float = 0.55  # loop: remasking phase starts when t falls to t_on
+    t_off: float = 0.05  # loop: ... and ends at t_off (must be < t_on)
+    alpha_on: float = 0.9  # loop: fraction decoded during the remasking phase
+    temperature: float = 0.0  # Gumbel temperature of token choices; unmask/remask decisions are always sampled
+
+    def check(self, gen_length: int, max_nfe: int) -> None:
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta={self.eta} must lie in [0, 1]")
+        if self.schedule == "loop":
+            if not 0.0 <= self.t_off < self.t_on <= 1.0:
+                raise ValueError(f"t_off={self.t_off} must be < t_on={self.t_on}, both in [0, 1]")
+            if not 0.0 < self.alpha_on < 1.0:
+                raise ValueError(f"alpha_on={self.alpha_on} must lie in (0, 1)")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+
+
+@register("remdm")
+class RemdmStrategy(Strategy):
+    description = "ReMDM: also re-mask committed tokens so they can be revised (cap / rescale / conf / loop)"
+    config_class = RemdmConfig
+
+    def min_passes(self, gen_length: int) -> int:
+        return 2
+
+    def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
+        state.extra["psi"] = torch.zeros(state.x.shape[0], ctx.gen_length, device=state.x.device)
+
+    def alpha(self, t: float) -> float:
+        c = self.config
+        if c.schedule != "loop":
+            return 1.0 - t
+        if t > c.t_on:
+            return (1.0 - t) * c.alpha_on / (1.0 - c.t_on)
+        if t > c.t_off:
+            return c.alpha_on
+        return 1.0 - t * (1.0 - c.alpha_on) / c.t_off if c.t_off > 0 else 1.0
+
+    def sigma(self, t: float, a_t: float, a_s: float, decoded: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """(B, L) remasking probability of each decoded position."""
+        c = self.config
+        sigma_max = min(1.0, (1.0 - a_s) / a_t) if a_t > 0 else 0.0
+        if c.schedule == "loop":
+            value = c.eta if c.t_off < t <= c.t_on else 0.0
+        elif c.schedule == "cap":
+            value = min(c.eta, sigma_max)
+        elif c.schedule == "rescale":
+            value = c.eta * sigma_max
+        else:  # conf: least confident decoded tokens are the likeliest to go back
+            w = torch.where(decoded, -psi, float("-inf")).softmax(-1).nan_to_num(0.0)
+            return w * sigma_max
+        return torch.full_like(psi, value)
+
+    def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
+        S, i = ctx.max_nfe, state.step
+        t, s = 1.0 - i / S, 1.0 - (i + 1) / S
+        last = i == S - 1
+        a_t, a_s = self.alpha(t), (1.0 if last else self.alpha(s))
+        region = state.x[:, ctx.prompt_width:]
+        masked = region == ctx.mask_id
+        psi = state.extra["psi"]
+        sigma = torch.zeros_like(psi) if last else self.sigma(t, a_t, a_s, ~masked, psi)
+        p_unmask = ((a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)).clamp(0.0, 1.0) if a_t < 1 else torch.ones_like(psi)
+        u = uniform_rand(psi.shape, ctx.generator, psi.device)
+        unmask = masked & ((u < p_unmask) | last)
+        remask = ~masked & (u < sigma)
+        logits = ban_tokens(out.logits.clone(), (ctx.mask_id, ctx.delete_id))
+        x0 = gumbel_argmax(logits, self.config.temperature, ctx.generator)
+        conf = token_probability(logits, x0)
+        psi.copy_(torch.where(unmask, conf, psi))
+        record = commit(ctx, state, unmask, x0, conf, remask=remask)
+        state.active = torch.full_like(state.active, not last)  # ReMDM always runs its S passes
+        record.active = state.active
+        return record

@@ -1,0 +1,105 @@
+"""Sampling math shared by every strategy: Gumbel-max, confidences, transfer-count schedules, top-k.
+
+Imported, never copied: a second copy of any of this is how decode loops drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Sample argmax(logits / T + Gumbel) in float64; T = 0 is plain argmax.
+
+    LLaDA writes this as argmax(exp(logits) / (-log u)^T); taking logs gives logits + T * g with g
+    Gumbel, the same argmax without overflow. Float64 because low-precision Gumbel noise measurably
+    degrades masked-diffusion samples (Zheng et al., 2024, arXiv:2409.02908).
+    logits (..., V) -> (...) int64."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return (logits.double() + temperature * gumbel).argmax(-1)
+
+
+def token_probability(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[tokens] in float32 without materialising the softmax. (B, L, V), (B, L) -> (B, L)."""
+    chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float()
+    return torch.exp(chosen - torch.logsumexp(logits.float(), dim=-1))
+
+
+def uniform_rand(shape, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+
+
+def ban_tokens(logits: torch.Tensor, token_ids) -> torch.Tensor:
+    """Set the logits of ``token_ids`` (None entries skipped) to -inf, in place; returns ``logits``."""
+    ids = [int(t) for t in token_ids if t is not None]
+    if ids:
+        logits[..., ids] = NEG_INF
+    return logits
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` items over ``parts`` slots, the first ones taking the remainder: 10, 4 -> [3, 3, 2, 2]."""
+    base, rem = divmod(total, parts)
+    return [base + (i < rem) for i in range(parts)]
+
+
+def transfer_counts(mask_counts: torch.Tensor, steps: int, per_pass: int | None = None) -> torch.Tensor:
+    """How many masked positions each row commits at each of ``steps`` passes. (B,) -> (B, steps) int64.
+
+    Uniform (LLaDA, linear schedule): ``mask_count // steps`` each, the remainder spread over the first
+    passes. With ``per_pass`` = k: commit k per pass, but never fewer than needed to finish in time
+    (ceil(remaining / passes left)), and never more than remain."""
+    B = mask_counts.shape[0]
+    if per_pass is None:
+        base = mask_counts // steps
+        rem = mask_counts % steps
+        return base[:, None] + (torch.arange(steps, device=mask_counts.device)[None, :] < rem[:, None]).long()
+    out = torch.zeros(B, steps, dtype=torch.long, device=mask_counts.device)
+    remaining = mask_counts.clone()
+    for j in range(steps):
+        need = -(-remaining // (steps - j))  # ceil
+        c = torch.minimum(torch.maximum(need, torch.full_like(need, per_pass)), remaining)
+        out[:, j] = c
+        remaining -= c
+    return out
+
+
+def select_topk(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per-row top-k: a (B, L) bool mask of the ``k[b]`` highest-scoring positions of each row.
+
+    Positions scored -inf are never selected, even when ``k`` asks for more. Ties break toward the lower
+    index (torch.topk on CPU and CUDA is not guaranteed stable, so we add a tiny index-ordered offset)."""
+    B, L = scores.shape
+    kmax = int(k.max()) if k.numel() else 0
+    if kmax <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    kmax = min(kmax, L)
+    vals, idx = _tie_broken(scores).topk(kmax, dim=-1)
+    keep = (torch.arange(kmax, device=scores.device)[None, :] < k[:, None]) & torch.isfinite(vals)
+    out = torch.zeros_like(scores, dtype=torch.bool)
+    out.scatter_(1, idx, keep)
+    return out
+
+
+def _tie_broken(scores: torch.Tensor) -> torch.Tensor:
+    """Float64 scores minus position * 1e-12: exact ties go to the lower position, and no two distinct
+    float32 scores swap order (their gap is at least ~1e-7 * |score|, far above L * 1e-12)."""
+    pos = torch.arange(scores.shape[-1], device=scores.device, dtype=torch.float64)
+    s = scores.double()
+    return torch.where(torch.isfinite(s), s - pos * 1e-12, s)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def passes_for_budget(budget_fraction, gen_length: int) -> int:
+    """Forward passes a row may use: ceil(budget * L) (exact for Fractions)."""
+    return max(1, math.ceil(budget_fraction * gen_length))
