@@ -146,9 +146,9 @@ def generate(
         if tuple(init.shape) != (B, gen_length):
             raise ValueError(f"init has shape {tuple(init.shape)}, expected ({B}, {gen_length})")
         region = init.to(device=device, dtype=torch.long)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gens = [torch.Generator(device=device).manual_seed(seed) for _ in range(B)]
     ctx = DecodeContext(P, gen_length, max_nfe, ids["mask_id"], ids["eos_id"], ids["pad_id"], ids["delete_id"],
-                        ids["eot_id"], gen)
+                        ids["eot_id"], gens)
     state = DecodeState(
         x=torch.cat([prompt_ids, region], 1),
         attention_mask=torch.cat([prompt_mask, torch.ones_like(region, dtype=torch.bool)], 1),

@@ -81,7 +81,7 @@ class DecodeContext:
     pad_id: int
     delete_id: Optional[int]
     eot_id: Optional[int]
-    generator: torch.Generator  # all randomness of the call comes from here (seeded)
+    generators: list  # one seeded torch.Generator per row: all randomness of the call comes from these
 
 
 @dataclass

@@ -71,7 +71,7 @@ class ConvStrategy(Strategy):
         gate = conv_gate(state, ctx, cfg.window, cfg.gate_scale)
         last = state.step == state.extra["steps"] - 1
         if cfg.variant == "confidence" or last:
-            x0 = gumbel_argmax(logits, cfg.temperature, ctx.generator)
+            x0 = gumbel_argmax(logits, cfg.temperature, ctx.generators)
             scores = token_probability(logits, x0) * gate
             k = masked.sum(1) if last else state.extra["counts"][:, state.step]
             select = select_topk(torch.where(masked, scores, NEG_INF), k)
@@ -87,7 +87,7 @@ class ConvStrategy(Strategy):
         norm = masked.sum(1) / (mass * masked).sum(1).clamp_min(1e-12)  # per-row c
         weights = torch.cat([top_p * (norm[:, None] * gate * (t - s))[..., None],
                              torch.full_like(top_p[..., :1], s)], -1)  # last column: stay masked
-        choice = gumbel_argmax(weights.clamp_min(1e-30).log(), cfg.temperature, ctx.generator)
+        choice = gumbel_argmax(weights.clamp_min(1e-30).log(), cfg.temperature, ctx.generators)
         select = masked & (choice < cfg.top_k)
         x0 = top_ids.gather(-1, choice.clamp(max=cfg.top_k - 1)[..., None])[..., 0]
         return commit(ctx, state, select, x0, mass * norm[:, None])

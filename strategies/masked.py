@@ -67,7 +67,7 @@ class MaskedStrategy(Strategy):
         s = state.step
         logits = guided_logits(out, cfg.cfg_scale)
         ban_tokens(logits, (ctx.mask_id, ctx.delete_id))
-        x0 = gumbel_argmax(logits, cfg.temperature, ctx.generator)
+        x0 = gumbel_argmax(logits, cfg.temperature, ctx.generators)
         scores = rank_scores(cfg.remasking, logits, x0, ctx)
         if cfg.suppress_eos:
             scores = torch.where(eos_like(x0, ctx), scores - 2.0, scores)  # below every ordinary confidence
@@ -89,7 +89,7 @@ def guided_logits(out: ForwardOutput, cfg_scale: float) -> torch.Tensor:
 
 def rank_scores(remasking: str, logits: torch.Tensor, x0: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
     if remasking == "random":
-        return uniform_rand(x0.shape, ctx.generator, x0.device)
+        return uniform_rand(x0.shape, ctx.generators, x0.device)
     return token_probability(logits, x0)
 
 

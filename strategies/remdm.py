@@ -95,11 +95,11 @@ class RemdmStrategy(Strategy):
         psi = state.extra["psi"]
         sigma = torch.zeros_like(psi) if last else self.sigma(t, a_t, a_s, ~masked, psi)
         p_unmask = ((a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)).clamp(0.0, 1.0) if a_t < 1 else torch.ones_like(psi)
-        u = uniform_rand(psi.shape, ctx.generator, psi.device)
+        u = uniform_rand(psi.shape, ctx.generators, psi.device)
         unmask = masked & ((u < p_unmask) | last)
         remask = ~masked & (u < sigma)
         logits = ban_tokens(out.logits.clone(), (ctx.mask_id, ctx.delete_id))
-        x0 = gumbel_argmax(logits, self.config.temperature, ctx.generator)
+        x0 = gumbel_argmax(logits, self.config.temperature, ctx.generators)
         conf = token_probability(logits, x0)
         psi.copy_(torch.where(unmask, conf, psi))
         record = commit(ctx, state, unmask, x0, conf, remask=remask)

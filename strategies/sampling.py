@@ -12,16 +12,16 @@ import torch
 NEG_INF = float("-inf")
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generators: list[torch.Generator]) -> torch.Tensor:
     """Sample argmax(logits / T + Gumbel) in float64; T = 0 is plain argmax.
 
     LLaDA writes this as argmax(exp(logits) / (-log u)^T); taking logs gives logits + T * g with g
     Gumbel, the same argmax without overflow. Float64 because low-precision Gumbel noise measurably
     degrades masked-diffusion samples (Zheng et al., 2024, arXiv:2409.02908).
-    logits (..., V) -> (...) int64."""
+    logits (B, ..., V) -> (B, ...) int64; row b draws from ``generators[b]``."""
     if temperature == 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    u = uniform_rand(logits.shape, generators, logits.device, torch.float64)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
     return (logits.double() + temperature * gumbel).argmax(-1)
 
@@ -32,8 +32,14 @@ def token_probability(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
     return torch.exp(chosen - torch.logsumexp(logits.float(), dim=-1))
 
 
-def uniform_rand(shape, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+def uniform_rand(shape, generators: list[torch.Generator], device, dtype=torch.float32) -> torch.Tensor:
+    """U(0, 1) of ``shape`` (B, ...), row b drawn from its own generator ``generators[b]``.
+
+    One stream per row makes a row's result depend only on its prompt and the seed, not on which
+    other rows share the batch: padded batches decode exactly like single rows, sampling included."""
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.rand(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generators])
 
 
 def ban_tokens(logits: torch.Tensor, token_ids) -> torch.Tensor:

@@ -61,7 +61,7 @@ class ThresholdStrategy(Strategy):
         block = first // size  # (B,) each row's current block
         in_block = masked & ((pos[None, :] // size) == block[:, None])
         logits = ban_tokens(out.logits.clone(), (ctx.mask_id, ctx.delete_id))
-        x0 = gumbel_argmax(logits, self.config.temperature, ctx.generator)
+        x0 = gumbel_argmax(logits, self.config.temperature, ctx.generators)
         conf = token_probability(logits, x0)
         left = in_block.sum(1)
         passes_left = (state.extra["cum_passes"][block] - state.nfe + 1).clamp(min=1)  # this pass included

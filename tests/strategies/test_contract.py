@@ -1,0 +1,127 @@
+"""The contract every registered strategy keeps, checked on a tiny random model (diffusers-style common tests)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.decode import generate
+from strategies import available_strategies, get_strategy
+from strategies.base import Strategy, commit
+
+L = 16
+BUDGETS = ("1/1", "1/2", "1/4", "1/8")
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
+
+# Every registered strategy appears here with the variants worth covering (the test below enforces it).
+VARIANTS = {
+    "masked": [{}, {"remasking": "random"}, {"block_length": 4}, {"temperature": 1.0},
+               {"cfg_scale": 0.5}, {"suppress_eos": True}, {"tokens_per_pass": 3}],
+    "remdm": [{"schedule": s} for s in ("loop", "cap", "rescale", "conf")] + [{"schedule": "cap", "temperature": 1.0}],
+    "conv": [{}, {"window": 4}, {"variant": "stochastic", "top_k": 2}, {"variant": "stochastic", "temperature": 1.0}],
+    "threshold": [{}, {"threshold": 0.3, "block_length": 4}, {"threshold": 0.0}],
+    "edit": [{}, {"edit_passes": 1}, {"block_length": 8}],
+}
+
+CASES = [(name, params, budget) for name in VARIANTS for params in VARIANTS[name] for budget in BUDGETS]
+
+
+def runnable(name, params, budget) -> bool:
+    if name not in available_strategies():
+        return False
+    s = get_strategy(name, **params)
+    return s.min_passes(L) <= math.ceil(eval(budget) * L)  # budget strings are plain fractions here
+
+
+def test_every_registered_strategy_is_covered_and_has_its_own_test_file():
+    here = Path(__file__).parent
+    for name, cls in available_strategies().items():
+        assert name in VARIANTS, f"add {name!r} to VARIANTS"
+        assert cls.description, name
+        assert (here / f"test_{name}.py").exists(), f"tests/strategies/test_{name}.py missing"
+
+
+@pytest.mark.parametrize("name,params,budget", CASES, ids=lambda v: str(v))
+def test_contract(tiny_model, name, params, budget):
+    if not runnable(name, params, budget):
+        pytest.skip("strategy not registered or budget below its minimum")
+    strategy = get_strategy(name, **params)
+    res = generate(tiny_model, PROMPTS, L, strategy, budget, seed=7)
+    cap = math.ceil(eval(budget) * L)
+    # budget: never above ceil(b * L) passes, at least one
+    assert (res.nfe <= cap).all() and (res.nfe >= 1).all(), res.nfe
+    assert len(res.trace) <= cap
+    # no mask left
+    mask = tiny_model.config.mask_token_id
+    for b in range(len(PROMPTS)):
+        assert (res.tokens[b, : res.lengths[b]] != mask).all()
+    # the trace replays to the final tokens
+    compact = res.trace.compact()
+    assert (compact.replay() == res.tokens.numpy()).all()
+    # NFE charged per row equals the passes in which the row was active
+    assert (compact.active.sum(0) * (2 if params.get("cfg_scale") else 1) == res.nfe.numpy()).all()
+    # same seed, same output
+    again = generate(tiny_model, PROMPTS, L, get_strategy(name, **params), budget, seed=7, record_trace=False)
+    assert torch.equal(again.tokens, res.tokens) and torch.equal(again.nfe, res.nfe)
+    # a batch decodes exactly like its rows one at a time (left padding, per-row random streams)
+    for b, p in enumerate(PROMPTS):
+        one = generate(tiny_model, [p], L, get_strategy(name, **params), budget, seed=7, record_trace=False)
+        n = int(res.lengths[b])
+        assert int(one.lengths[0]) == n
+        assert torch.equal(one.tokens[0, :n], res.tokens[b, :n]), (b, one.tokens[0], res.tokens[b])
+        assert int(one.nfe[0]) == int(res.nfe[b])
+
+
+def test_right_padded_tensor_prompts_equal_ragged_lists(tiny_model):
+    ids = torch.full((len(PROMPTS), 7), 0)
+    attn = torch.zeros_like(ids)
+    for b, p in enumerate(PROMPTS):
+        ids[b, : len(p)], attn[b, : len(p)] = torch.tensor(p), 1
+    a = generate(tiny_model, (ids, attn), L, "masked", "1/4", record_trace=False)
+    b = generate(tiny_model, PROMPTS, L, "masked", "1/4", record_trace=False)
+    assert torch.equal(a.tokens, b.tokens)
+
+
+class _Rogue(Strategy):
+    """Writes into the prompt: the loop must refuse the result."""
+
+    def step(self, ctx, state, out):
+        state.x[:, 0] = 3
+        return commit(ctx, state, state.x[:, ctx.prompt_width:] == ctx.mask_id, out.logits.argmax(-1))
+
+
+class _Greedy(Strategy):
+    """Never finishes: the loop must stop it at the budget."""
+
+    def step(self, ctx, state, out):
+        return commit(ctx, state, torch.zeros_like(state.x[:, ctx.prompt_width:], dtype=torch.bool),
+                      out.logits.argmax(-1))
+
+
+def test_loop_refuses_prompt_edits_and_budget_overruns(tiny_model):
+    with pytest.raises(RuntimeError, match="prompt"):
+        generate(tiny_model, PROMPTS, L, _Rogue(), "1/4")
+    with pytest.raises(RuntimeError, match="more than 4 passes"):
+        generate(tiny_model, PROMPTS, L, _Greedy(), "1/4")
+
+
+def test_budget_below_minimum_and_bad_budgets_are_clear_errors(tiny_model):
+    with pytest.raises(ValueError, match="needs at least 4"):
+        generate(tiny_model, PROMPTS, L, get_strategy("masked", block_length=4), "1/8")
+    with pytest.raises(ValueError, match="must divide"):
+        generate(tiny_model, PROMPTS, L, get_strategy("masked", block_length=5), "1/1")
+    for bad in ("0", "3/2", "half"):
+        with pytest.raises(ValueError, match="budget"):
+            generate(tiny_model, PROMPTS, L, "masked", bad)
+
+
+def test_unknown_strategy_suggests_close_names():
+    with pytest.raises(KeyError, match=r"Unknown strategy 'maskd'\. Did you mean 'masked'\?.*Available: .*remdm"):
+        get_strategy("maskd")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        get_strategy("masked", blocklength=4)
+    with pytest.raises(ValueError, match="temperature: expected a number"):
+        get_strategy("masked", temperature="hot")
