@@ -97,9 +97,9 @@ def _forward(model, state: DecodeState, P: int, req: ForwardRequest, mask_id: in
         un = x.clone()
         un[:, :P] = torch.where(attn[:, :P], torch.full_like(un[:, :P], mask_id), un[:, :P])
         x, attn = torch.cat([x, un]), torch.cat([attn, attn])
-    out = model(x, attention_mask=attn, compute_next=req.next_head)
-    logits = out.logits[:, P:]
-    next_logits = out.next_logits[:, P - 1:] if (req.next_head and out.next_logits is not None) else None
+    out = model(x, attention_mask=attn, compute_next=req.next_head, logits_from=P - 1)
+    logits = out.logits[:, 1:]
+    next_logits = out.next_logits if req.next_head else None
     if req.next_head and next_logits is None:
         raise ValueError("this strategy needs the model's next-token head (config.next_token_head=True)")
     if req.uncond:
@@ -156,8 +156,8 @@ def generate(
         active=torch.ones(B, dtype=torch.bool, device=device),
         nfe=torch.zeros(B, dtype=torch.long, device=device),
     )
-    trace = Trace(region, state.lengths, ids["mask_id"], ids["pad_id"]) if record_trace else None
-    strategy.begin(ctx, state)
+    strategy.begin(ctx, state)  # may prepare the canvas (e.g. strip a given draft's padding)
+    trace = Trace(state.x[:, P:], state.lengths, ids["mask_id"], ids["pad_id"], ids["eos_id"]) if record_trace else None
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()

@@ -278,11 +278,13 @@ class LLaDAModel(LLaDAPreTrainedModel):
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.LongTensor] = None,
         compute_next: bool = True,
+        logits_from: int = 0,
         **kwargs,
     ) -> MaskPredictorOutput:
         """input_ids (B, L); attention_mask (B, L), 1 = real token, 0 = padding (keys only: padded query rows
         produce values nobody should read); position_ids (B, L), by default counted over real tokens so that
-        a left- or right-padded row sees the same positions as the unpadded row."""
+        a left- or right-padded row sees the same positions as the unpadded row. ``logits_from``: evaluate the heads
+        only on positions >= it (generation skips the prompt's logits); hidden_states are always full length."""
         if position_ids is None:
             if attention_mask is None:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
@@ -294,8 +296,9 @@ class LLaDAModel(LLaDAPreTrainedModel):
         for layer in self.layers:
             x = layer(x, cos, sin, key_mask)
         h = self.norm(x)
-        next_logits = self.next_token_head(h) if (self.next_token_head is not None and compute_next) else None
-        return MaskPredictorOutput(logits=self.lm_head(h), next_logits=next_logits, hidden_states=h)
+        hh = h[:, logits_from:] if logits_from else h
+        next_logits = self.next_token_head(hh) if (self.next_token_head is not None and compute_next) else None
+        return MaskPredictorOutput(logits=self.lm_head(hh), next_logits=next_logits, hidden_states=h)
 
 
 AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig)

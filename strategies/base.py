@@ -115,7 +115,7 @@ class ForwardRequest:
 
 @dataclass
 class ForwardOutput:
-    """Model outputs over the generation region.
+    """Model outputs over the generation region, owned by the strategy for this pass (edit them in place).
 
     logits (B, L, V); next_logits (B, L+1, V) or None, where next_logits[:, g] predicts gap g (gap 0 is
     before the first region token, read at the last prompt position); uncond_logits (B, L, V) or None."""

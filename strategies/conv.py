@@ -66,7 +66,7 @@ class ConvStrategy(Strategy):
 
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         cfg = self.config
-        logits = ban_tokens(out.logits.clone(), (ctx.mask_id, ctx.delete_id))
+        logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
         masked = state.x[:, ctx.prompt_width:] == ctx.mask_id
         gate = conv_gate(state, ctx, cfg.window, cfg.gate_scale)
         last = state.step == state.extra["steps"] - 1

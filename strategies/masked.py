@@ -84,7 +84,7 @@ def guided_logits(out: ForwardOutput, cfg_scale: float) -> torch.Tensor:
     """Classifier-free guidance (LLaDA Eq. 16) or a writable copy of the conditional logits."""
     if cfg_scale > 0:
         return out.uncond_logits + (cfg_scale + 1) * (out.logits - out.uncond_logits)
-    return out.logits.clone()
+    return out.logits
 
 
 def rank_scores(remasking: str, logits: torch.Tensor, x0: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:

@@ -98,7 +98,7 @@ class RemdmStrategy(Strategy):
         u = uniform_rand(psi.shape, ctx.generators, psi.device)
         unmask = masked & ((u < p_unmask) | last)
         remask = ~masked & (u < sigma)
-        logits = ban_tokens(out.logits.clone(), (ctx.mask_id, ctx.delete_id))
+        logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
         x0 = gumbel_argmax(logits, self.config.temperature, ctx.generators)
         conf = token_probability(logits, x0)
         psi.copy_(torch.where(unmask, conf, psi))

@@ -60,7 +60,7 @@ class ThresholdStrategy(Strategy):
         first = torch.where(masked, pos, L).min(1).values.clamp(max=L - 1)
         block = first // size  # (B,) each row's current block
         in_block = masked & ((pos[None, :] // size) == block[:, None])
-        logits = ban_tokens(out.logits.clone(), (ctx.mask_id, ctx.delete_id))
+        logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
         x0 = gumbel_argmax(logits, self.config.temperature, ctx.generators)
         conf = token_probability(logits, x0)
         left = in_block.sum(1)

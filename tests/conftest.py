@@ -42,10 +42,12 @@ class ScriptedModel(nn.Module):
         self.config = SimpleNamespace(vocab_size=vocab, **ids)
         self.calls = 0
 
-    def forward(self, input_ids, attention_mask=None, compute_next=True, **kw):
+    def forward(self, input_ids, attention_mask=None, compute_next=True, logits_from=0, **kw):
         self.calls += 1
         logits, next_logits = self.fn(input_ids)
-        return SimpleNamespace(logits=logits, next_logits=next_logits if compute_next else None)
+        logits = logits[:, logits_from:]
+        next_logits = next_logits[:, logits_from:] if (compute_next and next_logits is not None) else None
+        return SimpleNamespace(logits=logits, next_logits=next_logits)
 
 
 @pytest.fixture
