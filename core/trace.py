@@ -70,6 +70,7 @@ class CompactTrace:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # aligned with events["unmasked"]
     mask_id: int = -1
     pad_id: int = -1
+    eos_id: int = -1
 
     @property
     def num_passes(self) -> int:
@@ -80,16 +81,16 @@ class CompactTrace:
         np.savez_compressed(
             path, initial=self.initial, initial_lengths=self.initial_lengths, tokens=self.tokens,
             lengths=self.lengths, active=self.active, phases=self.phases, scores=self.scores,
-            ids=np.array([self.mask_id, self.pad_id], np.int64), **arrays,
+            ids=np.array([self.mask_id, self.pad_id, self.eos_id], np.int64), **arrays,
         )
 
     @classmethod
     def load(cls, path: str | Path) -> "CompactTrace":
         with np.load(path, allow_pickle=False) as z:
             events = {k[len("event_"):]: z[k] for k in z.files if k.startswith("event_")}
-            mask_id, pad_id = (int(v) for v in z["ids"])
+            mask_id, pad_id, eos_id = (int(v) for v in z["ids"])
             return cls(z["initial"], z["initial_lengths"], z["tokens"], z["lengths"], z["active"], z["phases"],
-                       events, z["scores"], mask_id, pad_id)
+                       events, z["scores"], mask_id, pad_id, eos_id)
 
     def row_events(self, step: int, row: int) -> dict[str, np.ndarray]:
         """kind -> (n, 2) (position, token) of one row in one pass."""
@@ -109,9 +110,10 @@ class CompactTrace:
         for s in range(self.num_passes):
             for b in range(B):
                 ev = self.row_events(s, b)
-                row = _replay_row(cur[b, : lengths[b]], ev, self.mask_id)
-                if len(row) > L:
-                    row = row[:L]
+                row = _replay_row(cur[b, : lengths[b]], ev, self.mask_id)[:L]
+                n = int(self.lengths[s, b])
+                if self.phases[s] == "mask" and n < len(row) and np.isin(row[n:], (self.eos_id, self.pad_id)).all():
+                    row = row[:n]  # end of the mask phase: trailing end-of-text padding stripped
                 new = np.full(L, self.pad_id, np.int32)
                 new[: len(row)] = row
                 if len(row) != self.lengths[s, b] or not np.array_equal(new[: len(row)], self.tokens[s, b, : len(row)]):
@@ -144,10 +146,11 @@ def _replay_row(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> np
 class Trace:
     """Collects StepRecords during a generation and compacts them afterwards."""
 
-    def __init__(self, initial: torch.Tensor, initial_lengths: torch.Tensor, mask_id: int, pad_id: int):
+    def __init__(self, initial: torch.Tensor, initial_lengths: torch.Tensor, mask_id: int, pad_id: int,
+                 eos_id: int = -1):
         self.initial = initial.detach().to("cpu", torch.int32)
         self.initial_lengths = initial_lengths.detach().to("cpu", torch.int32)
-        self.mask_id, self.pad_id = mask_id, pad_id
+        self.mask_id, self.pad_id, self.eos_id = mask_id, pad_id, eos_id
         self.records: list[StepRecord] = []
 
     def append(self, record: StepRecord) -> None:
@@ -182,7 +185,7 @@ class Trace:
         return CompactTrace(
             self.initial.numpy(), self.initial_lengths.numpy(), tokens, lengths, active,
             np.array([r.phase for r in recs]), events,
-            np.concatenate(scores) if scores else np.zeros(0, np.float32), self.mask_id, self.pad_id,
+            np.concatenate(scores) if scores else np.zeros(0, np.float32), self.mask_id, self.pad_id, self.eos_id,
         )
 
 

@@ -161,10 +161,11 @@ def commit(ctx: DecodeContext, state: DecodeState, select: torch.Tensor, x0: tor
     P = ctx.prompt_width
     region = state.x[:, P:]
     select = select & state.active[:, None]
-    region[select] = x0[select]
+    new = torch.where(select, x0, region)  # where, not boolean indexing: no host sync on the hot path
     if remask is not None:
         remask = remask & state.active[:, None] & ~select
-        region[remask] = ctx.mask_id
+        new = torch.where(remask, ctx.mask_id, new)
+    region.copy_(new)
     state.active = (region == ctx.mask_id).any(1)
     return StepRecord(phase="mask", tokens=region.clone(), lengths=state.lengths.clone(), active=state.active,
                       unmasked=select, remasked=remask, scores=scores)

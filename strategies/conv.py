@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Strategy, StrategyConfig, commit
 from strategies.registry import register
-from strategies.sampling import NEG_INF, ban_tokens, gumbel_argmax, select_topk, token_probability, transfer_counts
+from strategies.sampling import NEG_INF, ban_tokens, gumbel_argmax, predict, select_topk, transfer_counts
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ class ConvStrategy(Strategy):
         gate = conv_gate(state, ctx, cfg.window, cfg.gate_scale)
         last = state.step == state.extra["steps"] - 1
         if cfg.variant == "confidence" or last:
-            x0 = gumbel_argmax(logits, cfg.temperature, ctx.generators)
-            scores = token_probability(logits, x0) * gate
+            x0, conf = predict(logits, cfg.temperature, ctx.generators)
+            scores = conf * gate
             k = masked.sum(1) if last else state.extra["counts"][:, state.step]
             select = select_topk(torch.where(masked, scores, NEG_INF), k)
             return commit(ctx, state, select, x0, scores)

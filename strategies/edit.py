@@ -24,7 +24,7 @@ from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig
 from strategies.masked import MaskedConfig, MaskedStrategy
 from strategies.registry import register
-from strategies.sampling import ban_tokens, token_probability
+from strategies.sampling import ban_tokens, predict
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class EditStrategy(Strategy):
         P, active = ctx.prompt_width, state.active
         region = state.x[:, P:]
         logits = ban_tokens(out.logits, (ctx.mask_id,))
-        cur = logits.argmax(-1)
+        cur, conf = predict(logits, 0.0, ctx.generators)
         nxt = ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id)).argmax(-1)  # (B, L+1)
         res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
                           eos_id=ctx.eos_id, pad_id=ctx.pad_id)
@@ -107,7 +107,7 @@ class EditStrategy(Strategy):
         state.active = active & more & (changed if self.config.stop_when_unchanged else True)
         return StepRecord(phase="edit", tokens=region.clone(), lengths=state.lengths.clone(), active=active,
                           replaced=replaced, deleted=deleted, inserted=inserted, values=cur,
-                          inserted_tokens=res.inserted_tokens, scores=token_probability(logits, cur))
+                          inserted_tokens=res.inserted_tokens, scores=conf)
 
 
 def _strip(ctx: DecodeContext, state: DecodeState) -> None:

@@ -19,8 +19,7 @@ from core.trace import StepRecord
 
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig, commit
 from strategies.registry import register
-from strategies.sampling import (NEG_INF, ban_tokens, gumbel_argmax, select_topk, split_evenly, token_probability,
-                                 transfer_counts, uniform_rand)
+from strategies.sampling import NEG_INF, ban_tokens, predict, select_topk, split_evenly, transfer_counts, uniform_rand
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ class MaskedStrategy(Strategy):
         s = state.step
         logits = guided_logits(out, cfg.cfg_scale)
         ban_tokens(logits, (ctx.mask_id, ctx.delete_id))
-        x0 = gumbel_argmax(logits, cfg.temperature, ctx.generators)
-        scores = rank_scores(cfg.remasking, logits, x0, ctx)
+        x0, conf = predict(logits, cfg.temperature, ctx.generators)
+        scores = uniform_rand(x0.shape, ctx.generators, x0.device) if cfg.remasking == "random" else conf
         if cfg.suppress_eos:
             scores = torch.where(eos_like(x0, ctx), scores - 2.0, scores)  # below every ordinary confidence
         lo, hi = bounds[block_of_pass[s]]
@@ -85,12 +84,6 @@ def guided_logits(out: ForwardOutput, cfg_scale: float) -> torch.Tensor:
     if cfg_scale > 0:
         return out.uncond_logits + (cfg_scale + 1) * (out.logits - out.uncond_logits)
     return out.logits
-
-
-def rank_scores(remasking: str, logits: torch.Tensor, x0: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
-    if remasking == "random":
-        return uniform_rand(x0.shape, ctx.generators, x0.device)
-    return token_probability(logits, x0)
 
 
 def eos_like(x0: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:

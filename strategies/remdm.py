@@ -25,7 +25,7 @@ import torch
 from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Strategy, StrategyConfig, commit
 from strategies.registry import register
-from strategies.sampling import ban_tokens, gumbel_argmax, token_probability, uniform_rand
+from strategies.sampling import ban_tokens, predict, uniform_rand
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,7 @@ class RemdmStrategy(Strategy):
         unmask = masked & ((u < p_unmask) | last)
         remask = ~masked & (u < sigma)
         logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
-        x0 = gumbel_argmax(logits, self.config.temperature, ctx.generators)
-        conf = token_probability(logits, x0)
+        x0, conf = predict(logits, self.config.temperature, ctx.generators)
         psi.copy_(torch.where(unmask, conf, psi))
         record = commit(ctx, state, unmask, x0, conf, remask=remask)
         state.active = torch.full_like(state.active, not last)  # ReMDM always runs its S passes

@@ -26,6 +26,18 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generators: list[tor
     return (logits.double() + temperature * gumbel).argmax(-1)
 
 
+def predict(logits: torch.Tensor, temperature: float, generators: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted tokens and their softmax probability (LLaDA's confidence). (B, L, V) -> (B, L), (B, L).
+
+    Greedy decoding takes the fused one-read kernel on GPU; sampling draws Gumbel noise first."""
+    if temperature == 0:
+        from strategies.kernels import argmax_probability
+
+        return argmax_probability(logits)
+    x0 = gumbel_argmax(logits, temperature, generators)
+    return x0, token_probability(logits, x0)
+
+
 def token_probability(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """softmax(logits)[tokens] in float32 without materialising the softmax. (B, L, V), (B, L) -> (B, L)."""
     chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float()

@@ -17,7 +17,7 @@ import torch
 from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Strategy, StrategyConfig, commit
 from strategies.registry import register
-from strategies.sampling import NEG_INF, ban_tokens, gumbel_argmax, select_topk, split_evenly, token_probability
+from strategies.sampling import NEG_INF, ban_tokens, predict, select_topk, split_evenly
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,7 @@ class ThresholdStrategy(Strategy):
         block = first // size  # (B,) each row's current block
         in_block = masked & ((pos[None, :] // size) == block[:, None])
         logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
-        x0 = gumbel_argmax(logits, self.config.temperature, ctx.generators)
-        conf = token_probability(logits, x0)
+        x0, conf = predict(logits, self.config.temperature, ctx.generators)
         left = in_block.sum(1)
         passes_left = (state.extra["cum_passes"][block] - state.nfe + 1).clamp(min=1)  # this pass included
         need = -(-left // passes_left)
