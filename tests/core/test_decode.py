@@ -1,0 +1,62 @@
+"""The one decode loop and its trace: serialisation, replay, partial canvases, callbacks."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import EOS, MASK
+from core.decode import generate, left_pad, parse_budget, strip_padding
+from core.trace import CompactTrace
+from strategies import get_strategy
+
+
+def test_parse_budget_and_strip_padding():
+    assert parse_budget("1/8") == Fraction(1, 8) and parse_budget(0.25) == Fraction(1, 4)
+    toks = torch.tensor([[5, 6, EOS, 7], [5, 6, 7, 8], [EOS, 1, 1, 1]])
+    assert strip_padding(toks, EOS).tolist() == [2, 4, 0]
+
+
+def test_left_pad_accepts_either_side():
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0, device="cpu")
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[True] * 3, [False, False, True]]
+    right = (torch.tensor([[1, 2, 3], [4, 0, 0]]), torch.tensor([[1, 1, 1], [1, 0, 0]]))
+    ids2, mask2 = left_pad(right, pad_id=0, device="cpu")
+    assert torch.equal(ids, ids2) and torch.equal(mask, mask2)
+    with pytest.raises(ValueError, match="at least one token"):
+        left_pad([[1], []], 0, "cpu")
+
+
+def test_trace_save_load_round_trip_and_replay(tiny_model, tmp_path):
+    res = generate(tiny_model, [[5, 6, 7], [8]], 16, get_strategy("remdm", schedule="cap", eta=0.3), "1/2", seed=2)
+    compact = res.trace.compact()
+    path = tmp_path / "trace.npz"
+    compact.save(path)
+    loaded = CompactTrace.load(path)
+    assert loaded.tokens.dtype == np.int32 and loaded.tokens.shape == (8, 2, 16)
+    assert (loaded.replay() == res.tokens.numpy()).all()
+    for kind, ev in compact.events.items():
+        assert np.array_equal(ev, loaded.events[kind]), kind
+    assert len(loaded.scores) == len(loaded.events["unmasked"])
+
+
+def test_replay_rejects_a_tampered_trace(tiny_model):
+    compact = generate(tiny_model, [[5, 6, 7]], 8, "masked", "1/2").trace.compact()
+    compact.tokens[1, 0, compact.events["unmasked"][0, 2]] ^= 1  # a change no event explains
+    with pytest.raises(ValueError, match="do not reproduce"):
+        compact.replay()
+
+
+def test_partial_canvas_only_fills_masks_and_streams_every_pass(tiny_model):
+    init = torch.tensor([[20, MASK, 22, MASK, MASK, 25, MASK, MASK]])
+    seen = []
+    res = generate(tiny_model, [[5, 6]], 8, get_strategy("masked", tokens_per_pass=2), "1/1", init=init,
+                   on_step=lambda i, rec: seen.append((i, int(rec.unmasked.sum()))))
+    kept = init[0] != MASK
+    assert torch.equal(res.tokens[0][kept], init[0][kept]) and (res.tokens != MASK).all()
+    assert res.nfe.tolist() == [3] and seen == [(0, 2), (1, 2), (2, 1)]
+    with pytest.raises(ValueError, match="init has shape"):
+        generate(tiny_model, [[5, 6]], 6, "masked", "1/1", init=init)
