@@ -126,7 +126,11 @@ def _rename_added_token(tok: PreTrainedTokenizerFast, old: str, new: str) -> Non
     if isinstance(model_vocab, dict) and old in model_vocab:
         model_vocab[new] = model_vocab.pop(old)
     tok._tokenizer = Tokenizer.from_str(json.dumps(state))
-    tok.add_special_tokens({"additional_special_tokens": [new]})
+    # Rename inside the existing extra-special list: replacing the list with [new] alone would drop
+    # <|eot_id|>, <|mdm_mask|>, ... from all_special_tokens and from the saved tokenizer_config.json.
+    extra = getattr(tok, "extra_special_tokens", None)
+    extra = [new if str(t) == old else str(t) for t in extra] if isinstance(extra, (list, tuple)) else []
+    tok.add_special_tokens({"extra_special_tokens": extra + ([new] if new not in extra else [])})
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerFast, messages: list[dict]) -> list[int]:
