@@ -1,0 +1,64 @@
+"""``report.md`` over one or more ablation runs: markdown tables plus PNG figures beside it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+from analysis import figures
+from analysis.load import load_runs
+from analysis.tables import accuracy_table, find_baseline, gain_table, main_table_markdown, to_markdown
+
+log = logging.getLogger(__name__)
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: Optional[str] = None) -> Path:
+    """Write ``out_dir/report.md`` and ``out_dir/figures/*.png``; returns the report path."""
+    out_dir = Path(out_dir)
+    df = load_runs(list(run_dirs))
+    if not len(df):
+        raise ValueError(f"{', '.join(map(str, run_dirs))}: no rows to report on")
+    fig_dir = out_dir / "figures"
+    made = {
+        "Accuracy vs budget": figures.accuracy_vs_budget(df, fig_dir / "accuracy_vs_budget.png"),
+        "Accuracy vs wall time": figures.accuracy_vs_walltime(df, fig_dir / "accuracy_vs_walltime.png"),
+    }
+    sections = [f"# Ablation report\n\nRuns: {', '.join(f'`{d}`' for d in run_dirs)}; {len(df)} rows, "
+                f"{df['entry'].nunique()} strategy entries, tasks {', '.join(sorted(df['task'].unique()))}.",
+                "## Strict accuracy (%)\n\n" + main_table_markdown(df)]
+    try:
+        base = find_baseline(df, baseline)
+    except ValueError as e:
+        if baseline is not None:
+            raise
+        log.warning("no gain table: %s", e)
+        base = None
+    if base is not None:
+        made["Gain over the baseline vs budget"] = figures.gain_vs_budget(df, fig_dir / "gain_vs_budget.png", base)
+        gains = gain_table(df, base)
+        sections.append(f"## Gain over `{base}` (accuracy points)\n\n" + _gain_markdown(gains))
+    acc = accuracy_table(df)
+    detail = acc[["task", "entry", "budget", "n", "acc", "ci_lo", "ci_hi", "answer_acc", "nfe_mean", "max_nfe",
+                  "wall_s", "tokens_per_s"]].copy()
+    for col in ("acc", "ci_lo", "ci_hi", "answer_acc"):
+        detail[col] *= 100
+    sections.append("## Details\n\nacc / ci (Wilson 95%) / answer_acc in %, NFE actually used (mean) vs the "
+                    "budget's maximum, decode seconds per output, generated tokens per decode second.\n\n"
+                    + to_markdown(detail, floatfmt=".4g", index=False))
+    hist = figures.edit_ops_histogram(df, fig_dir / "edit_ops_per_pass.png")
+    if hist is not None:
+        made["Edit operations per edit pass"] = hist
+    sections.append("## Figures\n\n" + "\n\n".join(
+        f"### {title}\n\n![{title}]({path.relative_to(out_dir).as_posix()})" for title, path in made.items()))
+    report = out_dir / "report.md"
+    report.write_text("\n\n".join(sections) + "\n")
+    return report
+
+
+def _gain_markdown(gains) -> str:
+    if not len(gains):
+        return "(no entry shares a task and budget with the baseline)"
+    wide = gains.pivot_table(index=["task", "entry"], columns="budget", values="gain", sort=False)
+    order = gains.drop_duplicates("budget").sort_values("budget_value", ascending=False)["budget"]
+    return to_markdown(wide[[b for b in order if b in wide.columns]], floatfmt="+.1f")

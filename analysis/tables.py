@@ -1,0 +1,127 @@
+"""Tables over ablation rows: accuracy with Wilson intervals, gains over a baseline, NFE, speed.
+
+Accuracy is strict (``correct``); ``answer_acc`` is the answer-only score. Gains are in
+accuracy points over the baseline entry at the same task and budget.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pandas as pd
+
+from analysis.load import budget_order
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (well-behaved at 0 and n, unlike the normal one)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per (task, entry, budget): n, acc, ci_lo, ci_hi, answer_acc, nfe_mean, max_nfe,
+    wall_s (mean per row), tokens_per_s (generated tokens over decode time)."""
+    out = []
+    for (task, entry, budget), g in df.groupby(["task", "entry", "budget"], sort=False):
+        n, k = len(g), int(g["correct"].sum())
+        lo, hi = wilson_interval(k, n)
+        seconds = float(g["wall_seconds"].sum())
+        out.append(dict(task=task, entry=entry, strategy=g["strategy"].iloc[0], budget=budget,
+                        budget_value=float(g["budget_value"].iloc[0]), n=n, acc=k / n, ci_lo=lo, ci_hi=hi,
+                        answer_acc=float(g["answer_correct"].mean()), nfe_mean=float(g["nfe"].mean()),
+                        max_nfe=int(g["max_nfe"].max()), wall_s=seconds / n,
+                        tokens_per_s=float(g["tokens_generated"].sum()) / seconds if seconds > 0 else float("nan")))
+    table = pd.DataFrame(out)
+    if not len(table):
+        return table
+    return table.sort_values(["task", "entry", "budget_value"], ascending=[True, True, False], kind="stable") \
+        .reset_index(drop=True)
+
+
+def find_baseline(df: pd.DataFrame, baseline: Optional[str] = None) -> str:
+    """The entry gains are measured against: ``baseline`` if given, else the mask-only
+    low-confidence entry with the fewest non-default settings (no blocks, no guidance)."""
+    entries = list(dict.fromkeys(df["entry"]))
+    if baseline is not None:
+        if baseline not in entries:
+            raise ValueError(f"baseline {baseline!r} is not an entry of these runs; entries: {entries}")
+        return baseline
+    best, best_score = None, None
+    for entry, g in df.groupby("entry", sort=False):
+        if g["strategy"].iloc[0] != "masked":
+            continue
+        params = g["params"].iloc[0] if "params" in g else {}
+        params = params if isinstance(params, dict) else {}
+        if params.get("remasking", "low_confidence") != "low_confidence":
+            continue
+        score = sum(params.get(k) not in (None, 0, 0.0, False) for k in ("block_length", "cfg_scale",
+                                                                          "tokens_per_pass", "suppress_eos"))
+        if best_score is None or score < best_score:
+            best, best_score = entry, score
+    if best is None:
+        raise ValueError(f"no masked low_confidence entry to use as baseline; pass one of {entries}")
+    return best
+
+
+def gain_table(df: pd.DataFrame, baseline: Optional[str] = None) -> pd.DataFrame:
+    """Accuracy (strict and answer-only) minus the baseline entry's, in points, per (task, entry, budget)."""
+    acc = accuracy_table(df)
+    base = find_baseline(df, baseline)
+    ref = acc[acc["entry"] == base].set_index(["task", "budget"])
+    rows = []
+    for r in acc[acc["entry"] != base].itertuples(index=False):
+        if (r.task, r.budget) not in ref.index:
+            continue
+        b = ref.loc[(r.task, r.budget)]
+        rows.append(dict(task=r.task, entry=r.entry, budget=r.budget, budget_value=r.budget_value, n=r.n,
+                         acc=r.acc, baseline_acc=float(b["acc"]), gain=100 * (r.acc - float(b["acc"])),
+                         answer_gain=100 * (r.answer_acc - float(b["answer_acc"]))))
+    return pd.DataFrame(rows, columns=["task", "entry", "budget", "budget_value", "n", "acc", "baseline_acc",
+                                       "gain", "answer_gain"])
+
+
+def main_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Strict accuracy (%) per (task, entry) x budget, budgets from most passes to fewest."""
+    acc = accuracy_table(df)
+    if not len(acc):
+        return pd.DataFrame()
+    wide = acc.pivot_table(index=["task", "entry"], columns="budget", values="acc", sort=False) * 100
+    return wide[[b for b in budget_order(df) if b in wide.columns]]
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f", index: bool = True) -> str:
+    """A GitHub markdown table (pandas' own needs the optional ``tabulate`` package)."""
+    frame = df.reset_index() if index else df
+    cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns]
+
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main_table_markdown(df: pd.DataFrame) -> str:
+    """The table ``refinery ablate`` prints: strict accuracy (%) per strategy entry x budget, per task."""
+    table = main_table(df)
+    if not len(table):
+        return "(no rows)"
+    n = df.groupby("task")["example_id"].nunique()
+    parts = []
+    for task in table.index.get_level_values("task").unique():
+        sub = table.loc[task]
+        sub.index.name = "strategy"
+        parts.append(f"{task} (strict accuracy %, n={int(n[task])} examples)\n\n{to_markdown(sub)}")
+    return "\n\n".join(parts)

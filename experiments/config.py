@@ -1,0 +1,311 @@
+"""Ablation configs: one YAML file -> one frozen, typed :class:`ExperimentConfig`.
+
+    config = load_config("experiments/ablations/embedded_default.yaml")
+    validate(config)                       # every combination checked before any work starts
+
+A file names a model, tasks, strategies (each ``{name, label?, params?, sweep?, budgets?}``),
+budgets, a generation length, batch size, device, dtype and seeds. ``sweep: {eta: [0.02, 0.04]}``
+expands one strategy entry into one entry per value (the Cartesian product over several keys).
+
+Every mistake raises :class:`ConfigError` naming the file, the dotted key
+(``strategies[2].params.block_length``) and the reason. YAML is read with ``yaml.safe_load``
+only, so no code runs from a config file. Relative paths (model, ``data_dir``) are taken
+relative to the working directory the command runs in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "ablations" / "embedded_default.yaml"
+TOP_KEYS = {"name", "model", "tokenizer", "delete_token", "tasks", "strategies", "budgets", "gen_length",
+            "batch_size", "device", "dtype", "seeds", "score_workers", "save_traces"}
+TASK_KEYS = {"name", "n", "split", "seed", "kwargs"}
+STRATEGY_KEYS = {"name", "label", "params", "sweep", "budgets"}
+DTYPES = (None, "auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config mistake: ``"FILE: KEY: reason"``."""
+
+    def __init__(self, source: str, key: str, reason: str):
+        self.source, self.key, self.reason = source, key, reason
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # registered task name (core.tasks)
+    n: Optional[int] = None  # examples to draw; None = the whole split
+    split: str = "test"
+    seed: int = 0  # which examples are drawn (and, for generated tasks, how they are generated)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # task constructor arguments (e.g. data_dir)
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One expanded strategy entry (a sweep has already been split into one spec per value)."""
+
+    name: str  # registered strategy name
+    label: str  # unique within a config: what tables and rows call this entry
+    params: Mapping[str, Any]  # strategy parameters as written (plus the swept values)
+    budgets: Optional[tuple[str, ...]] = None  # overrides the config's budgets for this entry
+    where: str = field(default="", compare=False)  # dotted key of the source entry, for error messages
+    swept: tuple[str, ...] = field(default=(), compare=False)  # params that came from ``sweep``
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    model: str  # checkpoint directory or shipped name ("embedded", ...)
+    tasks: tuple[TaskSpec, ...]
+    strategies: tuple[StrategySpec, ...]
+    budgets: tuple[str, ...]  # canonical "a/b" strings
+    gen_length: int
+    batch_size: int  # examples per generate() call (a "cell")
+    seeds: tuple[int, ...] = (0,)
+    tokenizer: Optional[str] = None  # tokenizer directory; None = the model directory
+    delete_token: Optional[str] = None  # LLaDA-8B: the reserved token that plays <|del|>
+    device: str = "cpu"
+    dtype: Optional[str] = None
+    score_workers: int = 2  # sandbox processes for code scoring
+    save_traces: bool = True
+    source: str = field(default="<dict>", compare=False)  # file the config came from
+
+    def budgets_for(self, spec: StrategySpec) -> tuple[str, ...]:
+        return spec.budgets if spec.budgets is not None else self.budgets
+
+    def to_dict(self) -> dict:
+        """The resolved config (sweeps expanded) as plain YAML-able data; ``load_config`` reads it back."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "source"}
+        d["tasks"] = [dict(t.__dict__, kwargs=dict(t.kwargs)) for t in self.tasks]
+        d["strategies"] = [{"name": s.name, "label": s.label, "params": dict(s.params),
+                            **({"budgets": list(s.budgets)} if s.budgets is not None else {})}
+                           for s in self.strategies]
+        d["budgets"], d["seeds"] = list(self.budgets), list(self.seeds)
+        return d
+
+    def hash(self) -> str:
+        """sha256 of the resolved config: a run directory only ever holds rows of one config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def with_overrides(self, *, model: Optional[str] = None, device: Optional[str] = None,
+                       limit: Optional[int] = None) -> "ExperimentConfig":
+        """Command-line overrides; ``limit`` caps the examples drawn per task."""
+        cfg = self
+        if model is not None:
+            cfg = dataclasses.replace(cfg, model=str(model))
+        if device is not None:
+            cfg = dataclasses.replace(cfg, device=device)
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"--limit {limit}: must be >= 1")
+            tasks = tuple(dataclasses.replace(t, n=limit if t.n is None else min(t.n, limit)) for t in cfg.tasks)
+            cfg = dataclasses.replace(cfg, tasks=tasks)
+        return cfg
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and structurally check a YAML file (see :func:`validate` for the combinations)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), "", f"not valid YAML ({e})") from None
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: Any, source: str = "<dict>") -> ExperimentConfig:
+    err = _Errors(source)
+    if not isinstance(data, dict):
+        raise err("", f"expected a mapping at the top level, got {type(data).__name__}")
+    err.unknown_keys(data, TOP_KEYS, "")
+    for key in ("tasks", "strategies", "budgets", "gen_length", "batch_size"):
+        if key not in data:
+            raise err(key, "required key is missing")
+    budgets = _budgets(data["budgets"], "budgets", err)
+    strategies = tuple(s for i, entry in enumerate(_list(data["strategies"], "strategies", err))
+                       for s in _strategy_specs(entry, f"strategies[{i}]", err))
+    seen: dict[str, str] = {}
+    for s in strategies:
+        if s.label in seen:
+            raise err(f"{s.where}.label", f"label {s.label!r} is used twice (also by {seen[s.label]}); "
+                                          "give each entry a distinct label")
+        seen[s.label] = s.where
+    tasks = tuple(_task_spec(t, f"tasks[{i}]", err) for i, t in enumerate(_list(data["tasks"], "tasks", err)))
+    for i, t in enumerate(tasks):
+        if any(u.name == t.name for u in tasks[:i]):
+            raise err(f"tasks[{i}].name", f"task {t.name!r} is listed twice; rows are keyed by task name")
+    dtype = data.get("dtype")
+    if dtype not in DTYPES:
+        raise err("dtype", f"{dtype!r} is not one of {[d for d in DTYPES if d]}")
+    return ExperimentConfig(
+        name=_typed(data.get("name", Path(source).stem), str, "name", err),
+        model=str(_typed(data.get("model", "embedded"), (str, Path), "model", err)),
+        tokenizer=_typed(data.get("tokenizer"), (str, type(None)), "tokenizer", err),
+        delete_token=_typed(data.get("delete_token"), (str, type(None)), "delete_token", err),
+        tasks=tasks,
+        strategies=strategies,
+        budgets=budgets,
+        gen_length=_positive_int(data["gen_length"], "gen_length", err),
+        batch_size=_positive_int(data["batch_size"], "batch_size", err),
+        seeds=tuple(_int(s, f"seeds[{i}]", err) for i, s in enumerate(_list(data.get("seeds", [0]), "seeds", err))),
+        device=_typed(data.get("device", "cpu"), str, "device", err),
+        dtype=dtype,
+        score_workers=_positive_int(data.get("score_workers", 2), "score_workers", err),
+        save_traces=_typed(data.get("save_traces", True), bool, "save_traces", err),
+        source=source,
+    )
+
+
+class _Errors:
+    """Builds ConfigErrors for one source file."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def __call__(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, key, reason)
+
+    def unknown_keys(self, data: dict, known: set, where: str) -> None:
+        for k in data:
+            if k not in known:
+                raise self(f"{where}.{k}" if where else str(k), f"unknown key; known keys: {sorted(known)}")
+
+
+def _typed(value, types, key: str, err: _Errors):
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        names = "/".join(t.__name__ for t in _as_tuple(types))
+        raise err(key, f"expected {names}, got {value!r}")
+    return value
+
+
+def _as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _int(value, key: str, err: _Errors) -> int:
+    return _typed(value, int, key, err)
+
+
+def _positive_int(value, key: str, err: _Errors) -> int:
+    if _int(value, key, err) < 1:
+        raise err(key, f"must be >= 1, got {value}")
+    return value
+
+
+def _list(value, key: str, err: _Errors) -> list:
+    if not isinstance(value, list) or not value:
+        raise err(key, f"expected a non-empty list, got {value!r}")
+    return value
+
+
+def canonical_budget(value) -> str:
+    """'1/8', 0.125, 1 -> '1/8', '1/8', '1/1' (raises ValueError on a bad budget)."""
+    from core.decode import parse_budget
+
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"budget {value!r} is not a fraction like '1/4' or a number")
+    frac = parse_budget(value)
+    return f"{frac.numerator}/{frac.denominator}"
+
+
+def _budgets(value, key: str, err: _Errors) -> tuple[str, ...]:
+    out = []
+    for j, b in enumerate(_list(value, key, err)):
+        try:
+            out.append(canonical_budget(b))
+        except ValueError as e:
+            raise err(f"{key}[{j}]", str(e)) from None
+    if len(set(out)) != len(out):
+        raise err(key, f"budgets repeat: {out}")
+    return tuple(out)
+
+
+def _task_spec(entry, where: str, err: _Errors) -> TaskSpec:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict):
+        raise err(where, f"expected a task name or a mapping, got {entry!r}")
+    err.unknown_keys(entry, TASK_KEYS, where)
+    if "name" not in entry:
+        raise err(f"{where}.name", "required key is missing")
+    n = entry.get("n")
+    if n is not None:
+        _positive_int(n, f"{where}.n", err)
+    kwargs = entry.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise err(f"{where}.kwargs", f"expected a mapping, got {kwargs!r}")
+    return TaskSpec(name=_typed(entry["name"], str, f"{where}.name", err), n=n,
+                    split=_typed(entry.get("split", "test"), str, f"{where}.split", err),
+                    seed=_int(entry.get("seed", 0), f"{where}.seed", err), kwargs=dict(kwargs))
+
+
+def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
+    """One YAML strategy entry -> one spec, or one per point of its sweep grid."""
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict):
+        raise err(where, f"expected a strategy name or a mapping, got {entry!r}")
+    err.unknown_keys(entry, STRATEGY_KEYS, where)
+    if "name" not in entry:
+        raise err(f"{where}.name", "required key is missing")
+    name = _typed(entry["name"], str, f"{where}.name", err)
+    label = _typed(entry.get("label", name), str, f"{where}.label", err)
+    params = entry.get("params") or {}
+    sweep = entry.get("sweep") or {}
+    for key, value in (("params", params), ("sweep", sweep)):
+        if not isinstance(value, dict):
+            raise err(f"{where}.{key}", f"expected a mapping, got {value!r}")
+    for k, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise err(f"{where}.sweep.{k}", f"expected a non-empty list of values, got {values!r}")
+        if k in params:
+            raise err(f"{where}.sweep.{k}", "is also set under params; set it in one place")
+    budgets = _budgets(entry["budgets"], f"{where}.budgets", err) if "budgets" in entry else None
+    if not sweep:
+        return [StrategySpec(name, label, dict(params), budgets, where)]
+    keys = list(sweep)
+    specs = []
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        point = dict(zip(keys, values))
+        if "{" in label:
+            try:
+                point_label = label.format(**point)
+            except (KeyError, IndexError, ValueError) as e:
+                raise err(f"{where}.label", f"cannot fill {label!r} from the sweep keys {keys} ({e})") from None
+        else:
+            point_label = f"{label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
+        specs.append(StrategySpec(name, point_label, {**params, **point}, budgets, where, tuple(keys)))
+    return specs
+
+
+def read_yaml_config(path: str | Path) -> dict:
+    """The raw mapping of a saved config.yaml (for the store and the app)."""
+    return yaml.safe_load(Path(path).read_text())
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    header = f"# resolved config of {config.source} (sweeps expanded); sha256 {config.hash()}\n"
+    return header + yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def validate(config: ExperimentConfig, check_paths: bool = False) -> None:
+    """Check every combination before any work starts (see :mod:`experiments.validate`)."""
+    from experiments.validate import validate as _validate
+
+    _validate(config, check_paths=check_paths)

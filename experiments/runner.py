@@ -1,0 +1,167 @@
+"""Run an ablation: expand a config into cells, generate and score each, store the rows.
+
+A *cell* is (task, strategy entry, budget, seed) x one batch of up to ``batch_size`` examples:
+exactly one ``core.decode.generate`` call, so every row of a batch gets the same NFE budget.
+Cells already stored in the run directory are skipped, which makes a killed run resumable by
+running the same command again (see :mod:`experiments.store`).
+
+    run_dir = run_ablation(load_config(path), "runs/default")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Optional
+
+from experiments.config import ExperimentConfig, StrategySpec, TaskSpec, validate
+from experiments.store import RunStore, row_key
+
+log = logging.getLogger(__name__)
+
+WALL_TIME_FIELDS = ("wall_seconds", "batch_seconds")  # the only fields that differ between identical runs
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One generate() call: a batch of examples of one task under one strategy entry, budget and seed."""
+
+    task_index: int  # position in config.tasks
+    task: TaskSpec
+    strategy: StrategySpec
+    budget: str
+    seed: int
+    batch_index: int
+    examples: tuple  # core.tasks Example objects
+
+    @property
+    def batch_id(self) -> str:
+        """A file-name-safe, unique id: readable prefix + hash of the exact identity."""
+        ident = f"{self.task.name}|{self.task.split}|{self.strategy.label}|{self.budget}|{self.seed}|{self.batch_index}"
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.task.name}.{self.strategy.label}."
+                                                    f"{self.budget.replace('/', '-')}.s{self.seed}.b{self.batch_index}")
+        return f"{readable}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
+
+
+def load_examples(config: ExperimentConfig) -> dict[int, tuple[object, list]]:
+    """task index -> (Task, examples) for every task of the config."""
+    from core.tasks import get_task
+
+    out = {}
+    for i, spec in enumerate(config.tasks):
+        task = get_task(spec.name, **spec.kwargs)
+        examples = task.examples(spec.split, spec.n, spec.seed)
+        ids = [e.id for e in examples]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{config.source}: tasks[{i}]: task {spec.name!r} returned duplicate example ids")
+        out[i] = (task, examples)
+    return out
+
+
+def plan_cells(config: ExperimentConfig, examples: dict[int, tuple[object, list]]) -> list[Cell]:
+    """Every cell of the config, in a fixed order (task, seed, budget, strategy entry, batch)."""
+    budgets = list(config.budgets)
+    for strat in config.strategies:  # budgets only some entries use come after the shared ones
+        budgets += [b for b in config.budgets_for(strat) if b not in budgets]
+    cells = []
+    for i, spec in enumerate(config.tasks):
+        exs = examples[i][1]
+        batches = [tuple(exs[k:k + config.batch_size]) for k in range(0, len(exs), config.batch_size)]
+        for seed in config.seeds:
+            for budget in budgets:
+                for strat in config.strategies:
+                    if budget in config.budgets_for(strat):
+                        cells += [Cell(i, spec, strat, budget, seed, j, batch) for j, batch in enumerate(batches)]
+    return cells
+
+
+def run_cell(cell: Cell, task, model, tokenizer, config: ExperimentConfig) -> tuple[list[dict], object]:
+    """Generate and score one batch -> (rows without store fields, CompactTrace or None)."""
+    from core.decode import generate
+    from core.tokenizer import decode_response, render_prompt
+    from strategies import get_strategy
+
+    strategy = get_strategy(cell.strategy.name, **cell.strategy.params)
+    prompts = [render_prompt(tokenizer, ex.messages()) for ex in cell.examples]
+    res = generate(model, prompts, config.gen_length, strategy, cell.budget, seed=cell.seed,
+                   record_trace=config.save_traces)
+    stop = {model.config.eos_token_id, getattr(model.config, "eot_token_id", None)} - {None}
+    outputs, generated = [], []
+    for b in range(len(prompts)):
+        ids = res.tokens[b, : int(res.lengths[b])].tolist()
+        n = next((j for j, t in enumerate(ids) if t in stop), len(ids))
+        outputs.append(decode_response(tokenizer, ids))
+        generated.append(n)
+    scores = task.score_many(list(zip(cell.examples, outputs)), workers=config.score_workers)
+    params = strategy.config.as_dict()
+    rows = []
+    for b, (ex, out, score) in enumerate(zip(cell.examples, outputs, scores)):
+        rows.append(dict(
+            key=row_key(cell.task.name, ex.id, cell.strategy.label, cell.budget, cell.seed),
+            task=cell.task.name, split=cell.task.split, example_id=ex.id,
+            strategy=cell.strategy.name, label=cell.strategy.label, params=_jsonable(params),
+            budget=cell.budget, budget_value=float(Fraction(cell.budget)), seed=cell.seed,
+            gen_length=config.gen_length, output=out, correct=bool(score.correct),
+            answer_correct=bool(score.answer_correct), extracted=score.extracted, error=score.error,
+            nfe=int(res.nfe[b]), max_nfe=int(res.max_nfe), tokens_generated=generated[b],
+            wall_seconds=res.seconds / len(prompts), batch_seconds=res.seconds,
+        ))
+    trace = res.trace.compact() if res.trace is not None else None
+    return rows, trace
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: bool = True,
+                 check_paths: bool = True, on_batch: Optional[Callable[[Cell, list[dict]], None]] = None) -> Path:
+    """Run (or finish) every cell of ``config`` into ``out_dir``; returns the run directory.
+
+    Validation happens first, so a bad config fails before any model is loaded."""
+    validate(config, check_paths=check_paths)
+    store = RunStore.open(out_dir, config)
+    examples = load_examples(config)
+    cells = plan_cells(config, examples)
+    todo = [c for c in cells if c.batch_id not in store.done_batches]
+    log.info("%s: %d cells, %d already stored, %d to run", out_dir, len(cells), len(cells) - len(todo), len(todo))
+    if not todo:
+        return store.run_dir
+    model, tokenizer = load_model_for(config)
+    bar = _progress(len(cells), len(cells) - len(todo), enabled=progress)
+    try:
+        for cell in todo:
+            bar.set_postfix_str(f"{cell.task.name} {cell.strategy.label} {cell.budget}", refresh=False)
+            rows, trace = run_cell(cell, examples[cell.task_index][0], model, tokenizer, config)
+            store.write_batch(cell.batch_id, rows, trace)
+            if on_batch is not None:
+                on_batch(cell, rows)
+            bar.update(1)
+    finally:
+        bar.close()
+    return store.run_dir
+
+
+def load_model_for(config: ExperimentConfig):
+    from core.checkpoint import load_model, parse_dtype, resolve_model_path
+    from core.tokenizer import load_tokenizer
+
+    model_dir = resolve_model_path(config.model)
+    model = load_model(model_dir, config.device, parse_dtype(config.dtype))
+    tokenizer = load_tokenizer(config.tokenizer or model_dir, delete_token=config.delete_token)
+    return model, tokenizer
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="ablation cells", unit="cell", disable=not enabled,
+                dynamic_ncols=True)

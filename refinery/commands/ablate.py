@@ -1,0 +1,43 @@
+"""``refinery ablate``: run a YAML ablation (strategies x budgets x tasks) into a resumable run directory."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ablate", help="run an ablation config (default: the embedded default) into a run directory",
+                       description="Run every (task, strategy, budget, seed) cell of CONFIG. A killed run "
+                                   "continues where it stopped when the same command is run again.")
+    p.add_argument("config", nargs="?", default=None,
+                   help="ablation YAML (default: experiments/ablations/embedded_default.yaml)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--model", default=None, help="override the config's model (checkpoint directory or name)")
+    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N examples per task")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--validate-only", action="store_true", help="check the config (and paths) and stop")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from experiments.config import DEFAULT_CONFIG, load_config, validate
+
+    config = load_config(args.config or DEFAULT_CONFIG)
+    config = config.with_overrides(model=args.model, device=args.device, limit=args.limit)
+    if args.validate_only:
+        validate(config, check_paths=True)
+        n = len(config.strategies)
+        print(f"{config.source}: ok ({len(config.tasks)} tasks, {n} strategy entries, {len(config.budgets)} budgets)")
+        return 0
+    from analysis.load import rows_frame
+    from analysis.tables import main_table_markdown
+    from experiments.runner import run_ablation
+    from experiments.store import load_rows
+
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    run_dir = run_ablation(config, out, progress=not args.no_progress)
+    rows = load_rows(run_dir)
+    print(f"{len(rows)} rows in {run_dir}")
+    print(main_table_markdown(rows_frame(rows)))
+    return 0

@@ -1,0 +1,20 @@
+"""``refinery report``: tables (markdown) and figures (PNG) over one or more ablation runs."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="write report.md with tables and figures for ablation run directories")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `refinery ablate`")
+    p.add_argument("--out", default=None, help="output directory (default: the first RUN_DIR)")
+    p.add_argument("--baseline", default=None,
+                   help="label of the baseline strategy entry for gains (default: masked low_confidence)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from analysis.report import write_report
+
+    path = write_report(args.runs, args.out or args.runs[0], baseline=args.baseline)
+    print(f"wrote {path}")
+    return 0
