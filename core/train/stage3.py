@@ -1,0 +1,149 @@
+"""Stage 3 (ME-DLM mask-and-edit): train both heads on the model's own drafts.
+
+With probability ``intermediate_ratio`` a micro-batch becomes a *draft* step:
+
+1. mask the eos-padded answer at rate t ~ U(min_t, max_t) and let the current model fill it in with
+   its own parallel decoding through the one decode loop (``core.decode.generate``, strategy
+   ``masked`` committing k tokens per pass, k drawn from ``k_choices``), without gradients;
+2. optionally apply edit passes (strategy ``edit``), their number ramping from 0 to
+   ``max_diffusion_steps`` over ``curriculum_steps`` (the drafts get harder to fix as the model improves);
+3. strip the eos padding and label the draft against the truth (response + <|eot_id|>) with the
+   canonical edit labels (``core.edit_labels.batch_edit_labels``);
+4. input = prompt + draft (batch padding out of attention): the output head learns ``cur_labels`` on
+   draft positions (keep / replace / <|del|>), the next-token head ``next_labels`` on the gaps after
+   them and ``gap0_label`` at the last prompt position (the gap before the draft).
+
+Otherwise it is an ordinary Stage-2 masked step.
+
+Cost. The rollout is capped at ``rollout_passes`` forward passes: the masked strategy commits
+max(k, what is needed to finish in time) per pass, so a rollout costs ``rollout_passes`` no-grad
+forwards (plus the edit passes) whatever the answer length. A forward is about a third of a
+forward+backward, so ``rollout_passes + max_diffusion_steps <= 3`` keeps a draft step under 2x a
+Stage-2 step; ``tests/benchmarks/train_step_cost.py`` measures it.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.train.config import TrainConfig
+from core.train.data import ChatBatch
+from core.train.objectives import LossOutput, SFTObjective
+
+IGNORE = -100
+
+
+def unwrap(model):
+    """The LLaDAModel inside a DeepSpeed engine (its forward gathers ZeRO-3 shards by itself)."""
+    return getattr(model, "module", model)
+
+
+def edit_passes_at(step: int, max_steps: int, cfg: TrainConfig) -> int:
+    """Curriculum: 0 edit passes at step 0, ``max_diffusion_steps`` from ``curriculum_steps`` on."""
+    s3 = cfg.stage3
+    if s3.max_diffusion_steps == 0:
+        return 0
+    horizon = s3.curriculum_steps or max_steps
+    return min(s3.max_diffusion_steps, (step * (s3.max_diffusion_steps + 1)) // max(1, horizon))
+
+
+def draft_targets(prompts: list[np.ndarray], drafts: list[np.ndarray], truths: list[np.ndarray], special: dict):
+    """Lay out prompt + draft rows and their edit labels.
+
+    Returns input_ids (B, T), attention_mask (B, T) bool, cur_targets (B, T), next_targets (B, T) with
+    IGNORE (-100) wherever nothing is learned: cur_targets[b, P_b + i] = cur_labels[i], next_targets[b, P_b + i]
+    = next_labels[i], next_targets[b, P_b - 1] = gap0_label."""
+    from core.edit_labels import batch_edit_labels
+
+    pad, B = special["pad_token_id"], len(prompts)
+    labels = batch_edit_labels([np.asarray(d, dtype=np.int64) for d in drafts],
+                               [np.asarray(t, dtype=np.int64) for t in truths],
+                               delete_id=special["delete_token_id"], eos_id=special["eos_token_id"], ignore_index=IGNORE)
+    T = max(len(p) + len(d) for p, d in zip(prompts, drafts))
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.bool)
+    cur_t = torch.full((B, T), IGNORE, dtype=torch.long)
+    next_t = torch.full((B, T), IGNORE, dtype=torch.long)
+    for b, (p, d, lab) in enumerate(zip(prompts, drafts, labels)):
+        P, n = len(p), len(d)
+        ids[b, :P] = torch.as_tensor(p)
+        ids[b, P:P + n] = torch.as_tensor(d)
+        attn[b, :P + n] = True
+        cur_t[b, P:P + n] = torch.from_numpy(lab.cur_labels)
+        next_t[b, P:P + n] = torch.from_numpy(lab.next_labels)
+        next_t[b, P - 1] = lab.gap0_label
+    return ids, attn, cur_t, next_t
+
+
+def _mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE over labelled positions only (no float copy of the whole (B, T, V) logits)."""
+    where = targets != IGNORE
+    ce = F.cross_entropy(logits[where].float(), targets[where], reduction="sum")
+    return ce / where.sum().clamp(min=1)
+
+
+class Stage3Objective:
+    kind = "chat"
+
+    def __init__(self, cfg: TrainConfig, special: dict):
+        self.cfg, self.special = cfg, special
+        self.sft = SFTObjective(cfg, special)
+
+    def loss(self, model, batch: ChatBatch, gen: torch.Generator, step: int) -> LossOutput:
+        if torch.rand(1, generator=gen).item() >= self.cfg.stage3.intermediate_ratio:
+            out = self.sft.loss(model, batch, gen, step)
+            out.metrics["draft_step"] = 0.0
+            return out
+        prompts, drafts, truths = self.rollout(unwrap(model), batch, gen, step)
+        return self.draft_loss(model, prompts, drafts, truths)
+
+    @torch.no_grad()
+    def rollout(self, model, batch: ChatBatch, gen: torch.Generator, step: int):
+        """Partially mask each answer and let the model finish it (then edit it): ragged prompts, drafts, truths."""
+        from core.decode import generate, strip_padding
+        from strategies import get_strategy
+
+        s3, sp = self.cfg.stage3, self.special
+        B = batch.input_ids.shape[0]
+        rows = [(int(batch.prompt_len[b]), int(batch.response_mask[b].sum()), int(batch.target_len[b])) for b in range(B)]
+        G = max(r for _, r, _ in rows)
+        region = torch.full((B, G), sp["eos_token_id"], dtype=torch.long)
+        ids = batch.input_ids.cpu()
+        for b, (P, r, _) in enumerate(rows):
+            region[b, :r] = ids[b, P:P + r]
+        t = self.cfg.objective.min_t + (self.cfg.objective.max_t - self.cfg.objective.min_t) * torch.rand(B, generator=gen)
+        span = torch.arange(G)[None, :] < torch.tensor([r for _, r, _ in rows])[:, None]
+        masked = (torch.rand(B, G, generator=gen) < t[:, None]) & span
+        init = torch.where(masked, torch.full_like(region, sp["mask_token_id"]), region)
+        k = s3.k_choices[int(torch.randint(len(s3.k_choices), (1,), generator=gen))]
+        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        prompts = [ids[b, :P].numpy() for b, (P, _, _) in enumerate(rows)]
+        strategy = get_strategy("masked", tokens_per_pass=k, temperature=s3.temperature)
+        res = generate(model, [p.tolist() for p in prompts], G, strategy, Fraction(min(s3.rollout_passes, G), G),
+                       init=init, seed=seed, record_trace=False)
+        tokens = res.tokens
+        lengths = strip_padding(tokens, sp["eos_token_id"], sp["pad_token_id"])
+        n_edit = edit_passes_at(step, self.cfg.optim.max_steps, self.cfg)
+        if n_edit > 0 and G > n_edit:
+            edit = get_strategy("edit", edit_passes=n_edit, **s3.edit_strategy_params)
+            res = generate(model, [p.tolist() for p in prompts], G, edit, Fraction(n_edit + 1, G),
+                           init=tokens, seed=seed + 1, record_trace=False)
+            tokens, lengths = res.tokens, res.lengths
+        tokens, lengths = tokens.cpu(), lengths.cpu()
+        drafts = [tokens[b, :int(lengths[b])].numpy() for b in range(B)]
+        truths = [ids[b, P:P + n].numpy() for b, (P, _, n) in enumerate(rows)]
+        return prompts, drafts, truths
+
+    def draft_loss(self, model, prompts, drafts, truths) -> LossOutput:
+        ids, attn, cur_t, next_t = (x.to(unwrap(model).device) for x in
+                                    draft_targets(prompts, drafts, truths, self.special))
+        out = model(ids, attention_mask=attn, compute_next=True)
+        cur, nxt = _mean_ce(out.logits, cur_t), _mean_ce(out.next_logits, next_t)
+        loss = cur + self.cfg.objective.next_head_weight * nxt
+        changed = ((cur_t != IGNORE) & (cur_t != ids)).sum() / (cur_t != IGNORE).sum().clamp(min=1)
+        metrics = {"loss_cur": cur.item(), "loss_next": nxt.item(), "draft_step": 1.0, "draft_edit_frac": changed.item()}
+        return LossOutput(loss, metrics, int(attn.sum()))

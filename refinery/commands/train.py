@@ -1,0 +1,46 @@
+"""``refinery train CONFIG``: run a training stage from a YAML config (single process, torchrun or deepspeed)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a stage (pretrain / sft / stage3 / r2ft) from a YAML config")
+    p.add_argument("config", help="YAML training config (see experiments/train/)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    p.add_argument("--out", default=None, help="output directory (overrides engine.out_dir)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (overrides optim.max_steps)")
+    p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (overrides engine.device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_suppress())
+    p.set_defaults(run=run)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS  # the deepspeed launcher passes --local_rank; LOCAL_RANK in the env is what we read
+
+
+def run(args) -> int:
+    import os
+
+    from core.train.config import load_config
+    from core.train.engine import Trainer
+
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    overrides = {}
+    if args.out is not None:
+        overrides["engine.out_dir"] = args.out
+    if args.max_steps is not None:
+        overrides["optim.max_steps"] = args.max_steps
+    if args.device is not None:
+        overrides["engine.device"] = args.device
+    if args.no_progress:
+        overrides["engine.progress"] = False
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg, where=args.config)
+    out = trainer.train(resume=args.resume)
+    if trainer.info.is_main:
+        print(f"trained {cfg.stage} for {cfg.optim.max_steps} steps -> {out}")
+    return 0
