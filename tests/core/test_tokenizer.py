@@ -84,7 +84,8 @@ def test_unknown_delete_token_and_missing_dir(llada_dir, tmp_path):
 def test_llada_chat_template(llada_dir):
     path, _ = llada_dir
     tok = load_tokenizer(path, delete_token="<|reserved_token_0|>")
-    ids = render_prompt(tok, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 * 7?"}])
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 * 7?"}]
+    ids = render_prompt(tok, messages)
     expected = ("<|startoftext|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
                 "<|start_header_id|>user<|end_header_id|>\n\nWhat is 12 * 7?<|eot_id|>"
                 "<|start_header_id|>assistant<|end_header_id|>\n\n")
