@@ -43,8 +43,10 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(out)
     if not len(table):
         return table
-    return table.sort_values(["task", "entry", "budget_value"], ascending=[True, True, False], kind="stable") \
-        .reset_index(drop=True)
+    rank = {e: i for i, e in enumerate(dict.fromkeys(df["entry"]))}  # entries in config order, not a-z
+    table["_rank"] = table["entry"].map(rank)
+    return table.sort_values(["task", "_rank", "budget_value"], ascending=[True, True, False], kind="stable") \
+        .drop(columns="_rank").reset_index(drop=True)
 
 
 def find_baseline(df: pd.DataFrame, baseline: Optional[str] = None) -> str:
