@@ -128,8 +128,8 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
 
     Validation happens first, so a bad config fails before any model is loaded."""
     validate(config, check_paths=check_paths)
+    examples = load_examples(config)  # before the run directory exists: a missing data file leaves no trace
     store = RunStore.open(out_dir, config)
-    examples = load_examples(config)
     cells = plan_cells(config, examples)
     todo = [c for c in cells if c.batch_id not in store.done_batches]
     log.info("%s: %d cells, %d already stored, %d to run", out_dir, len(cells), len(cells) - len(todo), len(todo))
