@@ -10,7 +10,7 @@ from analysis.load import load_runs
 from analysis.tables import accuracy_table, find_baseline, gain_table, main_table, main_table_markdown, \
     wilson_interval
 
-from conftest import CORRECT, make_run
+from analysis_helpers import CORRECT, make_run
 
 
 def test_wilson_interval_textbook_values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from refinery.cli import main
 
-from conftest import small_config, write_yaml
+from ablation_helpers import small_config, write_yaml
 
 
 def test_ablate_then_report(tmp_path, tiny_checkpoint, capsys):

@@ -9,7 +9,7 @@ import pytest
 from experiments.config import ConfigError, config_from_dict, load_config, validate
 from strategies import available_strategies
 
-from conftest import small_config, write_yaml
+from ablation_helpers import small_config, write_yaml
 
 SHIPPED = sorted((Path(__file__).resolve().parents[2] / "experiments" / "ablations").glob("*.yaml"))
 

@@ -16,7 +16,7 @@ from experiments.config import config_from_dict, load_config
 from experiments.runner import WALL_TIME_FIELDS, load_examples, plan_cells, run_ablation
 from experiments.store import load_rows, load_trace
 
-from conftest import single_thread, small_config, write_yaml
+from ablation_helpers import single_thread, small_config, write_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
