@@ -75,7 +75,8 @@ def rng_state(gen: torch.Generator) -> tuple[dict, dict]:
 def restore_rng(tensors: dict, meta: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
     gen.set_state(tensors["data_generator"])
-    cuda = [tensors[k] for k in sorted(tensors, key=lambda k: int(k.rsplit("_", 1)[1])) if k.startswith("torch_cuda_")]
+    cuda_keys = sorted((k for k in tensors if k.startswith("torch_cuda_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    cuda = [tensors[k] for k in cuda_keys]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     version, words, gauss = meta["python"]
@@ -104,7 +105,7 @@ def save_checkpoint(path: Path, *, model, tokenizer, optimizer, scheduler, gen: 
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         state["optimizer"] = meta
     if scheduler is not None:
-        state["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        state["scheduler"] = scheduler.state_dict()  # LambdaLR stores its functions as None: JSON-safe
     rng_tensors, state["rng"] = rng_state(gen)
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
