@@ -8,7 +8,8 @@ def add_parser(sub) -> None:
         "convert", help="convert a LLaDA-8B / ME-DLM safetensors checkpoint into refinery's format",
         description="Convert SRC (config.json + *.safetensors, single or sharded; LLaDA 'model.transformer.*' or "
                     "ME-DLM Llama-style names) into DST, loadable with `refinery decode --model DST`. Tensors are "
-                    "streamed shard by shard, so memory stays near one output shard. Pickle files are refused.")
+                    "streamed shard by shard, so peak memory is about two output shards, not the model. "
+                    "Pickle files are refused.")
     p.add_argument("src", help="source checkpoint directory")
     p.add_argument("dst", help="output directory (created)")
     p.add_argument("--layout", choices=("auto", "llada", "medlm"), default="auto",
