@@ -6,6 +6,8 @@ from analysis import figures
 from analysis.load import load_runs
 from analysis.report import write_report
 
+from analysis_helpers import run_dir  # noqa: F401 (fixture)
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -10,7 +10,7 @@ from analysis.load import load_runs
 from analysis.tables import accuracy_table, find_baseline, gain_table, main_table, main_table_markdown, \
     wilson_interval
 
-from analysis_helpers import CORRECT, make_run
+from analysis_helpers import CORRECT, make_run, run_dir  # noqa: F401 (fixture)
 
 
 def test_wilson_interval_textbook_values():

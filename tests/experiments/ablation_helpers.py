@@ -1,4 +1,6 @@
-"""Helpers of the ablation tests: a tiny random checkpoint, the smallest useful config, one torch thread."""
+"""Helpers and fixtures of the ablation tests: a tiny random checkpoint, the smallest useful config, one
+torch thread. Test modules import the fixtures from here: a conftest.py per test directory would clash
+with the ``from conftest import ...`` other test directories use (all are imported as ``conftest``)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import contextlib
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -54,3 +57,21 @@ def small_config(model: Path, **overrides) -> dict:
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    with single_thread():
+        return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_no_next(tmp_path_factory) -> Path:
+    with single_thread():
+        return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_nonext", next_token_head=False)

@@ -9,7 +9,7 @@ import pytest
 from experiments.config import ConfigError, config_from_dict, load_config, validate
 from strategies import available_strategies
 
-from ablation_helpers import small_config, write_yaml
+from ablation_helpers import one_torch_thread, small_config, tiny_checkpoint, tiny_checkpoint_no_next, write_yaml  # noqa: F401 (fixtures)
 
 SHIPPED = sorted((Path(__file__).resolve().parents[2] / "experiments" / "ablations").glob("*.yaml"))
 

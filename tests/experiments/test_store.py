@@ -11,7 +11,7 @@ from core.trace import CompactTrace
 from experiments.config import config_from_dict
 from experiments.store import RunStore, load_rows, load_trace, repair_rows, row_key
 
-from ablation_helpers import small_config
+from ablation_helpers import one_torch_thread, small_config  # noqa: F401 (fixture)
 
 
 def _rows(batch: str, n: int, start: int = 0) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from refinery.cli import main
 
-from ablation_helpers import small_config, write_yaml
+from ablation_helpers import one_torch_thread, small_config, tiny_checkpoint, tiny_checkpoint_no_next, write_yaml  # noqa: F401 (fixtures)
 
 
 def test_ablate_then_report(tmp_path, tiny_checkpoint, capsys):
