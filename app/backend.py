@@ -228,7 +228,9 @@ def saved_views(run_dir: str, rows: Sequence[dict], tokenizer) -> list[TraceView
         trace, index = load_row_trace(run_dir, row)
         view = TraceView(row_key(row), trace, index, pieces=TokenPieces(tokenizer, trace.mask_id))
         correct = row.get("correct")
-        finish_view(view, tokenizer, row.get("nfe"), None, output=row.get("output"),
+        finish_view(view, tokenizer, row.get("nfe"), row.get("max_nfe"), output=row.get("output"),
                     correct=None if correct is None else bool(correct))
+        if row.get("extracted") is not None:
+            view.note = f"extracted {row['extracted']!r}"
         views.append(view)
     return views

@@ -18,7 +18,7 @@ import gradio as gr
 from app import backend
 from app.params import FieldSpec, changed_params, field_specs, short_label, widget_value
 from app.render import CSS, TraceView, board_html
-from app.runs import find_runs, load_rows, pick_rows, row_key
+from app.runs import find_runs, load_rows, pick_rows, row_key, run_model
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def _wire_saved_runs(cache, model_box, run_dir, task, example, labels, open_btn,
             raise gr.Error("pick a run directory, a task and an example first")
         rows = [r for r in pick_rows(rows_of(rd), t, ex) if not keys or row_key(r) in keys]
         try:
-            tok = _row_tokenizer(cache, rows, model_name)
+            tok = _row_tokenizer(cache, rd, model_name)
             vs = backend.saved_views(rd, rows, tok)
         except (ValueError, FileNotFoundError) as e:
             raise gr.Error(str(e)) from None
@@ -218,14 +218,14 @@ def _wire_saved_runs(cache, model_box, run_dir, task, example, labels, open_btn,
     open_btn.click(on_open, [model_box, run_dir, task, example, labels], [status, step, board, views_state])
 
 
-def _row_tokenizer(cache, rows: Sequence[dict], model_name: str):
-    """The tokenizer of the run's model when the rows name a loadable one, else the selected model's."""
-    named = next((r["model"] for r in rows if r.get("model")), None)
+def _row_tokenizer(cache, run_dir: str, model_name: str):
+    """The tokenizer the run was made with when its config names a loadable one, else the selected model's."""
+    named = run_model(run_dir)
     if named:
         try:
             return cache.tokenizer(str(named))
         except FileNotFoundError:
-            log.info("rows name model %s, which is not here; using %s", named, model_name)
+            log.info("run %s names %s, which is not here; using %s", run_dir, named, model_name)
     return cache.tokenizer(model_name)
 
 

@@ -1,14 +1,12 @@
-"""Saved ablation runs, read without recomputing anything.
+"""Saved ablation runs, read without recomputing anything (the format belongs to ``experiments.store``).
 
-A run directory holds ``rows.jsonl`` (one JSON object per generated row: task, example_id, strategy,
-label, params, budget, seed, output, correct, nfe, trace_file, trace_row, ...) and ``traces/*.npz``
-(:meth:`core.trace.CompactTrace.save`). ``experiments.store`` is the owner of that format; this module
-uses it when it is importable and otherwise reads the two files itself.
+A run directory holds ``config.yaml``, ``rows.jsonl`` (one JSON object per generated row: task,
+example_id, strategy, label, params, budget, seed, output, correct, nfe, trace_file, trace_row, ...) and
+``traces/*.npz`` (:meth:`core.trace.CompactTrace.save`, one file per generate() batch).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -34,33 +32,44 @@ def find_runs(runs_dir: Optional[str | Path]) -> list[str]:
 
 
 def load_rows(run_dir: str | Path) -> list[dict]:
-    """All rows of a run. Raises FileNotFoundError / ValueError naming the file and line."""
+    """All complete rows of a run (cached while rows.jsonl is unchanged). FileNotFoundError / ValueError
+    name the file (and line)."""
     path = Path(run_dir).expanduser() / ROWS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no rows.jsonl in this run directory")
-    return _load_rows_cached(str(path), path.stat().st_mtime_ns)
+    return _load_rows_cached(str(path.parent), path.stat().st_mtime_ns, path.stat().st_size)
 
 
 @lru_cache(maxsize=8)
-def _load_rows_cached(path: str, mtime_ns: int) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
-            rows.append(row)
+def _load_rows_cached(run_dir: str, mtime_ns: int, size: int) -> list[dict]:
+    from experiments.store import load_rows as store_rows
+
+    rows = store_rows(run_dir)
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{Path(run_dir) / ROWS_FILE}:{n}: expected a JSON object")
     return rows
 
 
+def run_model(run_dir: str | Path) -> Optional[str]:
+    """The tokenizer (or model) directory / shipped name the run was made with, from its config.yaml."""
+    from experiments.store import load_config_dict
+
+    try:
+        config = load_config_dict(Path(run_dir).expanduser())
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    named = config.get("tokenizer") or config.get("model")
+    return str(named) if named else None
+
+
 def row_key(row: dict) -> str:
-    """How a row's strategy is named in the picker: its label, else strategy + budget."""
-    return str(row.get("label") or f"{row.get('strategy', '?')} @ {row.get('budget', '?')}")
+    """How a row's strategy is named in the picker: label (or strategy), budget, and seed."""
+    name = row.get("label") or row.get("strategy", "?")
+    seed = f" seed {row['seed']}" if row.get("seed") is not None else ""
+    return f"{name} @ {row.get('budget', '?')}{seed}"
 
 
 def pick_rows(rows: list[dict], task: Optional[str] = None, example_id: Optional[str] = None) -> list[dict]:
@@ -69,21 +78,14 @@ def pick_rows(rows: list[dict], task: Optional[str] = None, example_id: Optional
 
 
 def load_row_trace(run_dir: str | Path, row: dict) -> tuple[CompactTrace, int]:
-    """(trace, row index inside it) for one row; ValueError when the row has no trace."""
+    """(trace, row index inside it) for one row; FileNotFoundError when the run stored no trace for it."""
+    from experiments.store import load_trace
+
     rel = row.get("trace_file")
-    if not rel:
-        raise ValueError(f"{run_dir}: row {row_key(row)!r} of example {row.get('example_id')!r} has no trace_file "
-                         "(was the ablation run without traces?)")
-    path = Path(run_dir).expanduser() / rel
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: trace file named by rows.jsonl is missing")
-    trace = _load_trace_cached(str(path), path.stat().st_mtime_ns)
-    index = int(row.get("trace_row", 0))
+    if rel and not (Path(run_dir).expanduser() / rel).is_file():
+        raise FileNotFoundError(f"{Path(run_dir) / rel}: trace file named by rows.jsonl is missing")
+    trace, index = load_trace(Path(run_dir).expanduser(), row)
     if not 0 <= index < trace.initial.shape[0]:
-        raise ValueError(f"{path}: trace_row {index} out of range (trace has {trace.initial.shape[0]} rows)")
+        raise ValueError(f"{Path(run_dir) / rel}: trace_row {index} out of range "
+                         f"(the trace has {trace.initial.shape[0]} rows)")
     return trace, index
-
-
-@lru_cache(maxsize=32)
-def _load_trace_cached(path: str, mtime_ns: int) -> CompactTrace:
-    return CompactTrace.load(path)

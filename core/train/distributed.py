@@ -64,6 +64,10 @@ def deepspeed_config(cfg: TrainConfig, where: str) -> dict:
     stage = ds.get("zero_optimization", {}).get("stage")
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"{path}: zero_optimization.stage must be 0-3, got {stage!r}")
+    if stage == 3 and cfg.stage == "stage3":
+        # Rollouts stop early and per rank; ZeRO-3 gathers parameters collectively in every forward, so
+        # ranks running different numbers of rollout passes would deadlock.
+        raise ValueError(f"{path}: stage3 training needs ZeRO-1/2 (rollouts are not collective-safe under ZeRO-3)")
     owned = {
         "train_micro_batch_size_per_gpu": cfg.optim.micro_batch_size,
         "gradient_accumulation_steps": cfg.optim.grad_accum,

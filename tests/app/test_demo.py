@@ -1,0 +1,66 @@
+"""The Blocks, built and driven through their event functions without launching a server; the CLI."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from app.backend import MAX_PROMPT_TOKENS
+from app.demo import build_demo
+from app.render import EVENT_STYLES, TokenPieces, TraceView
+from core.decode import generate
+from core.tokenizer import render_prompt
+from refinery.cli import main
+
+
+def _fn(demo: gr.Blocks, name: str):
+    return next(f.fn for f in demo.fns.values() if f.name == name)
+
+
+def _by_id(demo: gr.Blocks, elem_id: str):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+@pytest.fixture(scope="module")
+def fixture_view(tiny_pair) -> TraceView:
+    model, tok = tiny_pair
+    ids = render_prompt(tok, [{"role": "user", "content": "What is 12 + 7?"}])
+    trace = generate(model, [ids], 16, "remdm", "1/1", seed=1).trace.compact()
+    return TraceView("remdm fixture", trace, pieces=TokenPieces(tok, trace.mask_id))
+
+
+def test_build_demo_from_a_fixture_trace(tiny_checkpoint, fixture_view):
+    demo = build_demo(model=str(tiny_checkpoint), views=[fixture_view])
+    assert isinstance(demo, gr.Blocks)
+    board = _by_id(demo, "rf-board").value
+    assert "remdm fixture" in board and "pass 0/" in board
+    step = _by_id(demo, "rf-step")
+    assert step.maximum == fixture_view.num_passes
+    page = _fn(demo, "on_step")(3, [fixture_view])
+    assert "pass 3/" in page and f'ev-unmasked" style="background:{EVENT_STYLES["unmasked"][0]}' in page
+    k, page, _ = _fn(demo, "on_tick")(fixture_view.num_passes - 1, [fixture_view])
+    assert k == fixture_view.num_passes and f"pass {k}/{k}" in page
+
+
+def test_run_handler_streams_to_done(tiny_checkpoint):
+    demo = build_demo(model=str(tiny_checkpoint), stream_interval=0.01)
+    on_run = _fn(demo, "on_run")
+    inputs = next(f for f in demo.fns.values() if f.name == "on_run").inputs
+    defaults = [c.value for c in inputs[7:]]  # the strategy parameter widgets, as first shown
+    updates = list(on_run(str(tiny_checkpoint), "What is 12 + 7?", None, ["masked", "remdm"], "1/2", 16, 0,
+                          *defaults))
+    status, slider, board, views = updates[-1]
+    assert status == "Done." and len(views) == 2 and all(v.final_text is not None for v in views)
+    assert slider["maximum"] == max(v.num_passes for v in views)
+    assert board.count('class="rf-col"') == 2 and "final text" in board
+    with pytest.raises(gr.Error, match=str(MAX_PROMPT_TOKENS)):
+        list(on_run(str(tiny_checkpoint), "lazy dog " * 600, None, ["masked"], "1/2", 16, 0, *defaults))
+    with pytest.raises(gr.Error, match="at least one strategy"):
+        list(on_run(str(tiny_checkpoint), "hi", None, [], "1/2", 16, 0, *defaults))
+
+
+def test_cli_app_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["app", "--port", "70000"]) == 2
+    assert "--port 70000" in capsys.readouterr().err
+    assert main(["app", "--runs-dir", str(tmp_path / "none")]) == 2
+    assert "--runs-dir is not a directory" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""Hand-built cases for ME-DLM edit refinement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DELETE, EOS, MASK, VOCAB
+from core.decode import generate
+from strategies import get_strategy
+
+BIG = 10.0
+
+
+def edit_script(prompt_len=1):
+    """Mask phase drafts [10, 11, 12] + EOS padding; the first edit pass sees that draft and asks to replace
+    11 -> 21, delete 12 and insert 30 after 10; on anything else both heads agree with the input."""
+
+    def fn(ids):
+        B, W = ids.shape
+        logits = torch.zeros(B, W, VOCAB)
+        nxt = torch.zeros(B, W, VOCAB)
+        for b in range(B):
+            region = ids[b, prompt_len:].tolist()
+            if MASK in region:
+                for i, t in enumerate([10, 11, 12] + [EOS] * (len(region) - 3)):
+                    logits[b, prompt_len + i, t] = BIG
+                continue
+            n = region.index(EOS) if EOS in region else len(region)
+            draft = region[:n]
+            cur = [10, 21, DELETE] if draft == [10, 11, 12] else draft
+            following = [t for t in cur if t != DELETE] + [EOS]
+            gaps = list(following)  # "no insertion" = the token that follows
+            if draft == [10, 11, 12]:
+                gaps[1] = 30  # the gap after position 0 gets 30
+            for i, t in enumerate(cur):
+                logits[b, prompt_len + i, t] = BIG
+            # next head at column c predicts gap after c; the last prompt column predicts gap 0
+            survivors = [i for i, t in enumerate(cur) if t != DELETE]
+            nxt[b, prompt_len - 1, gaps[0]] = BIG
+            for j, i in enumerate(survivors):
+                nxt[b, prompt_len + i, gaps[j + 1]] = BIG
+            for i, t in enumerate(cur):
+                if t == DELETE:  # a deleted position's gap: predict what follows anyway (no insertion)
+                    later = [cur[k] for k in range(i + 1, len(cur)) if cur[k] != DELETE] + [EOS]
+                    nxt[b, prompt_len + i, later[0]] = BIG
+        return logits, nxt
+
+    return fn
+
+
+def test_mask_phase_then_replace_delete_insert_then_stop_early(scripted):
+    model = scripted(edit_script())
+    res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3), "1/1")
+    n = int(res.lengths[0])
+    assert res.tokens[0, :n].tolist() == [10, 30, 21]
+    assert res.nfe.tolist() == [7] and res.max_nfe == 8  # 5 mask + 2 edit passes (the second changes nothing)
+    c = res.trace.compact()
+    assert list(c.phases) == ["mask"] * 5 + ["edit"] * 2
+    ev = c.row_events(5, 0)
+    assert ev["replaced"].tolist() == [[1, 21]] and ev["deleted"].tolist() == [[2, 12]]
+    assert ev["inserted"].tolist() == [[1, 30]]  # gap 1 = between positions 0 and 1
+    assert (c.replay() == res.tokens.numpy()).all()
+
+
+def test_budget_split(scripted):
+    cfg = get_strategy("edit").config
+    assert cfg.split(64) == (48, 16)  # ME-DLM's 1/8 setting on 512 tokens
+    assert get_strategy("edit", edit_passes=3).config.split(8) == (5, 3)
+    assert get_strategy("edit", edit_passes=9).config.split(8) == (1, 7)
+
+
+def test_edit_needs_the_next_token_head(tiny_model):
+    from core.model import LLaDAModel
+
+    from conftest import tiny_config
+
+    plain = LLaDAModel(tiny_config(next_token_head=False)).eval()
+    with pytest.raises(ValueError, match="next-token head"):
+        generate(plain, [[5, 6]], 8, "edit", "1/1")
+
+
+def test_editing_a_given_draft_without_a_mask_phase(tiny_model):
+    init = torch.tensor([[20, 21, 22, EOS, EOS, EOS], [23, EOS, EOS, EOS, EOS, EOS]])
+    res = generate(tiny_model, [[5, 6], [7]], 6, get_strategy("edit", edit_passes=2), "1/2", init=init)
+    c = res.trace.compact()
+    assert set(c.phases) <= {"edit"} and (res.nfe <= 2).all()
+    assert (c.replay() == res.tokens.numpy()).all()
