@@ -19,7 +19,6 @@ from typing import Optional
 
 import torch
 
-from core.edit_labels import apply_edits
 from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig
 from strategies.masked import MaskedConfig, MaskedStrategy
@@ -95,6 +94,8 @@ class EditStrategy(Strategy):
         logits = ban_tokens(out.logits, (ctx.mask_id,))
         cur, conf = predict(logits, 0.0, ctx.generators)
         nxt = ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id)).argmax(-1)  # (B, L+1)
+        from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
+
         res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
                           eos_id=ctx.eos_id, pad_id=ctx.pad_id)
         rows = active[:, None]

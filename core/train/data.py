@@ -84,9 +84,13 @@ def validate_jsonl(path: str | Path, kind: str) -> int:
 
 def load_records(files: Sequence[str], kind: str, progress: bool = False):
     """Validate all ``files`` then load them as one ``datasets.Dataset`` (json builder, local only)."""
-    import datasets
-
     total = sum(validate_jsonl(f, kind) for f in files)
+    try:
+        import datasets
+    except ImportError:  # a bare accelerator image: the records were validated above, read them directly
+        log.warning("the datasets package is not installed; reading %s as plain JSON lines", list(files))
+        return [json.loads(line) for f in files for line in Path(f).read_text(encoding="utf-8").splitlines()
+                if line.strip()]
     if not progress:
         datasets.disable_progress_bars()
     ds = datasets.load_dataset("json", data_files=[str(Path(f).resolve()) for f in files], split="train")
@@ -97,9 +101,8 @@ def load_records(files: Sequence[str], kind: str, progress: bool = False):
 
 def pack_texts(ds, tokenizer, seq_len: int, eos_id: int) -> np.ndarray:
     """Documents -> (N, seq_len) int64 chunks of the eos-joined token stream (Stage-1 packing)."""
-    enc = ds.map(lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
-                 batched=True, remove_columns=ds.column_names)
-    stream = np.fromiter((t for ids in enc["ids"] for t in (*ids, eos_id)), dtype=np.int64)
+    ids = tokenizer([rec["text"] for rec in ds], add_special_tokens=False)["input_ids"]
+    stream = np.fromiter((t for doc in ids for t in (*doc, eos_id)), dtype=np.int64)
     n = len(stream) // seq_len
     if n == 0:
         raise ValueError(f"pretraining data has {len(stream)} tokens, fewer than one chunk of seq_len={seq_len}")

@@ -28,26 +28,37 @@ def write_jsonl(path: Path, records) -> int:
     return n
 
 
-def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int) -> dict:
-    from core.tasks import embedded_corpus, get_task
+def _records(args: tuple) -> list[dict]:
+    name, split, n, seed, kind = args
+    from core.tasks import get_task
+
+    return get_task(name).training_records(split, n, seed, kind=kind)
+
+
+def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, workers: int = 1) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from core.tasks import embedded_corpus
     from core.tokenizer import train_embedded_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     tok = train_embedded_tokenizer(embedded_corpus(n_per_task=5000, seed=seed), vocab_size=vocab_size)
     tok.save_pretrained(out / "tokenizer")
-    counts = {}
-    pre, sft = [], []
-    for i, name in enumerate(TASKS):
-        task = get_task(name)
-        pre += task.training_records("train", n_pretrain, seed + 10 * i, kind="text")
-        sft += task.training_records("train", n_sft, seed + 10 * i + 1, kind="sft")
+    jobs = [(name, "train", n, seed + 10 * i + j, kind) for i, name in enumerate(TASKS)
+            for j, (kind, n) in enumerate((("text", n_pretrain), ("sft", n_sft)))]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_records, jobs))
+    else:
+        parts = [_records(job) for job in jobs]
+    pre = [r for job, part in zip(jobs, parts) if job[4] == "text" for r in part]
+    sft = [r for job, part in zip(jobs, parts) if job[4] == "sft" for r in part]
     import random
 
     rng = random.Random(seed)
     rng.shuffle(pre)
     rng.shuffle(sft)
-    counts["pretrain"] = write_jsonl(out / "pretrain.jsonl", pre)
-    counts["sft"] = write_jsonl(out / "sft.jsonl", sft)
+    counts = {"pretrain": write_jsonl(out / "pretrain.jsonl", pre), "sft": write_jsonl(out / "sft.jsonl", sft)}
     lengths = [len(tok.encode(r["response"], add_special_tokens=False)) + 1 for r in sft[:2000]]
     counts["max_response_tokens"] = max(lengths)
     counts["vocab"] = len(tok)
@@ -61,8 +72,9 @@ def main() -> None:
     ap.add_argument("--n-sft", type=int, default=100_000, help="records per task for Stage 2/3")
     ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1, help="processes generating records")
     args = ap.parse_args()
-    print(json.dumps(prepare(args.out, args.n_pretrain, args.n_sft, args.vocab_size, args.seed)))
+    print(json.dumps(prepare(args.out, args.n_pretrain, args.n_sft, args.vocab_size, args.seed, args.workers)))
 
 
 if __name__ == "__main__":

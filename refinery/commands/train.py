@@ -11,6 +11,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (overrides optim.max_steps)")
     p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (overrides engine.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key (dotted; VALUE read as YAML), e.g. --set optim.lr=3e-4")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_suppress())
     p.set_defaults(run=run)
 
@@ -38,9 +40,23 @@ def run(args) -> int:
         overrides["engine.device"] = args.device
     if args.no_progress:
         overrides["engine.progress"] = False
+    overrides.update(parse_sets(args.set))
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg, where=args.config)
     out = trainer.train(resume=args.resume)
     if trainer.info.is_main:
         print(f"trained {cfg.stage} for {cfg.optim.max_steps} steps -> {out}")
     return 0
+
+
+def parse_sets(items: list[str]) -> dict:
+    """["optim.lr=3e-4", "data.train_files=[a.jsonl]"] -> {"optim.lr": 0.0003, ...} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"refinery train: --set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

@@ -1,0 +1,97 @@
+"""The task interface: examples with prompts and references, and a scorer.
+
+    task = get_task("arith")
+    examples = task.examples("test", n=100, seed=0)
+    scores = task.score_many([(ex, output) for ex, output in zip(examples, outputs)], workers=2)
+
+Every task, generated or loaded from files, answers the same four questions: which examples
+(``examples``), what the model is shown (``Example.messages``), whether an output is right
+(``score`` / ``score_many``) and, for the generated ones, what to train on
+(``training_records``). ``Score.correct`` is the strict verdict the tables report first;
+``Score.answer_correct`` is the looser answer-only verdict (equal to ``correct`` where the task
+has no looser notion, e.g. code that must pass its tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem. ``prompt`` is the user turn; ``system`` an optional system turn."""
+
+    id: str  # unique within (task, split)
+    task: str  # registered task name
+    prompt: str  # the user message
+    reference: str  # a gold answer or solution, as text
+    meta: dict = field(default_factory=dict, compare=False)  # task-specific: tests, entry point, values
+    system: Optional[str] = None
+
+    def messages(self) -> list[dict]:
+        """Chat messages for ``core.tokenizer.render_prompt``."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + [{"role": "user", "content": self.prompt}]
+
+
+@dataclass(frozen=True)
+class Score:
+    """The verdict on one output."""
+
+    correct: bool  # strict: the whole output is right (every step valid / every test passed)
+    answer_correct: bool  # answer-only: the final answer is right, however it was reached
+    extracted: Optional[str] = None  # the answer or code the scorer read out of the output
+    error: Optional[str] = None  # why it failed, in one line (None when correct)
+
+
+class Task:
+    """Base class. Subclasses set ``name`` and implement ``examples`` and ``score``."""
+
+    name: str = ""
+
+    def examples(self, split: str, n: Optional[int] = None, seed: int = 0) -> list[Example]:
+        """The first ``n`` examples of ``split`` (all when None) in a ``seed``-determined order."""
+        raise NotImplementedError
+
+    def score(self, example: Example, output: str) -> Score:
+        raise NotImplementedError
+
+    def score_many(self, pairs: Sequence[tuple[Example, str]], workers: int = 1) -> list[Score]:
+        """Score (example, output) pairs, in order. Code tasks override this to run a sandbox pool."""
+        return [self.score(ex, out) for ex, out in pairs]
+
+    def training_records(self, split: str, n: int, seed: int = 0, kind: str = "sft") -> list[dict]:
+        """Training data in the harness's JSONL formats: kind "text" -> {"text"}, "sft" -> {"history", "response"}."""
+        raise NotImplementedError(f"task {self.name!r} generates no training data")
+
+
+def check_split(task: str, split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"task {task!r}: split must be one of {SPLITS}, got {split!r}")
+
+
+TASKS: dict[str, type] = {}
+
+
+def register_task(name: str):
+    """Class decorator: ``@register_task("arith")``."""
+
+    def wrap(cls):
+        if name in TASKS:
+            raise ValueError(f"task {name!r} registered twice")
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    if name not in TASKS:
+        from strategies.registry import unknown_name_message  # the one "Did you mean" message
+
+        raise KeyError(unknown_name_message("task", name, list(TASKS)))
+    return TASKS[name](**kwargs)

@@ -1,0 +1,98 @@
+"""Shared machinery of the embedded (generated) tasks: seeded problems, disjoint splits, training data.
+
+A generated task draws problems from a seeded ``random.Random``. Each problem has a *key* (the
+parameters that define it, not its surface form); ``split_of(key)`` hashes the key into train
+(80%) or test (20%), so no test problem is ever a training problem, whatever the seeds, and the
+split does not depend on the order of generation. Every problem has several valid written
+solutions (``Problem.solution(rng)``): that multimodality is what parallel decoding breaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+from core.tasks.base import Example, Task, check_split
+
+TEST_PERCENT = 20  # share of problem keys that belong to the test split
+DEFAULT_N = 500  # examples(split, n=None) returns this many (generated tasks have no natural size)
+MAX_TRIES = 10_000  # draws per wanted problem before giving up (a knob setting that admits too few problems)
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str  # the defining parameters; decides the split and the example id
+    prompt: str
+    reference: str  # the canonical solution
+    meta: dict = field(compare=False)
+    solution: Callable[[random.Random], str] = field(compare=False)  # one valid solution, any surface form
+
+
+def split_of(task: str, key: str) -> str:
+    bucket = int(hashlib.sha1(f"{task}|{key}".encode()).hexdigest()[:8], 16) % 100
+    return "test" if bucket < TEST_PERCENT else "train"
+
+
+class GeneratedTask(Task):
+    """Base of ``arith`` and ``pycode``: subclasses implement ``draw(rng) -> Problem`` and ``score``."""
+
+    def draw(self, rng: random.Random) -> Problem:
+        raise NotImplementedError
+
+    def _stream(self, split: str, seed: int, unique: bool) -> Iterator[Problem]:
+        check_split(self.name, split)
+        rng = random.Random(f"{self.name}|{split}|{seed}")
+        seen: set[str] = set()
+        misses = 0
+        while True:
+            p = self.draw(rng)
+            if split_of(self.name, p.key) != split or (unique and p.key in seen):
+                misses += 1
+                if misses > MAX_TRIES:
+                    raise ValueError(f"task {self.name!r}: cannot draw more {split} problems with these settings "
+                                     f"({len(seen)} found)")
+                continue
+            misses = 0
+            seen.add(p.key)
+            yield p
+
+    def problems(self, split: str, n: Optional[int] = None, seed: int = 0) -> list[Problem]:
+        n = DEFAULT_N if n is None else n
+        stream = self._stream(split, seed, unique=True)
+        return [next(stream) for _ in range(n)]
+
+    def examples(self, split: str, n: Optional[int] = None, seed: int = 0) -> list[Example]:
+        return [Example(id=f"{self.name}-{hashlib.sha1(p.key.encode()).hexdigest()[:12]}", task=self.name,
+                        prompt=p.prompt, reference=p.reference, meta=dict(p.meta, key=p.key))
+                for p in self.problems(split, n, seed)]
+
+    def training_records(self, split: str, n: int, seed: int = 0, kind: str = "sft") -> list[dict]:
+        """``n`` records of fresh problems (repeats allowed), each with a random valid solution."""
+        if kind not in ("text", "sft"):
+            raise ValueError(f"task {self.name!r}: kind must be 'text' or 'sft', got {kind!r}")
+        stream = self._stream(split, seed, unique=False)
+        rng = random.Random(f"{self.name}|{split}|{seed}|solutions")
+        out = []
+        for _ in range(n):
+            p = next(stream)
+            response = p.solution(rng)
+            if kind == "text":
+                out.append({"text": f"{p.prompt}\n{response}"})
+            else:
+                out.append({"history": [{"role": "user", "content": p.prompt}], "response": response})
+        return out
+
+
+EMBEDDED_TASKS = ("arith", "pycode")
+
+
+def embedded_corpus(n_per_task: int = 5000, seed: int = 0) -> list[str]:
+    """Prompt + solution texts of the train split of every embedded task (for the tokenizer)."""
+    from core.tasks.base import get_task
+
+    texts = []
+    for name in EMBEDDED_TASKS:
+        texts += [r["text"] for r in get_task(name).training_records("train", n_per_task, seed, kind="text")]
+    return texts

@@ -1,0 +1,80 @@
+"""Rebuild the embedded checkpoints from nothing: data + tokenizer, then Stage 1, 2 and 3.
+
+    python -m experiments.embedded.build --root runs/embedded --minutes 7      (one GPU)
+    python -m experiments.embedded.build --root /tmp/e --device cpu --steps 1:5,2:5,3:5 --n-records 2000
+
+Each stage is one ``refinery train experiments/train/embedded_stageN.yaml`` process with the
+paths pointed into ``--root``. With ``--minutes``, Stage 1 runs its configured steps and its
+measured seconds per step size Stages 2 and 3 to fit the rest of the time (Stage 3 is charged
+``--stage3-cost`` Stage-2 steps per step); the steps actually run are written to
+``ROOT/build.json`` for the model cards. ``experiments/embedded/ship.py`` then copies the
+models into ``core/assets/embedded/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = {s: Path(__file__).resolve().parents[1] / "train" / f"embedded_stage{s}.yaml" for s in (1, 2, 3)}
+
+
+def step_seconds(out: Path) -> float:
+    """Median seconds per optimiser step of a finished stage (from its metrics.jsonl)."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return statistics.median(r["seconds"] for r in rows[len(rows) // 10:])
+
+
+def train(stage: int, root: Path, steps: int | None, extra: list[str]) -> float:
+    data = root / "data" / ("pretrain.jsonl" if stage == 1 else "sft.jsonl")
+    cmd = [sys.executable, "-m", "refinery", "train", str(CONFIGS[stage]), "--out", str(root / f"stage{stage}"),
+           "--set", f"data.train_files=[{json.dumps(str(data))}]"]
+    cmd += ["--set", f"tokenizer={json.dumps(str(root / 'data' / 'tokenizer'))}"] if stage == 1 else \
+        ["--set", f"model.init_from={json.dumps(str(root / f'stage{stage - 1}'))}"]
+    if steps is not None:
+        cmd += ["--max-steps", str(steps)]
+    start = time.monotonic()
+    subprocess.run(cmd + extra, check=True)
+    return time.monotonic() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=Path("runs/embedded"))
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget for the three stages")
+    ap.add_argument("--steps", default=None, help="fixed steps per stage, e.g. 1:600,2:3000,3:1500")
+    ap.add_argument("--stage3-cost", type=float, default=2.0, help="Stage-3 step cost in Stage-2 steps")
+    ap.add_argument("--n-records", type=int, default=60_000, help="training records per task and kind")
+    ap.add_argument("--workers", type=int, default=4, help="processes generating the data")
+    ap.add_argument("--device", default=None)
+    args, extra = ap.parse_known_args()
+    if args.device:
+        extra += ["--device", args.device]
+    fixed = {int(k): int(v) for k, v in (kv.split(":") for kv in args.steps.split(","))} if args.steps else {}
+    t0 = time.monotonic()
+    from experiments.embedded.prepare import prepare
+
+    counts = prepare(args.root / "data", args.n_records, args.n_records, vocab_size=1024, seed=0, workers=args.workers)
+    report = {"data": counts, "prepare_seconds": round(time.monotonic() - t0, 1), "stages": {}}
+    budget_end = t0 + 60 * args.minutes if args.minutes else None
+    for stage in (1, 2, 3):
+        steps = fixed.get(stage)
+        if steps is None and budget_end is not None and stage > 1:
+            per_step = step_seconds(args.root / "stage1") * (args.stage3_cost if stage == 3 else 1.0)
+            share = 0.55 if stage == 2 else 1.0  # of the time left: Stage 2 a bit over half, Stage 3 the rest
+            steps = max(10, int(share * (budget_end - time.monotonic() - 20) / per_step))
+        seconds = train(stage, args.root, steps, extra)
+        out = args.root / f"stage{stage}"
+        n = sum(1 for _ in (out / "metrics.jsonl").open())
+        report["stages"][stage] = {"steps": n, "seconds": round(seconds, 1), "step_seconds": round(step_seconds(out), 4)}
+        print(json.dumps({f"stage{stage}": report["stages"][stage]}), flush=True)
+    (args.root / "build.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
