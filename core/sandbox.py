@@ -88,8 +88,25 @@ def _guard(blocked, prefixes, attrs):
                 raise RuntimeError("sandbox: /proc is not accessible")
     return hook
 
+def _init(marker_fd):
+    # PID 1 of the namespace ignores every signal it has no handler for (so a program there
+    # could not even kill itself) and inherits orphans. So PID 1 stays this small root-owned
+    # init: it reaps, and exits with the program's status (128 + n for signal n).
+    child = os.fork()
+    if child == 0:
+        return
+    os.close(0)
+    os.close(marker_fd)
+    while True:
+        pid, status = os.wait()
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+
 def _main():
     cfg = json.loads(sys.argv[1])
+    if os.getpid() == 1:
+        _init(cfg["fd"])
     nonce = os.read(0, 256)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -191,6 +208,13 @@ def _read_capped(path: str, cap: int) -> str:
     return text + "\n[... output truncated]" if len(data) > cap else text
 
 
+def _program_status(returncode: Optional[int], namespaced: bool) -> Optional[int]:
+    """The program's own exit status: the namespace init reports signal n as exit code 128 + n."""
+    if namespaced and returncode is not None and 128 < returncode < 128 + signal.NSIG:
+        return 128 - returncode
+    return returncode
+
+
 def _classify(returncode: Optional[int], timed_out: bool, marker_ok: bool) -> str:
     if timed_out or returncode in (-signal.SIGKILL, -signal.SIGXCPU):
         return "timeout"
@@ -206,6 +230,35 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _stop_namespace(proc: subprocess.Popen) -> None:
+    """Kill the namespace init (which takes the whole namespace with it) and let ``unshare`` reap it.
+
+    Killing ``unshare`` first would orphan the init: its zombie would then wait for the
+    machine's PID 1 to reap it (forever, in a container whose PID 1 does not reap)."""
+    try:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = [int(pid) for pid in f.read().split()]
+    except (OSError, ValueError):
+        return
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _without_harness_lines(stderr: str) -> str:
+    """Drop the complaint ``unshare`` prints when its child was SIGKILLed by us."""
+    lines = stderr.splitlines(keepends=True)
+    while lines and lines[-1].startswith("unshare: "):
+        lines.pop()
+    return "".join(lines)
 
 
 def _remove_tree(path: str) -> None:
@@ -258,7 +311,8 @@ def run_program(
         cmd = [*prefix, python or sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(cfg)]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
         out_path, err_path = os.path.join(outdir, "stdout"), os.path.join(outdir, "stderr")
-        return _spawn_and_wait(cmd, env, workdir, (out_path, err_path), fds, timeout, max_output, start)
+        return _spawn_and_wait(cmd, env, workdir, (out_path, err_path), fds, timeout, max_output, start,
+                               namespaced=bool(prefix))
     except Exception as exc:  # a harness failure is reported per program, never raised
         log.exception("sandbox: could not run program")
         return SandboxResult(False, "error", "", f"sandbox error: {exc!r}", None, time.monotonic() - start)
@@ -269,7 +323,7 @@ def run_program(
         shutil.rmtree(outdir, ignore_errors=True)
 
 
-def _spawn_and_wait(cmd, env, workdir, out_paths, fds, timeout, max_output, start) -> SandboxResult:
+def _spawn_and_wait(cmd, env, workdir, out_paths, fds, timeout, max_output, start, namespaced) -> SandboxResult:
     read_fd, write_fd = fds["read"], fds["write"]
     nonce = secrets.token_hex(16).encode()
     with open(out_paths[0], "wb") as out, open(out_paths[1], "wb") as err:
@@ -288,6 +342,9 @@ def _spawn_and_wait(cmd, env, workdir, out_paths, fds, timeout, max_output, star
         except subprocess.TimeoutExpired:
             timed_out = True
     finally:
+        stopped = proc.poll() is None
+        if stopped and namespaced:
+            _stop_namespace(proc)
         _kill_group(proc)  # also reaps background children left behind in the group
         proc.wait()
     os.set_blocking(read_fd, False)
@@ -295,10 +352,12 @@ def _spawn_and_wait(cmd, env, workdir, out_paths, fds, timeout, max_output, star
         marker = os.read(read_fd, 4096)
     except (BlockingIOError, OSError):
         marker = b""
-    status = _classify(proc.returncode, timed_out, marker == nonce)
+    returncode = -signal.SIGKILL if stopped else _program_status(proc.returncode, namespaced)
+    status = _classify(returncode, timed_out, marker == nonce)
+    stderr = _read_capped(out_paths[1], max_output)
     return SandboxResult(
         passed=status == "passed", status=status, stdout=_read_capped(out_paths[0], max_output),
-        stderr=_read_capped(out_paths[1], max_output), returncode=proc.returncode,
+        stderr=_without_harness_lines(stderr) if stopped and namespaced else stderr, returncode=returncode,
         duration=time.monotonic() - start,
     )
 
