@@ -126,8 +126,11 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self.frequencies(), persistent=False)
+
+    def frequencies(self) -> torch.Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids (B, L) -> cos, sin (B, 1, L, head_dim)."""
@@ -239,6 +242,10 @@ class LLaDAPreTrainedModel(PreTrainedModel):
             module.weight.normal_(0.0, std)
         elif isinstance(module, RMSNorm):
             module.weight.fill_(1.0)
+        elif isinstance(module, RotaryEmbedding):
+            # Not in the checkpoint (non-persistent): from_pretrained builds on the meta device and
+            # would otherwise leave this buffer as uninitialised memory.
+            module.inv_freq.copy_(module.frequencies())
 
 
 class LLaDAModel(LLaDAPreTrainedModel):
