@@ -28,19 +28,44 @@ before a[src]. Rows are ordered by src, then dst.
 
 Batched functions take ragged inputs as a flat array plus int64 offsets (B + 1,), pair p being
 ``flat[offsets[p]:offsets[p + 1]]``, and run in parallel over pairs (``numba.prange``).
-Everything is ``@njit(cache=True)``, so a second process start loads machine code from
-``__pycache__`` instead of recompiling.
+Every kernel is compiled with ``cache=True`` (through :func:`_jit`), so a second process start
+loads machine code instead of recompiling. Numba looks for a writable cache in this order:
+``$NUMBA_CACHE_DIR``, ``core/__pycache__`` next to this file, then the per-user cache
+(``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba``); a read-only install therefore caches in the
+user's directory. Where none is writable, Numba refuses ``cache=True`` at import time; we then
+compile without a cache (logged once) rather than fail to import.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numba
 import numpy as np
 from numba import njit, prange
 
+log = logging.getLogger(__name__)
+
 KEEP, REPLACE, DELETE, INSERT = 0, 1, 2, 3
+CACHE_ENABLED = True  # False once Numba found no writable cache location (see module doc)
+
+
+def _jit(parallel: bool = False):
+    """``njit(cache=True)``, or uncached when Numba finds no writable cache location."""
+
+    def wrap(fn):
+        global CACHE_ENABLED
+        if CACHE_ENABLED:
+            try:
+                return njit(cache=True, parallel=parallel)(fn)
+            except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+                CACHE_ENABLED = False
+                log.warning("Numba cache disabled, kernels will compile on every start: %s. Set NUMBA_CACHE_DIR "
+                            "to a writable directory to fix this.", exc)
+        return njit(parallel=parallel)(fn)
+
+    return wrap
 
 
 # ----------------------------------------------------------------------------- wavefronts
@@ -54,12 +79,12 @@ KEEP, REPLACE, DELETE, INSERT = 0, 1, 2, 3
 _SENTINEL = -2  # below any real row, even after the +1 of a replace or delete move
 
 
-@njit(cache=True)
+@_jit()
 def _diag_range(e, n, m):
     return max(-e, -n), min(e, m)
 
 
-@njit(cache=True)
+@_jit()
 def _next_level(a, b, buf, pstart, plo, cstart, lo, hi):
     """Fill level e (diagonals lo..hi at buf[cstart:]) from level e-1 (plo.. at buf[pstart:]).
 
@@ -83,7 +108,7 @@ def _next_level(a, b, buf, pstart, plo, cstart, lo, hi):
         buf[cstart + d - lo] = best
 
 
-@njit(cache=True)
+@_jit()
 def _first_level(a, b, buf):
     """Level 0 (the common prefix) at buf[2], framed by sentinels; returns its row."""
     n, m = a.shape[0], b.shape[0]
@@ -95,7 +120,7 @@ def _first_level(a, b, buf):
     return i
 
 
-@njit(cache=True)
+@_jit()
 def _wavefronts(a, b, table, offs):
     """Landau-Vishkin table into reusable scratch (grown when too small).
 
@@ -120,7 +145,7 @@ def _wavefronts(a, b, table, offs):
             offs = grown
         if cstart + hi - lo + 3 > table.shape[0]:
             grown32 = np.empty(2 * (cstart + hi - lo + 3), np.int32)
-            grown32[:cstart] = table[:cstart]
+            grown32[: table.shape[0]] = table  # may end before cstart: level e-1 ends at cstart - 3
             table = grown32
         offs[e] = cstart
         _next_level(a, b, table, offs[e - 1], plo, cstart, lo, hi)
@@ -128,7 +153,7 @@ def _wavefronts(a, b, table, offs):
             return e, table, offs
 
 
-@njit(cache=True)
+@_jit()
 def _distance(a, b):
     """Distance only: two rolling wavefront levels, O(n + m) memory."""
     n, m = a.shape[0], b.shape[0]
@@ -149,13 +174,13 @@ def _distance(a, b):
         pstart, cstart = cstart, pstart
 
 
-@njit(cache=True)
+@_jit()
 def new_scratch():
     """Reusable (table, offs) buffers for :func:`align_into`."""
     return np.empty(4096, np.int32), np.empty(128, np.int64)
 
 
-@njit(cache=True)
+@_jit()
 def align_into(a, b, amap, table, offs):
     """Canonical backtrace (keep > replace > delete > insert) into amap (n,).
 
@@ -190,24 +215,39 @@ def align_into(a, b, amap, table, offs):
     return dist, table, offs
 
 
-@njit(cache=True)
+@_jit()
 def _align_into(a, b, amap):
     table, offs = new_scratch()
     return align_into(a, b, amap, table, offs)[0]
 
 
-@njit(cache=True)
+@_jit()
 def chunk_bounds(nb, c, nchunks):
     """Pairs [start, stop) of chunk c: prange runs over chunks so each reuses one scratch."""
     return c * nb // nchunks, (c + 1) * nb // nchunks
 
 
 def n_chunks(nb: int) -> int:
-    """How many chunks to split nb pairs into (a few per thread, so uneven pairs balance out)."""
+    """How many chunks to split nb pairs into (a few per thread, so uneven pairs balance out).
+
+    The chunked kernels hand chunks out one at a time (``set_parallel_chunksize(1)``): Numba's
+    default splits a prange evenly between threads up front, so one slow thread (long pairs, or a
+    core shared with another process) would hold up the whole batch.
+    """
     return max(1, min(nb, 8 * numba.get_num_threads()))
 
 
-@njit(cache=True)
+def dynamic(kernel, *args, chunksize: int = 1):
+    """Run a prange kernel handing out ``chunksize`` iterations at a time (Numba's setting is per
+    calling thread; it is set here rather than inside the kernel, which would make it uncacheable)."""
+    old = numba.set_parallel_chunksize(chunksize)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_parallel_chunksize(old)
+
+
+@_jit()
 def _write_ops(a, b, amap, ops):
     """Expand an alignment into (op, src, dst) rows; returns how many rows were written."""
     n, m = a.shape[0], b.shape[0]
@@ -234,7 +274,7 @@ def _write_ops(a, b, amap, ops):
 # ----------------------------------------------------------------------------- batched kernels
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def _batch_distance(a_flat, a_off, b_flat, b_off):
     nb = a_off.shape[0] - 1
     out = np.empty(nb, np.int64)
@@ -243,7 +283,7 @@ def _batch_distance(a_flat, a_off, b_flat, b_off):
     return out
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def _batch_align(a_flat, a_off, b_flat, b_off, nchunks):
     nb = a_off.shape[0] - 1
     amap = np.empty(a_flat.shape[0], np.int32)
@@ -257,7 +297,7 @@ def _batch_align(a_flat, a_off, b_flat, b_off, nchunks):
     return amap, dist
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def _batch_ops(a_flat, a_off, b_flat, b_off, amap, ops_off):
     nb = a_off.shape[0] - 1
     ops = np.empty((ops_off[nb], 3), np.int32)
@@ -274,7 +314,7 @@ def _batch_ops(a_flat, a_off, b_flat, b_off, amap, ops_off):
 # keeping callers and callees in one module keeps cached machine code from going stale.
 
 
-@njit(cache=True)
+@_jit()
 def normalize_alignment(b: np.ndarray, amap: np.ndarray) -> None:
     """In place: map each survivor onto the first equal truth token after the previous survivor.
 
@@ -294,7 +334,7 @@ def normalize_alignment(b: np.ndarray, amap: np.ndarray) -> None:
         prev = x
 
 
-@njit(cache=True)
+@_jit()
 def _labels_into(b, amap, cur, nxt, delete_id, eos_id, ignore_index, ignore_deleted_gaps):
     """Fill cur/nxt (n,) from a normalised alignment; return the gap-0 label."""
     follow = eos_id  # target of the next survivor to the right
@@ -312,7 +352,7 @@ def _labels_into(b, amap, cur, nxt, delete_id, eos_id, ignore_index, ignore_dele
     return b[0] if follow_j > 0 else follow
 
 
-@njit(cache=True)
+@_jit()
 def scan_truth(x, delete_id):
     """0 if fine, 1 if some x[i] == delete_id, 2 if some x[i] does not fit the int32 labels."""
     for i in range(x.shape[0]):
@@ -323,7 +363,7 @@ def scan_truth(x, delete_id):
     return 0
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def _batch_labels(a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id, ignore_index, ignore_deleted_gaps,
                   nchunks):
     """Align, normalise and label every pair; raw_map (N,) or (0,) receives the canonical alignments."""
@@ -358,19 +398,23 @@ def _batch_labels(a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id, igno
 def as_tokens(x: Sequence[int] | np.ndarray, name: str = "tokens") -> np.ndarray:
     """Validate a 1-D integer token sequence and return it as contiguous int64."""
     arr = np.asarray(x)
-    if arr.size == 0:
+    if arr.ndim == 1 and arr.size == 0:  # [] arrives as float64
         return np.zeros(0, np.int64)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{name} must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds token ids above the int64 range")
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def as_ragged(flat: np.ndarray, offsets: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate a flat+offsets ragged batch: offsets (B+1,) start at 0, never decrease, end at len(flat)."""
     flat = as_tokens(flat, f"{name}_flat")
-    offsets = np.ascontiguousarray(np.asarray(offsets), dtype=np.int64)
-    if offsets.ndim != 1 or offsets.shape[0] < 1:
-        raise ValueError(f"{name}_offsets must be 1-D with B+1 >= 1 entries, got shape {offsets.shape}")
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or offsets.shape[0] < 1 or not np.issubdtype(offsets.dtype, np.integer):
+        raise ValueError(f"{name}_offsets must be a 1-D integer array with B+1 >= 1 entries, got shape "
+                         f"{offsets.shape} dtype {offsets.dtype}")
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     if offsets[0] != 0 or offsets[-1] != flat.shape[0] or np.any(np.diff(offsets) < 0):
         raise ValueError(f"{name}_offsets must start at 0, never decrease and end at len({name}_flat)="
                          f"{flat.shape[0]}; got first={offsets[0]}, last={offsets[-1]}")
@@ -423,7 +467,7 @@ def batch_levenshtein(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.ndar
     a_flat, a_offsets = as_ragged(a_flat, a_offsets, "a")
     b_flat, b_offsets = as_ragged(b_flat, b_offsets, "b")
     _check_pairs(a_offsets, b_offsets)
-    return _batch_distance(a_flat, a_offsets, b_flat, b_offsets)
+    return dynamic(_batch_distance, a_flat, a_offsets, b_flat, b_offsets, chunksize=16)
 
 
 def batch_alignment(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.ndarray,
@@ -432,7 +476,7 @@ def batch_alignment(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.ndarra
     a_flat, a_offsets = as_ragged(a_flat, a_offsets, "a")
     b_flat, b_offsets = as_ragged(b_flat, b_offsets, "b")
     _check_pairs(a_offsets, b_offsets)
-    return _batch_align(a_flat, a_offsets, b_flat, b_offsets, n_chunks(a_offsets.shape[0] - 1))
+    return dynamic(_batch_align, a_flat, a_offsets, b_flat, b_offsets, n_chunks(a_offsets.shape[0] - 1))
 
 
 def scripts_from_alignment(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.ndarray, b_offsets: np.ndarray,
@@ -440,7 +484,7 @@ def scripts_from_alignment(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np
     """Expand batched alignments into edit scripts: (ops (K, 3) int32, ops_offsets (B+1,) int64)."""
     ops_off = np.zeros(distances.shape[0] + 1, np.int64)
     np.cumsum(distances, out=ops_off[1:])
-    return _batch_ops(a_flat, a_offsets, b_flat, b_offsets, amap, ops_off), ops_off
+    return dynamic(_batch_ops, a_flat, a_offsets, b_flat, b_offsets, amap, ops_off, chunksize=16), ops_off
 
 
 def batch_edit_scripts(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.ndarray,
@@ -449,6 +493,6 @@ def batch_edit_scripts(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.nda
     a_flat, a_offsets = as_ragged(a_flat, a_offsets, "a")
     b_flat, b_offsets = as_ragged(b_flat, b_offsets, "b")
     _check_pairs(a_offsets, b_offsets)
-    amap, dist = _batch_align(a_flat, a_offsets, b_flat, b_offsets, n_chunks(a_offsets.shape[0] - 1))
+    amap, dist = dynamic(_batch_align, a_flat, a_offsets, b_flat, b_offsets, n_chunks(a_offsets.shape[0] - 1))
     ops, ops_off = scripts_from_alignment(a_flat, a_offsets, b_flat, b_offsets, amap, dist)
     return ops, ops_off, dist

@@ -52,8 +52,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from core.align import _align_into, _batch_labels, _check_pairs, _labels_into, as_ragged, as_tokens, n_chunks, \
-    normalize_alignment, pack, scan_truth, scripts_from_alignment
+from core.align import _align_into, _batch_labels, _check_pairs, _labels_into, as_ragged, as_tokens, dynamic, \
+    n_chunks, normalize_alignment, pack, scan_truth, scripts_from_alignment
 
 
 @dataclass
@@ -127,8 +127,8 @@ def batch_edit_labels_flat(draft_flat: np.ndarray, draft_offsets: np.ndarray, tr
     _check_pairs(a_off, b_off)
     _check_ids(b_flat, "truth_flat", delete_id=delete_id, eos_id=eos_id, ignore_index=ignore_index)
     raw_map = np.empty(a_flat.shape[0] if return_scripts else 0, np.int32)
-    cur, nxt, gap0, dist = _batch_labels(a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id, ignore_index,
-                                         ignore_deleted_gaps, n_chunks(a_off.shape[0] - 1))
+    cur, nxt, gap0, dist = dynamic(_batch_labels, a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id,
+                                   ignore_index, ignore_deleted_gaps, n_chunks(a_off.shape[0] - 1))
     ops = ops_off = None
     if return_scripts:
         ops, ops_off = scripts_from_alignment(a_flat, a_off, b_flat, b_off, raw_map, dist)
