@@ -2,5 +2,5 @@
 humaneval, mbpp). Importing the package registers them all; see :mod:`core.tasks.base`."""
 
 from core.tasks.base import TASKS, Example, Score, Task, get_task, register_task  # noqa: F401
-from core.tasks import arith, pycode  # noqa: F401,E402
+from core.tasks import arith, benchmarks, pycode  # noqa: F401,E402
 from core.tasks.embedded import EMBEDDED_TASKS, embedded_corpus  # noqa: F401,E402

@@ -92,7 +92,7 @@ def check_kernel() -> float:
     """Relative error of the fused argmax/probability kernel against float64 torch on random bf16 logits."""
     from strategies.kernels import argmax_probability
 
-    logits = (torch.randn(64, 512, 126464, device="cuda") * 3).to(torch.bfloat16)
+    logits = (torch.randn(4, 512, 126464, device="cuda") * 3).to(torch.bfloat16)
     logits[..., 126336] = -math.inf
     idx, prob = argmax_probability(logits)
     ref = F.softmax(logits.double(), -1)
