@@ -14,6 +14,7 @@ from app.runs import find_runs, load_row_trace, load_rows, pick_rows, row_key
 from core.decode import generate
 from core.tokenizer import decode_response, render_prompt
 from strategies import available_strategies, get_strategy
+from app_helpers import tiny_checkpoint, tiny_pair  # noqa: F401  (fixtures)
 
 GEN = 16
 

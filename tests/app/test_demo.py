@@ -11,6 +11,7 @@ from app.render import EVENT_STYLES, TokenPieces, TraceView
 from core.decode import generate
 from core.tokenizer import render_prompt
 from refinery.cli import main
+from app_helpers import tiny_checkpoint, tiny_pair  # noqa: F401  (fixtures)
 
 
 def _fn(demo: gr.Blocks, name: str):
