@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from core.train.config import TrainConfig
 
@@ -42,19 +41,6 @@ def _check_tokenizer_matches(config, tokenizer, where: str) -> None:
         raise ValueError(f"{where}: tokenizer has {len(tokenizer)} tokens, the model only {config.vocab_size}")
 
 
-def _reset_rotary(model) -> None:
-    """Recompute the rotary ``inv_freq`` buffer. It is non-persistent (not in the checkpoint), and
-    transformers 5's from_pretrained builds the model on the meta device, leaving it uninitialised memory
-    (seen: 1e28 values). Without this, a resumed run's positions - and its losses - are garbage."""
-    from core.model import RotaryEmbedding
-
-    ref = RotaryEmbedding(model.config.head_dim, model.config.rope_theta).inv_freq
-    if not torch.equal(model.rotary.inv_freq.cpu(), ref):
-        log.warning("from_pretrained left rotary inv_freq uninitialised; recomputed it")
-        with torch.no_grad():
-            model.rotary.inv_freq = ref.to(model.rotary.inv_freq.device)
-
-
 def build_model(cfg: TrainConfig, tokenizer, where: str, resume_dir: Optional[Path] = None):
     """A fresh LLaDAModel (shape from ``model.config``, vocabulary and special ids from the tokenizer), the
     previous stage's ``init_from``, or - when resuming - the checkpoint's weights. Then the next-token head
@@ -68,7 +54,6 @@ def build_model(cfg: TrainConfig, tokenizer, where: str, resume_dir: Optional[Pa
             raise FileNotFoundError(f"{where}: model.init_from: {source} has no config.json")
         model = LLaDAModel.from_pretrained(str(source), local_files_only=True, use_safetensors=True)
         model = model.float()
-        _reset_rotary(model)
     else:
         shape = dict(cfg.model.config)
         known = set(inspect.signature(LLaDAConfig.__init__).parameters) - {"self", "kwargs"}

@@ -43,6 +43,10 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60)
     pytest.fail(f"refinery app did not answer on {url} within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+# An embedded pycode prompt: in distribution for the shipped model, harmless text for a random one.
+PROMPT = "Write a Python function count_above(nums) that returns how many numbers in nums are greater than 3."
+
+
 @pytest.fixture
 def app_server(tmp_path):
     """The app on a free loopback port, serving the shipped embedded model or a tiny one made here."""
@@ -88,7 +92,7 @@ def test_decode_in_a_real_browser(app_server, chromium, tmp_path):
         try:
             page = ctx.new_page()
             page.goto(app_server)
-            page.locator("#rf-prompt textarea").fill("Sum a list in Python.")
+            page.locator("#rf-prompt textarea").fill(PROMPT)
             for name in available_strategies():  # a remasking strategy, plus ME-DLM edits when registered
                 page.get_by_label(name, exact=True).set_checked(name in ("remdm", "edit"))
             page.locator("#rf-run").click()

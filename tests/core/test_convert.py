@@ -323,8 +323,6 @@ def test_cli(tmp_path, good_llada, capsys):
     assert "model.pt" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="core/model.py bug (reported to the lead): from_pretrained leaves the "
-                   "non-persistent rotary inv_freq buffer uninitialised; drop this marker once fixed")
 def test_converted_checkpoint_through_from_pretrained(tmp_path):
     ref = reference(next_head=True)
     src = write_source(tmp_path / "src", medlm_names(ref), medlm_config_json(ref.config), shards=2)
