@@ -68,8 +68,10 @@ class GeneratedTask(Task):
                         prompt=p.prompt, reference=p.reference, meta=dict(p.meta, key=p.key))
                 for p in self.problems(split, n, seed)]
 
-    def training_records(self, split: str, n: int, seed: int = 0, kind: str = "sft") -> list[dict]:
-        """``n`` records of fresh problems (repeats allowed), each with a random valid solution."""
+    def training_records(self, split: str, n: int, seed: int = 0, kind: str = "sft", references: int = 0) -> list[dict]:
+        """``n`` records of fresh problems (repeats allowed), each with a random valid solution. With
+        ``references`` > 0, "sft" records also list the other valid solutions found in that many draws
+        (Stage 3 labels a draft against the nearest of them)."""
         if kind not in ("text", "sft"):
             raise ValueError(f"task {self.name!r}: kind must be 'text' or 'sft', got {kind!r}")
         stream = self._stream(split, seed, unique=False)
@@ -81,7 +83,10 @@ class GeneratedTask(Task):
             if kind == "text":
                 out.append({"text": f"{p.prompt}\n{response}"})
             else:
-                out.append({"history": [{"role": "user", "content": p.prompt}], "response": response})
+                rec = {"history": [{"role": "user", "content": p.prompt}], "response": response}
+                if references:
+                    rec["references"] = sorted({p.solution(rng) for _ in range(references)} - {response})
+                out.append(rec)
         return out
 
 

@@ -61,6 +61,15 @@ def _acc_update(r: random.Random, acc: str, op: str, term: str) -> str:
     return f"{acc} {op}= {term}" if r.random() < 0.5 else f"{acc} = {acc} {op} {term}"
 
 
+def _counting(r: random.Random, fname: str, arg: str, acc: str, x: str, cond: str, one_liners: Sequence[str]) -> str:
+    """A counting loop over ``arg`` (one time in three) or one of two equivalent one-line returns."""
+    choice = r.randrange(3)
+    if choice == 0:
+        return _loop(fname, arg, f"{acc} = 0", [f"for {x} in {arg}:", f"{IND}if {cond}:",
+                                                f"{IND * 2}{_acc_update(r, acc, '+', '1')}"], f"return {acc}")
+    return f"def {fname}({arg}):\n{IND}return {one_liners[choice - 1]}"
+
+
 # Each family: (draw parameters) -> (name stem, spec, oracle, solution writer, input kind).
 def fam_count(rng, k):
     p = rng.choice(predicates(k))
@@ -68,13 +77,8 @@ def fam_count(rng, k):
     def write(r, fname, arg):
         acc, x = r.choice(ACCS), r.choice(VARS)
         cond = p.expr.format(x=x)
-        choice = r.randrange(3)
-        if choice == 0:
-            return _loop(fname, arg, f"{acc} = 0", [f"for {x} in {arg}:", f"{IND}if {cond}:",
-                                                    f"{IND * 2}{_acc_update(r, acc, '+', '1')}"], f"return {acc}")
-        if choice == 1:
-            return f"def {fname}({arg}):\n{IND}return sum(1 for {x} in {arg} if {cond})"
-        return f"def {fname}({arg}):\n{IND}return len([{x} for {x} in {arg} if {cond}])"
+        return _counting(r, fname, arg, acc, x, cond, (f"sum(1 for {x} in {arg} if {cond})",
+                                                        f"len([{x} for {x} in {arg} if {cond}])"))
 
     return (f"count_{p.short}", f"returns how many numbers in {{arg}} are {p.text}",
             lambda xs: sum(1 for v in xs if p.test(v)), write, "ints")
@@ -160,13 +164,8 @@ def fam_char(rng, k):
 
     def write(r, fname, arg):
         acc, ch = r.choice(ACCS), r.choice(("ch", "c", "letter"))
-        choice = r.randrange(3)
-        if choice == 0:
-            return _loop(fname, arg, f"{acc} = 0", [f"for {ch} in {arg}:", f"{IND}if {ch} == '{c}':",
-                                                    f"{IND * 2}{_acc_update(r, acc, '+', '1')}"], f"return {acc}")
-        if choice == 1:
-            return f"def {fname}({arg}):\n{IND}return {arg}.count('{c}')"
-        return f"def {fname}({arg}):\n{IND}return sum(1 for {ch} in {arg} if {ch} == '{c}')"
+        return _counting(r, fname, arg, acc, ch, f"{ch} == '{c}'", (f"{arg}.count('{c}')",
+                                                                    f"sum(1 for {ch} in {arg} if {ch} == '{c}')"))
 
     return (f"count_{c}", f"returns how many times the letter '{c}' appears in the string {{arg}}",
             lambda s: s.count(c), write, "text")

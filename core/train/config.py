@@ -58,6 +58,8 @@ class Stage3Section:
     max_diffusion_steps: int = 0  # edit passes applied to drafts at the end of the curriculum
     curriculum_steps: Optional[int] = None  # steps over which edit passes ramp 0 -> max (None = optim.max_steps)
     temperature: float = 0.0  # rollout sampling temperature
+    nearest_reference: bool = True  # label a draft against the closest of the record's valid responses
+    # (its "response" and "references"): edits then move toward the surface form the draft already follows
     edit_strategy_params: dict = field(default_factory=dict)  # extra params of the "edit" strategy
 
 

@@ -40,6 +40,9 @@ def _check_chat(rec: dict) -> Optional[str]:
     for j, m in enumerate(hist):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             return f"field 'history[{j}]' must have string 'role' and 'content'"
+    refs = rec.get("references")
+    if refs is not None and (not isinstance(refs, list) or not all(isinstance(r, str) for r in refs)):
+        return "field 'references' (other valid responses) must be a list of strings"
     return None
 
 
@@ -114,6 +117,7 @@ def pack_texts(ds, tokenizer, seq_len: int, eos_id: int) -> np.ndarray:
 class ChatExample:
     prompt: np.ndarray  # (P,) int64, ends with the assistant header
     target: np.ndarray  # (R,) int64 response tokens + <|eot_id|>, unpadded
+    references: tuple = ()  # other valid responses (+ <|eot_id|>), for Stage 3's nearest-reference labels
 
 
 def encode_chat(ds, tokenizer, seq_len: int, pad_len: int, eot_id: int) -> list[ChatExample]:
@@ -128,8 +132,10 @@ def encode_chat(ds, tokenizer, seq_len: int, pad_len: int, eot_id: int) -> list[
         if room < pad_len:
             skipped += 1
             continue
-        resp = tokenizer(rec["response"], add_special_tokens=False)["input_ids"] + [eot_id]
-        out.append(ChatExample(np.asarray(prompt, dtype=np.int64), np.asarray(resp[:room], dtype=np.int64)))
+        texts = [rec["response"], *(rec.get("references") or [])]
+        resp, *refs = (np.asarray((ids + [eot_id])[:room], dtype=np.int64)
+                       for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        out.append(ChatExample(np.asarray(prompt, dtype=np.int64), resp, tuple(refs)))
     if skipped:
         log.warning("skipped %d of %d chat examples whose prompt leaves < pad_len tokens of seq_len", skipped, len(ds))
     if not out:
@@ -142,17 +148,19 @@ class ChatBatch:
     """Prompt + eos-padded response per row, right-padded to a common width T.
 
     input_ids (B, T); attention_mask (B, T) bool: prompt + padded response; response_mask (B, T) bool: the
-    padded response (the diffusion target); prompt_len, target_len (B,): unpadded response+eot length."""
+    padded response (the diffusion target); prompt_len, target_len (B,): unpadded response+eot length;
+    references: per row, the other valid responses (+eot) as host arrays (empty tuples when none)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     prompt_len: torch.Tensor
     target_len: torch.Tensor
+    references: tuple = ()
 
     def to(self, device) -> "ChatBatch":
         return ChatBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask,
-                                                   self.prompt_len, self.target_len)))
+                                                   self.prompt_len, self.target_len)), self.references)
 
 
 def padded_length(n: int, pad_len: int, room: int) -> int:
@@ -176,7 +184,7 @@ def collate_chat(examples: Sequence[ChatExample], pad_len: int, seq_len: int, eo
         resp[b, P:P + r] = True
     prompt_len = torch.tensor([len(p) for p, _, _ in rows], dtype=torch.long)
     target_len = torch.tensor([len(t) for _, t, _ in rows], dtype=torch.long)
-    return ChatBatch(ids, attn, resp, prompt_len, target_len)
+    return ChatBatch(ids, attn, resp, prompt_len, target_len, tuple(ex.references for ex in examples))
 
 
 class EpochSampler:

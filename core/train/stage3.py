@@ -13,7 +13,10 @@ With probability ``intermediate_ratio`` a micro-batch becomes a *draft* step:
    draft positions (keep / replace / <|del|>), the next-token head ``next_labels`` on the gaps after
    them and ``gap0_label`` at the last prompt position (the gap before the draft).
 
-Otherwise it is an ordinary Stage-2 masked step.
+Otherwise it is an ordinary Stage-2 masked step. When the data gives other valid responses per
+record (``"references"``) and ``nearest_reference`` is on, step 3 labels each draft against the
+valid response nearest to it: with several correct surface forms, labels toward one sampled form
+teach the edit heads to rewrite a draft into a mix of forms in one parallel pass.
 
 Cost. The rollout is capped at ``rollout_passes`` forward passes: the masked strategy commits
 max(k, what is needed to finish in time) per pass, so a rollout costs ``rollout_passes`` no-grad
@@ -79,6 +82,22 @@ def draft_targets(prompts: list[np.ndarray], drafts: list[np.ndarray], truths: l
     return ids, attn, cur_t, next_t
 
 
+def nearest_references(drafts: list[np.ndarray], truths: list[np.ndarray], references) -> list[np.ndarray]:
+    """Per row, the candidate (truth first, then its references) at the least edit distance from the draft;
+    ties keep the earlier candidate. One batched Numba call over all (draft, candidate) pairs."""
+    from core.align import batch_levenshtein, pack
+
+    cands = [[t, *refs] for t, refs in zip(truths, references)]
+    a_flat, a_off = pack([d for d, c in zip(drafts, cands) for _ in c], "drafts")
+    b_flat, b_off = pack([x for c in cands for x in c], "candidates")
+    dist = batch_levenshtein(a_flat, a_off, b_flat, b_off)
+    out, k = [], 0
+    for c in cands:
+        out.append(c[int(np.argmin(dist[k:k + len(c)]))])
+        k += len(c)
+    return out
+
+
 def _mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean CE over labelled positions only (no float copy of the whole (B, T, V) logits)."""
     where = targets != IGNORE
@@ -136,6 +155,8 @@ class Stage3Objective:
         tokens, lengths = tokens.cpu(), lengths.cpu()
         drafts = [tokens[b, :int(lengths[b])].numpy() for b in range(B)]
         truths = [ids[b, P:P + n].numpy() for b, (P, _, n) in enumerate(rows)]
+        if s3.nearest_reference and any(batch.references):
+            truths = nearest_references(drafts, truths, batch.references)
         return prompts, drafts, truths
 
     def draft_loss(self, model, prompts, drafts, truths) -> LossOutput:

@@ -29,13 +29,14 @@ def write_jsonl(path: Path, records) -> int:
 
 
 def _records(args: tuple) -> list[dict]:
-    name, split, n, seed, kind = args
+    name, split, n, seed, kind, refs = args
     from core.tasks import get_task
 
-    return get_task(name).training_records(split, n, seed, kind=kind)
+    return get_task(name).training_records(split, n, seed, kind=kind, references=refs if kind == "sft" else 0)
 
 
-def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, workers: int = 1) -> dict:
+def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, workers: int = 1,
+            references: int = 0) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     from core.tasks import embedded_corpus
@@ -44,7 +45,7 @@ def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, 
     out.mkdir(parents=True, exist_ok=True)
     tok = train_embedded_tokenizer(embedded_corpus(n_per_task=5000, seed=seed), vocab_size=vocab_size)
     tok.save_pretrained(out / "tokenizer")
-    jobs = [(name, "train", n, seed + 10 * i + j, kind) for i, name in enumerate(TASKS)
+    jobs = [(name, "train", n, seed + 10 * i + j, kind, references) for i, name in enumerate(TASKS)
             for j, (kind, n) in enumerate((("text", n_pretrain), ("sft", n_sft)))]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -73,8 +74,10 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1, help="processes generating records")
+    ap.add_argument("--references", type=int, default=0,
+                    help="sft records list the other valid solutions found in this many draws (Stage 3)")
     args = ap.parse_args()
-    print(json.dumps(prepare(args.out, args.n_pretrain, args.n_sft, args.vocab_size, args.seed, args.workers)))
+    print(json.dumps(prepare(args.out, args.n_pretrain, args.n_sft, args.vocab_size, args.seed, args.workers, args.references)))
 
 
 if __name__ == "__main__":
