@@ -61,12 +61,17 @@ def _acc_update(r: random.Random, acc: str, op: str, term: str) -> str:
     return f"{acc} {op}= {term}" if r.random() < 0.5 else f"{acc} = {acc} {op} {term}"
 
 
+def _filter_loop(fname: str, arg: str, acc: str, init: str, x: str, cond: str, action: str) -> str:
+    """``acc = init``; for each ``x`` of ``arg`` meeting ``cond``, run ``action``; return ``acc``."""
+    return _loop(fname, arg, f"{acc} = {init}", [f"for {x} in {arg}:", f"{IND}if {cond}:", f"{IND * 2}{action}"],
+                 f"return {acc}")
+
+
 def _counting(r: random.Random, fname: str, arg: str, acc: str, x: str, cond: str, one_liners: Sequence[str]) -> str:
     """A counting loop over ``arg`` (one time in three) or one of two equivalent one-line returns."""
     choice = r.randrange(3)
     if choice == 0:
-        return _loop(fname, arg, f"{acc} = 0", [f"for {x} in {arg}:", f"{IND}if {cond}:",
-                                                f"{IND * 2}{_acc_update(r, acc, '+', '1')}"], f"return {acc}")
+        return _filter_loop(fname, arg, acc, "0", x, cond, _acc_update(r, acc, "+", "1"))
     return f"def {fname}({arg}):\n{IND}return {one_liners[choice - 1]}"
 
 
@@ -91,8 +96,7 @@ def fam_sum(rng, k):
         acc, x = r.choice(ACCS), r.choice(VARS)
         cond = p.expr.format(x=x)
         if r.random() < 0.6:
-            return _loop(fname, arg, f"{acc} = 0", [f"for {x} in {arg}:", f"{IND}if {cond}:",
-                                                    f"{IND * 2}{_acc_update(r, acc, '+', x)}"], f"return {acc}")
+            return _filter_loop(fname, arg, acc, "0", x, cond, _acc_update(r, acc, "+", x))
         return f"def {fname}({arg}):\n{IND}return sum({x} for {x} in {arg} if {cond})"
 
     return (f"sum_{p.short}", f"returns the sum of the numbers in {{arg}} that are {p.text}",
@@ -106,8 +110,7 @@ def fam_filter(rng, k):
         acc, x = r.choice(("out", "result", "keep", "res")), r.choice(VARS)
         cond = p.expr.format(x=x)
         if r.random() < 0.5:
-            return _loop(fname, arg, f"{acc} = []", [f"for {x} in {arg}:", f"{IND}if {cond}:",
-                                                     f"{IND * 2}{acc}.append({x})"], f"return {acc}")
+            return _filter_loop(fname, arg, acc, "[]", x, cond, f"{acc}.append({x})")
         return f"def {fname}({arg}):\n{IND}return [{x} for {x} in {arg} if {cond}]"
 
     return (f"keep_{p.short}", f"returns the numbers in {{arg}} that are {p.text}, in order",
