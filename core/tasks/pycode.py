@@ -20,6 +20,7 @@ declared, ``total`` returned) and the hidden tests fail. The score is the tests'
 
 from __future__ import annotations
 
+import operator
 import random
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -118,7 +119,8 @@ def fam_filter(rng, k):
 
 
 def fam_map(rng, k):
-    op, word = rng.choice((("*", "multiplied by"), ("+", "increased by"), ("-", "decreased by")))
+    op, word, apply = rng.choice((("*", "multiplied by", operator.mul), ("+", "increased by", operator.add),
+                                  ("-", "decreased by", operator.sub)))
 
     def write(r, fname, arg):
         acc, x = r.choice(("out", "result", "res")), r.choice(VARS)
@@ -129,7 +131,7 @@ def fam_map(rng, k):
 
     stem = {"*": "scale", "+": "add", "-": "sub"}[op]
     return (f"{stem}_{k}", f"returns a new list with every number in {{arg}} {word} {k}",
-            lambda xs: [eval(f"{v} {op} {k}") for v in xs], write, "ints")
+            lambda xs: [apply(v, k) for v in xs], write, "ints")
 
 
 def fam_nested(rng, k):

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-
 from core.train.config import TrainConfig
 
 log = logging.getLogger(__name__)

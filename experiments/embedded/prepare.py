@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-TASKS = ("arith", "pycode")
-
 
 def write_jsonl(path: Path, records) -> int:
     n = 0
@@ -39,13 +37,13 @@ def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, 
             references: int = 0) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
-    from core.tasks import embedded_corpus
+    from core.tasks import EMBEDDED_TASKS, embedded_corpus
     from core.tokenizer import train_embedded_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     tok = train_embedded_tokenizer(embedded_corpus(n_per_task=5000, seed=seed), vocab_size=vocab_size)
     tok.save_pretrained(out / "tokenizer")
-    jobs = [(name, "train", n, seed + 10 * i + j, kind, references) for i, name in enumerate(TASKS)
+    jobs = [(name, "train", n, seed + 10 * i + j, kind, references) for i, name in enumerate(EMBEDDED_TASKS)
             for j, (kind, n) in enumerate((("text", n_pretrain), ("sft", n_sft)))]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -54,8 +52,6 @@ def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, 
         parts = [_records(job) for job in jobs]
     pre = [r for job, part in zip(jobs, parts) if job[4] == "text" for r in part]
     sft = [r for job, part in zip(jobs, parts) if job[4] == "sft" for r in part]
-    import random
-
     rng = random.Random(seed)
     rng.shuffle(pre)
     rng.shuffle(sft)
