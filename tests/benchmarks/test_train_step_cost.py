@@ -30,3 +30,51 @@ def test_stage3_step_within_2x_of_stage2(tmp_path, benchmark):
     tr._prepare(None)
     metrics = benchmark(tr.train_step)
     assert metrics["draft_step"] == 1.0
+
+
+def test_gpu_workspace_reuses_a_copied_runs_gsm8k(tmp_path):
+    """An accelerator host has no ../shared/data: a prepared directory copied there is reused as it is, and a
+    tokenizer that does not load is retrained from text.jsonl (the texts it was trained on)."""
+    import json
+
+    import pytest
+
+    sys.path.insert(0, str(T.TRAIN))
+    from prepare_gsm8k import ensure_prepared
+
+    from core.tokenizer import load_tokenizer
+
+    out, missing = tmp_path / "gsm8k", tmp_path / "no-such-train.jsonl"
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        ensure_prepared(out, data=missing)
+    out.mkdir()
+    rows = [{"question": f"Tom has {i} apples. How many?", "answer": f"He has {i}.\n#### {i}"} for i in range(30)]
+    texts = [r["question"] + "\n" + r["answer"] for r in rows]
+    (out / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (out / "sft.jsonl").write_text("".join(json.dumps({"history": [{"role": "user", "content": r["question"]}],
+                                                       "response": r["answer"]}) + "\n" for r in rows))
+    paths = ensure_prepared(out, data=missing, vocab=300)  # no tokenizer yet: trained from text.jsonl
+    first = (paths["tokenizer"] / "tokenizer.json").read_bytes()
+    assert load_tokenizer(paths["tokenizer"]) is not None
+    ensure_prepared(out, data=missing, vocab=300)  # complete: left alone
+    assert (paths["tokenizer"] / "tokenizer.json").read_bytes() == first
+
+
+def test_mfu_command_dry_run_on_a_tiny_shape(tmp_path, monkeypatch, capsys):
+    """The ~1B mfu command end to end with --model-config/--set making it tiny (what a CPU dry run does)."""
+    import argparse
+    import json
+
+    sys.path.insert(0, str(T.REPO / "tests" / "core"))
+    import _train_helpers as H
+
+    ws = H.make_workspace(tmp_path)
+    monkeypatch.setattr(T, "gpu_workspace", lambda: None)
+    sets = [f"tokenizer={ws['tokenizer']}", f"data.train_files=[{ws['text']}]", f"engine.out_dir={tmp_path / 'out'}",
+            "data.seq_len=16", "optim.micro_batch_size=2", "optim.warmup_steps=1", "engine.tensorboard=false"]
+    shape = {"d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden_size": 64, "max_sequence_length": 64}
+    a = argparse.Namespace(steps=3, warmup=1, json=str(tmp_path / "mfu.json"), model_config=json.dumps(shape), set=sets)
+    T.cmd_mfu(a)
+    res = json.loads((tmp_path / "mfu.json").read_text())
+    assert res["steps"] == 3 and res["tokens_per_s"] > 0 and 0 < res["mfu"] < 1
+    assert "MFU = 6*N*tokens/s / peak" in capsys.readouterr().out

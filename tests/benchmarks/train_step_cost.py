@@ -5,16 +5,24 @@
     python tests/benchmarks/train_step_cost.py mfu                     # GPU, ~1B Stage-1 run (llada_1b_pretrain.yaml)
     python tests/benchmarks/train_step_cost.py zero2                   # 2 GPUs, DeepSpeed ZeRO-2 + single-process load
 
+The GPU commands take ``--model-config JSON`` (replaces model.config: a tiny shape for a CPU dry run) and
+``--set KEY=VALUE`` (any config key, VALUE read as YAML), e.g.
+
+    python tests/benchmarks/train_step_cost.py mfu --steps 4 --warmup 1 --model-config \
+        '{"d_model": 64, "n_layers": 2, "n_heads": 4, "mlp_hidden_size": 128}' --set data.seq_len=128
+
 The ratio compares a Stage-3 *draft* step (rollout + edit passes + labelling + forward/backward of both
 heads; the worst case, intermediate_ratio forced to 1 and the edit curriculum at its end) with a Stage-2
 step of the same model and batch, and prints the mixed average at the config's intermediate_ratio.
-GPU data and tokenizer come from GSM8K (experiments/train/prepare_gsm8k.py, run automatically).
+GPU data and tokenizer come from GSM8K (experiments/train/prepare_gsm8k.py, run automatically; a
+runs/gsm8k prepared elsewhere and copied over is reused, for a machine without ../shared/data).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -24,8 +32,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # run as a script: core/ lives at the repository root
+    sys.path.insert(0, str(REPO))
 TRAIN = REPO / "experiments" / "train"
-H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (an H200 has the same compute: 989e12 too)
 
 
 def _sync() -> None:
@@ -56,12 +66,14 @@ def time_steps(cfg, steps: int, warmup: int) -> float:
 
 def step_cost_ratio(sft_cfg, stage3_cfg, steps: int = 10, warmup: int = 3) -> dict:
     import dataclasses
+    import gc
 
     import torch
 
     s3 = stage3_cfg.stage3
     worst = dataclasses.replace(stage3_cfg, stage3=dataclasses.replace(s3, intermediate_ratio=1.0, curriculum_steps=1))
     t2 = time_steps(sft_cfg, steps, warmup)
+    gc.collect()  # free the Stage-2 model and optimiser before the Stage-3 one is built
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     t3 = time_steps(worst, steps, warmup)
@@ -84,10 +96,32 @@ def tiny_configs(root: Path, batch: int = 8, model_config: dict | None = None):
 
 
 def gpu_workspace() -> None:
+    """runs/gsm8k, which the ~1B configs read: reused if present (copied to a host without the data set)."""
     sys.path.insert(0, str(TRAIN))
-    from prepare_gsm8k import prepare
+    from prepare_gsm8k import ensure_prepared
 
-    prepare(REPO / "runs" / "gsm8k")
+    ensure_prepared(REPO / "runs" / "gsm8k")
+
+
+def gpu_overrides(a, extra: dict | None = None) -> dict:
+    """Config overrides of a GPU command: ``extra``, then --model-config, then every --set."""
+    import yaml
+
+    over = dict(extra or {})
+    if a.model_config:
+        over["model.config"] = json.loads(a.model_config)
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        over[key.strip()] = yaml.safe_load(value)
+    return over
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU: a dry run)"
 
 
 def cmd_ratio(a) -> None:
@@ -99,9 +133,11 @@ def cmd_ratio(a) -> None:
             res = step_cost_ratio(s2, s3, a.steps, a.warmup)
     else:
         gpu_workspace()
-        quiet = {"engine.progress": False, "engine.tensorboard": False}
+        print(f"device: {device_name()}", flush=True)
+        quiet = gpu_overrides(a, {"engine.progress": False, "engine.tensorboard": False})
         res = step_cost_ratio(load_config(TRAIN / "llada_1b_sft.yaml", quiet),
                               load_config(TRAIN / "llada_1b_stage3.yaml", quiet), a.steps, a.warmup)
+        res["device"] = device_name()
     print(json.dumps(res, indent=1))
     print(f"Stage-3 draft step / Stage-2 step = {res['draft_over_stage2']:.2f}x; mixed at intermediate_ratio "
           f"{res['intermediate_ratio']}: {res['mixed_over_stage2']:.2f}x (target <= 2x)")
@@ -111,19 +147,34 @@ def cmd_mfu(a) -> None:
     from core.train.config import load_config
     from core.train.engine import Trainer
 
+    if a.warmup >= a.steps:
+        raise SystemExit(f"mfu: --warmup {a.warmup} leaves none of --steps {a.steps} to measure")
     gpu_workspace()
-    out = REPO / "runs" / "llada_1b" / "pretrain"
+    gpu = device_name()
+    print(f"device: {gpu}", flush=True)
+    if "H100" not in gpu and "H200" not in gpu:
+        print(f"note: MFU below is against the H100/H200 dense bf16 peak, not this device's ({gpu})")
+    cfg = load_config(TRAIN / "llada_1b_pretrain.yaml",
+                      gpu_overrides(a, {"optim.max_steps": a.steps, "engine.progress": False}))
+    out = Path(cfg.engine.out_dir)
     shutil.rmtree(out, ignore_errors=True)
-    cfg = load_config(TRAIN / "llada_1b_pretrain.yaml", {"optim.max_steps": a.steps, "engine.progress": False})
     tr = Trainer(cfg)
     tr.train()
     n_params = sum(p.numel() for p in tr.model.parameters())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][a.warmup:]
+    all_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = all_rows[a.warmup:]
     tps = statistics.median(r["tokens_per_s"] for r in rows)
     mfu = 6 * n_params * tps / H100_BF16_PEAK
+    o = cfg.optim
+    print(f"batch: {o.micro_batch_size} x {cfg.data.seq_len} tokens x grad_accum {o.grad_accum}; "
+          f"{len(all_rows)} steps, median step {statistics.median(r['seconds'] for r in rows):.3f} s")
     print(f"params N = {n_params / 1e9:.3f} B; tokens/s (median of steps > {a.warmup}) = {tps:,.0f}")
-    print(f"peak bf16 dense H100 = {H100_BF16_PEAK / 1e12:.0f} TFLOP/s; MFU = 6*N*tokens/s / peak = {mfu:.1%}")
-    print(f"loss: first {rows[0]['loss']:.3f} -> last {rows[-1]['loss']:.3f}")
+    print(f"peak bf16 dense H100/H200 = {H100_BF16_PEAK / 1e12:.0f} TFLOP/s; MFU = 6*N*tokens/s / peak = {mfu:.1%}")
+    print(f"loss: first {all_rows[0]['loss']:.3f} -> last {all_rows[-1]['loss']:.3f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"device": gpu, "params": n_params, "tokens_per_s": tps, "mfu": mfu,
+                                            "peak_flops": H100_BF16_PEAK, "steps": len(all_rows),
+                                            "warmup": a.warmup, "metrics": all_rows}, indent=1))
 
 
 def cmd_zero2(a) -> None:
@@ -131,27 +182,48 @@ def cmd_zero2(a) -> None:
 
     from core.model import LLaDAModel
     from core.tokenizer import load_tokenizer
+    from core.train.config import load_config
 
     gpu_workspace()
-    out = REPO / "runs" / "llada_1b" / "zero2"
+    print(f"device: {device_name()} (x{torch.cuda.device_count()} visible), {a.gpus} processes", flush=True)
+    cfg_path = TRAIN / "llada_1b_pretrain_zero2.yaml"
+    over = gpu_overrides(a)
+    cfg = load_config(cfg_path, over)
+    out, first, every = Path(cfg.engine.out_dir), cfg.optim.max_steps, cfg.engine.save_every
+    if not every or first % every:
+        raise SystemExit(f"zero2: the first run must end on a checkpoint (max_steps {first}, save_every {every})")
+    last = first + a.extra_steps
     shutil.rmtree(out, ignore_errors=True)
-    cfg = TRAIN / "llada_1b_pretrain_zero2.yaml"
-    launch = ["torchrun", "--standalone", f"--nproc_per_node={a.gpus}", "--module", "refinery", "train", str(cfg),
-              "--no-progress"]
+    # torch.distributed.run is torchrun without relying on its script being on PATH
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.gpus}",
+              "--module", "refinery", "train", str(cfg_path), "--no-progress"]
+    launch += [f"--set={k}={json.dumps(v)}" for k, v in over.items()]
+    t0 = time.perf_counter()
     subprocess.run(launch, cwd=REPO, check=True)
-    subprocess.run(launch + ["--resume", "--max-steps", "25"], cwd=REPO, check=True)  # DeepSpeed resume path
-    ckpt = out / "checkpoints" / "step-000020"
+    t1 = time.perf_counter()
+    # the DeepSpeed resume path; a later --set wins over --max-steps and earlier ones, so the new end goes last
+    subprocess.run(launch + ["--resume", f"--set=optim.max_steps={last}"], cwd=REPO, check=True)
+    t2 = time.perf_counter()
+    print(f"{a.gpus} processes: first run (steps 1..{first}) {t1 - t0:.0f} s, resumed run (..{last}) {t2 - t1:.0f} s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ckpt = out / "checkpoints" / f"step-{first:06d}"
     for d in (ckpt, out):
-        model = LLaDAModel.from_pretrained(str(d), local_files_only=True).cuda().eval()
+        files = sorted(p.name for p in d.glob("model*.safetensors"))
+        model = LLaDAModel.from_pretrained(str(d), local_files_only=True, use_safetensors=True).to(device).eval()
         tok = load_tokenizer(d)
-        ids = torch.tensor([tok.encode("Natalia sold clips")], device="cuda")
+        ids = torch.tensor([tok.encode("Natalia sold clips")], device=device)
         with torch.no_grad():
             logits = model(ids).logits
         assert torch.isfinite(logits.float()).all()
-        print(f"{d}: loads in one process, {sum(p.numel() for p in model.parameters()) / 1e9:.3f} B params, "
+        print(f"{d}: loads in one process from {len(files)} safetensors file(s), "
+              f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} B params ({model.dtype}), "
               f"forward ok {tuple(logits.shape)}")
+        del model
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    print(f"metrics steps {steps[0]}..{steps[-1]} ({len(steps)} lines, expect 1..25)")
+    print(f"metrics steps {steps[0]}..{steps[-1]} ({len(steps)} lines, expect 1..{last})")
+    assert steps == list(range(1, last + 1)), steps
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    print("loss by step: " + " ".join(f"{r['step']}:{r['loss']:.3f}" for r in rows))
 
 
 def main() -> None:
@@ -159,16 +231,24 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("ratio")
     r.add_argument("--tiny", action="store_true", help="tiny CPU model instead of the ~1B GPU config")
-    r.add_argument("--model-config", default=None, help="--tiny: LLaDAConfig JSON overriding the tiny shape")
+    r.add_argument("--model-config", default=None, help="LLaDAConfig JSON replacing the model shape (tiny or ~1B)")
     r.add_argument("--batch", type=int, default=8, help="--tiny: micro-batch size")
     r.add_argument("--steps", type=int, default=10)
     r.add_argument("--warmup", type=int, default=3)
     m = sub.add_parser("mfu")
     m.add_argument("--steps", type=int, default=40)
     m.add_argument("--warmup", type=int, default=10)
+    m.add_argument("--json", default=None, help="also write the result and every step's metrics here")
     z = sub.add_parser("zero2")
-    z.add_argument("--gpus", type=int, default=2)
+    z.add_argument("--gpus", type=int, default=2, help="processes (one per GPU)")
+    z.add_argument("--extra-steps", type=int, default=5, help="steps the resumed run adds after the first run")
+    for q in (m, z):
+        q.add_argument("--model-config", default=None, help="LLaDAConfig JSON replacing model.config (e.g. tiny)")
+    for q in (r, m, z):
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key of the ~1B YAML(s) (dotted; VALUE read as YAML)")
     a = p.parse_args()
+    os.chdir(REPO)  # the ~1B configs name repository-relative paths (runs/gsm8k, runs/llada_1b/...)
     {"ratio": cmd_ratio, "mfu": cmd_mfu, "zero2": cmd_zero2}[a.cmd](a)
 
 
