@@ -91,14 +91,19 @@ def _special_ids(model) -> dict:
 
 
 def _forward(model, state: DecodeState, P: int, req: ForwardRequest, mask_id: int) -> ForwardOutput:
-    """The single model call site of generation. Heads are evaluated from the last prompt column on."""
-    x, attn = state.x, state.attention_mask
+    """The single model call site of generation.
+
+    The output head is evaluated on the region only, so its logits are one contiguous block; the
+    next-token head also reads the last prompt column (gap 0), which shifts both heads by one. A canvas
+    without padding is passed without an attention mask, which lets SDPA take its flash kernel."""
+    x, attn = state.x, (None if state.dense else state.attention_mask)
     if req.uncond:
         un = x.clone()
-        un[:, :P] = torch.where(attn[:, :P], torch.full_like(un[:, :P], mask_id), un[:, :P])
-        x, attn = torch.cat([x, un]), torch.cat([attn, attn])
-    out = model(x, attention_mask=attn, compute_next=req.next_head, logits_from=P - 1)
-    logits = out.logits[:, 1:]
+        un[:, :P] = torch.where(state.attention_mask[:, :P], torch.full_like(un[:, :P], mask_id), un[:, :P])
+        x, attn = torch.cat([x, un]), (None if attn is None else torch.cat([attn, attn]))
+    start = P - 1 if req.next_head else P
+    out = model(x, attention_mask=attn, compute_next=req.next_head, logits_from=start)
+    logits = out.logits[:, P - start:]
     next_logits = out.next_logits if req.next_head else None
     if req.next_head and next_logits is None:
         raise ValueError("this strategy needs the model's next-token head (config.next_token_head=True)")
@@ -155,22 +160,30 @@ def generate(
         lengths=torch.full((B,), gen_length, dtype=torch.long, device=device),
         active=torch.ones(B, dtype=torch.bool, device=device),
         nfe=torch.zeros(B, dtype=torch.long, device=device),
+        dense=bool(prompt_mask.all()),
     )
     strategy.begin(ctx, state)  # may prepare the canvas (e.g. strip a given draft's padding)
     trace = Trace(state.x[:, P:], state.lengths, ids["mask_id"], ids["pad_id"], ids["eos_id"]) if record_trace else None
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
+    passes_cost, sure = 0, 0  # host-side: cost of the passes so far; passes known to find work
     try:
         while True:
             req = strategy.request(ctx, state)
             charged = state.active.clone()
-            # One host sync per pass: "anything left?" and "would this pass break the budget?" together.
-            go, over = torch.stack([charged.any(), ((state.nfe + req.nfe_cost * charged) > max_nfe).any()]).tolist()
-            if not go:
-                break
-            if over:
-                raise RuntimeError(f"{strategy!r} asked for more than {max_nfe} passes (budget {budget})")
+            passes_cost += req.nfe_cost
+            sure = sure or strategy.sure_passes(ctx, state)
+            if sure > 0 and passes_cost <= max_nfe:
+                sure -= 1  # no row can be over budget and some row is active: no host sync this pass
+            else:
+                sure = 0
+                # One host sync: "anything left?" and "would this pass break the budget?" together.
+                go, over = torch.stack([charged.any(), ((state.nfe + req.nfe_cost * charged) > max_nfe).any()]).tolist()
+                if not go:
+                    break
+                if over:
+                    raise RuntimeError(f"{strategy!r} asked for more than {max_nfe} passes (budget {budget})")
             out = _forward(model, state, P, req, ctx.mask_id)
             state.nfe += req.nfe_cost * charged
             record = strategy.step(ctx, state, out)

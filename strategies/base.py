@@ -95,10 +95,18 @@ class DecodeState:
     nfe: torch.Tensor  # (B,) passes charged so far
     step: int = 0
     extra: dict = dataclasses.field(default_factory=dict)  # strategy-owned per-call state
+    dense: bool = False  # attention_mask is all True: the model is called without one (flash attention)
 
     def region(self, P: int) -> torch.Tensor:
         """(B, L) view of the generation region."""
         return self.x[:, P:]
+
+    def set_lengths(self, P: int, lengths: torch.Tensor) -> None:
+        """New region lengths; positions at or past a row's length leave the attention mask."""
+        self.lengths = lengths
+        pos = torch.arange(self.x.shape[1] - P, device=self.x.device)
+        self.attention_mask[:, P:] = pos[None, :] < lengths[:, None]
+        self.dense = False
 
 
 @dataclass
@@ -144,6 +152,13 @@ class Strategy(ABC):
 
     def request(self, ctx: DecodeContext, state: DecodeState) -> ForwardRequest:
         return ForwardRequest()
+
+    def sure_passes(self, ctx: DecodeContext, state: DecodeState) -> int:
+        """How many passes from this one on are certain to find some row active (0 = unknown).
+
+        The loop skips its per-pass host check ("any row left?") for these, so the CPU can queue the
+        next pass while the GPU still runs this one. Strategies with a fixed plan know it at ``begin``."""
+        return 0
 
     @abstractmethod
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Strategy, StrategyConfig, commit
 from strategies.registry import register
-from strategies.sampling import NEG_INF, ban_tokens, gumbel_argmax, predict, select_topk, transfer_counts
+from strategies.sampling import NEG_INF, ban_tokens, gumbel_argmax, planned_passes, predict, select_topk, transfer_counts
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,13 @@ class ConvStrategy(Strategy):
 
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
         masks = (state.x[:, ctx.prompt_width:] == ctx.mask_id).sum(1)
-        state.extra["counts"] = transfer_counts(masks, ctx.max_nfe)
+        state.extra["counts"] = counts = transfer_counts(masks, ctx.max_nfe)
         state.extra["steps"] = ctx.max_nfe
+        if self.config.variant == "confidence":  # a fixed plan (the stochastic variant may finish early)
+            state.extra["plan_passes"] = planned_passes(counts)
+
+    def sure_passes(self, ctx: DecodeContext, state: DecodeState) -> int:
+        return max(state.extra.get("plan_passes", 0) - state.step, 0)
 
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         cfg = self.config

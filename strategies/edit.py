@@ -77,6 +77,9 @@ class EditStrategy(Strategy):
     def request(self, ctx: DecodeContext, state: DecodeState) -> ForwardRequest:
         return ForwardRequest(next_head=state.step >= state.extra["mask_passes"])
 
+    def sure_passes(self, ctx: DecodeContext, state: DecodeState) -> int:
+        return self._mask.sure_passes(self._mask_ctx, state) if state.step < state.extra["mask_passes"] else 0
+
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         M = state.extra["mask_passes"]
         if state.step < M:
@@ -93,7 +96,7 @@ class EditStrategy(Strategy):
         region = state.x[:, P:]
         logits = ban_tokens(out.logits, (ctx.mask_id,))
         cur, conf = predict(logits, 0.0, ctx.generators)
-        nxt = ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id)).argmax(-1)  # (B, L+1)
+        nxt, _ = predict(ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id)), 0.0, ctx.generators)  # (B, L+1)
         from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
 
         res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
@@ -101,8 +104,7 @@ class EditStrategy(Strategy):
         rows = active[:, None]
         replaced, deleted, inserted = res.replaced & rows, res.deleted & rows, res.inserted & rows
         region.copy_(torch.where(rows, res.tokens, region))
-        state.lengths = torch.where(active, res.lengths, state.lengths)
-        _refresh_attention(ctx, state)
+        state.set_lengths(P, torch.where(active, res.lengths, state.lengths))
         changed = replaced.any(1) | deleted.any(1) | inserted.any(1)
         more = state.step < state.extra["last_pass"]
         state.active = active & more & (changed if self.config.stop_when_unchanged else True)
@@ -116,12 +118,6 @@ def _strip(ctx: DecodeContext, state: DecodeState) -> None:
     from core.decode import strip_padding
 
     region = state.x[:, ctx.prompt_width:]
-    state.lengths = strip_padding(region, ctx.eos_id, ctx.pad_id)
+    state.set_lengths(ctx.prompt_width, strip_padding(region, ctx.eos_id, ctx.pad_id))
     pos = torch.arange(region.shape[1], device=region.device)
     region.copy_(torch.where(pos[None, :] < state.lengths[:, None], region, torch.full_like(region, ctx.pad_id)))
-    _refresh_attention(ctx, state)
-
-
-def _refresh_attention(ctx: DecodeContext, state: DecodeState) -> None:
-    pos = torch.arange(ctx.gen_length, device=state.x.device)
-    state.attention_mask[:, ctx.prompt_width:] = pos[None, :] < state.lengths[:, None]

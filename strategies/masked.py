@@ -19,7 +19,8 @@ from core.trace import StepRecord
 
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig, commit
 from strategies.registry import register
-from strategies.sampling import NEG_INF, ban_tokens, predict, select_topk, split_evenly, transfer_counts, uniform_rand
+from strategies.sampling import (NEG_INF, ban_tokens, planned_passes, predict, select_topk, split_evenly, transfer_counts,
+                                 uniform_rand)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,11 @@ class MaskedStrategy(Strategy):
         return ForwardRequest(uncond=self.config.cfg_scale > 0)
 
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
-        state.extra["plan"] = block_plan(self.config, ctx, state)
+        state.extra["plan"] = plan = block_plan(self.config, ctx, state)
+        state.extra["plan_passes"] = planned_passes(plan[1])
+
+    def sure_passes(self, ctx: DecodeContext, state: DecodeState) -> int:
+        return max(state.extra["plan_passes"] - state.step, 0)
 
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         cfg = self.config

@@ -57,6 +57,9 @@ class RemdmStrategy(Strategy):
     def min_passes(self, gen_length: int) -> int:
         return 2
 
+    def sure_passes(self, ctx: DecodeContext, state: DecodeState) -> int:
+        return ctx.max_nfe - state.step  # ReMDM always runs its S passes
+
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
         state.extra["psi"] = torch.zeros(state.x.shape[0], ctx.gen_length, device=state.x.device)
 

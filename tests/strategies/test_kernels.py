@@ -13,5 +13,13 @@ def test_argmax_probability_matches_float64_softmax():
     idx, prob = argmax_probability(logits)
     ref = torch.softmax(logits.double(), -1)
     assert torch.equal(idx, ref.argmax(-1))
-    assert torch.allclose(prob.double(), ref.max(-1).values, rtol=1e-5)
-    assert prob.dtype == torch.float32 and idx.dtype == torch.long
+    assert torch.allclose(prob, ref.max(-1).values, rtol=1e-12)
+    assert prob.dtype == torch.float64 and idx.dtype == torch.long
+
+
+def test_argmax_probability_reads_strided_views():
+    g = torch.Generator().manual_seed(1)
+    full = torch.randn(2, 9, 40, generator=g)
+    idx, prob = argmax_probability(full[:, 1:])  # the loop's slice of the model output
+    ref_idx, ref_prob = argmax_probability(full[:, 1:].contiguous())
+    assert torch.equal(idx, ref_idx) and torch.equal(prob, ref_prob)
