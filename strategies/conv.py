@@ -76,7 +76,7 @@ class ConvStrategy(Strategy):
         gate = conv_gate(state, ctx, cfg.window, cfg.gate_scale)
         last = state.step == state.extra["steps"] - 1
         if cfg.variant == "confidence" or last:
-            x0, conf = predict(logits, cfg.temperature, ctx.generators)
+            x0, conf = predict(logits, cfg.temperature, ctx.generators, where=masked)
             scores = conf * gate
             k = masked.sum(1) if last else state.extra["counts"][:, state.step]
             select = select_topk(torch.where(masked, scores, NEG_INF), k)

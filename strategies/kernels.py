@@ -35,15 +35,18 @@ def argmax_probability_torch(logits: torch.Tensor) -> tuple[torch.Tensor, torch.
 if triton is not None:
 
     @triton.jit
-    def _argmax_prob_kernel(x_ptr, idx_ptr, prob_ptr, L, V, stride_b, stride_l, BLOCK: tl.constexpr,
-                            ACC: tl.constexpr):
+    def _argmax_prob_kernel(x_ptr, keep_ptr, idx_ptr, prob_ptr, L, V, stride_b, stride_l, BLOCK: tl.constexpr,
+                            ACC: tl.constexpr, HAS_KEEP: tl.constexpr):
         row = tl.program_id(0)
+        stop = V
+        if HAS_KEEP:  # positions nobody asked about read nothing (the loop below runs zero times)
+            stop = V * tl.load(keep_ptr + row).to(tl.int32)
         base = x_ptr + (row // L).to(tl.int64) * stride_b + (row % L).to(tl.int64) * stride_l
         offs = tl.arange(0, BLOCK)
         m = tl.full([BLOCK], float("-inf"), tl.float32)  # running max per lane (exact: bf16 values)
         s = tl.zeros([BLOCK], ACC)  # running sum of exp(x - m) per lane, accumulated in float64
         arg = tl.zeros([BLOCK], tl.int32)  # index of each lane's max (first occurrence)
-        for start in range(0, V, BLOCK):
+        for start in range(0, stop, BLOCK):
             cols = start + offs
             x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
             new_m = tl.maximum(m, x)
@@ -60,14 +63,18 @@ if triton is not None:
         cand = tl.where(m == row_max, arg, V)
         best = tl.min(cand, 0)
         tl.store(idx_ptr + row, best.to(tl.int64))
-        tl.store(prob_ptr + row, 1.0 / total)
+        tl.store(prob_ptr + row, tl.where(total > 0, 1.0 / total, 0.0))
 
 
 LAUNCH = dict(BLOCK=2048, num_warps=8)  # measured on an H100 by tests/benchmarks/kernel_tune.py
 
 
-def argmax_probability(logits: torch.Tensor, launch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused on CUDA (one read of the logits), torch elsewhere. (..., V) -> (...) int64, (...) float64."""
+def argmax_probability(logits: torch.Tensor, where: torch.Tensor | None = None,
+                       launch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused on CUDA (one read of the logits), torch elsewhere. (..., V) -> (...) int64, (...) float64.
+
+    ``where`` (...) bool: only these positions are needed. The kernel skips the others' logits (index 0,
+    probability 0 there), which halves the read over a generation; the torch path computes them all."""
     if triton is None or not logits.is_cuda:
         return argmax_probability_torch(logits)
     shape, V = logits.shape[:-1], logits.shape[-1]
@@ -79,5 +86,7 @@ def argmax_probability(logits: torch.Tensor, launch: dict | None = None) -> tupl
     prob = torch.empty(B * L, dtype=torch.float64, device=logits.device)
     if B * L:
         opts = {"ACC": tl.float64, **LAUNCH, **(launch or {})}
-        _argmax_prob_kernel[(B * L,)](x, idx, prob, L, V, x.stride(0), x.stride(1), **opts)
+        keep = idx if where is None else where.reshape(-1).contiguous()  # any pointer when unused
+        _argmax_prob_kernel[(B * L,)](x, keep, idx, prob, L, V, x.stride(0), x.stride(1), HAS_KEEP=where is not None,
+                                      **opts)
     return idx.view(shape), prob.view(shape)

@@ -71,15 +71,15 @@ class MaskedStrategy(Strategy):
         s = state.step
         logits = guided_logits(out, cfg.cfg_scale)
         ban_tokens(logits, (ctx.mask_id, ctx.delete_id))
-        x0, conf = predict(logits, cfg.temperature, ctx.generators)
-        scores = uniform_rand(x0.shape, ctx.generators, x0.device) if cfg.remasking == "random" else conf
-        if cfg.suppress_eos:
-            scores = torch.where(eos_like(x0, ctx), scores - 2.0, scores)  # below every ordinary confidence
         lo, hi = bounds[block_of_pass[s]]
         region = state.x[:, ctx.prompt_width:]
         candidates = region == ctx.mask_id
         candidates[:, :lo] = False
         candidates[:, hi:] = False
+        x0, conf = predict(logits, cfg.temperature, ctx.generators, where=candidates)
+        scores = uniform_rand(x0.shape, ctx.generators, x0.device) if cfg.remasking == "random" else conf
+        if cfg.suppress_eos:
+            scores = torch.where(eos_like(x0, ctx), scores - 2.0, scores)  # below every ordinary confidence
         select = select_topk(torch.where(candidates, scores, NEG_INF), counts[:, s])
         return commit(ctx, state, select, x0, scores)
 

@@ -102,7 +102,7 @@ class RemdmStrategy(Strategy):
         unmask = masked & ((u < p_unmask) | last)
         remask = ~masked & (u < sigma)
         logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
-        x0, conf = predict(logits, self.config.temperature, ctx.generators)
+        x0, conf = predict(logits, self.config.temperature, ctx.generators, where=masked)
         psi.copy_(torch.where(unmask, conf, psi))
         record = commit(ctx, state, unmask, x0, conf, remask=remask)
         state.active = torch.full_like(state.active, not last)  # ReMDM always runs its S passes

@@ -26,14 +26,17 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generators: list[tor
     return (logits.double() + temperature * gumbel).argmax(-1)
 
 
-def predict(logits: torch.Tensor, temperature: float, generators: list) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(logits: torch.Tensor, temperature: float, generators: list,
+            where: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted tokens and their softmax probability (LLaDA's confidence). (B, L, V) -> (B, L), (B, L).
 
-    Greedy decoding takes the fused one-read kernel on GPU; sampling draws Gumbel noise first."""
+    Greedy decoding takes the fused one-read kernel on GPU; sampling draws Gumbel noise first.
+    ``where`` (B, L) bool marks the positions the caller will read; elsewhere the values are unspecified
+    (the GPU kernel skips them)."""
     if temperature == 0:
         from strategies.kernels import argmax_probability
 
-        return argmax_probability(logits)
+        return argmax_probability(logits, where)
     x0 = gumbel_argmax(logits, temperature, generators)
     return x0, token_probability(logits, x0)
 
@@ -59,9 +62,9 @@ def uniform_rand(shape, generators: list[torch.Generator], device, dtype=torch.f
 
 def ban_tokens(logits: torch.Tensor, token_ids) -> torch.Tensor:
     """Set the logits of ``token_ids`` (None entries skipped) to -inf, in place; returns ``logits``."""
-    ids = [int(t) for t in token_ids if t is not None]
-    if ids:
-        logits[..., ids] = NEG_INF
+    for t in token_ids:  # basic indexing: a strided fill, no index tensor copied to the device
+        if t is not None:
+            logits[..., int(t)] = NEG_INF
     return logits
 
 

@@ -61,7 +61,7 @@ class ThresholdStrategy(Strategy):
         block = first // size  # (B,) each row's current block
         in_block = masked & ((pos[None, :] // size) == block[:, None])
         logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
-        x0, conf = predict(logits, self.config.temperature, ctx.generators)
+        x0, conf = predict(logits, self.config.temperature, ctx.generators, where=in_block)
         left = in_block.sum(1)
         passes_left = (state.extra["cum_passes"][block] - state.nfe + 1).clamp(min=1)  # this pass included
         need = -(-left // passes_left)

@@ -105,6 +105,9 @@ def check_kernel() -> float:
     ref_idx = logits.argmax(-1)
     assert torch.equal(idx, ref_idx), "fused argmax differs from torch.argmax"
     ref_p = torch.stack([F.softmax(row.double(), -1).gather(-1, i[:, None])[:, 0] for row, i in zip(logits, ref_idx)])
+    keep = torch.rand(logits.shape[:2], device="cuda") < 0.5
+    kidx, kprob = argmax_probability(logits, keep)
+    assert torch.equal(kidx[keep], idx[keep]) and torch.equal(kprob[keep], prob[keep]), "where= changed kept positions"
     err = float((prob - ref_p).norm() / ref_p.norm())
     worst = float(((prob - ref_p).abs() / ref_p).max())
     del full, logits
@@ -118,6 +121,14 @@ def check_kernel() -> float:
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e))
     ms = statistics.median(times[1:])
+    half = torch.rand(big.shape[:2], device="cuda") < 0.5
+    argmax_probability(big, half)
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    argmax_probability(big, half)
+    e.record()
+    torch.cuda.synchronize()
+    print(f"... with half the positions asked for: {s.elapsed_time(e):.2f} ms", flush=True)
     print(f"fused kernel on (32, 512, 126464) bf16: {ms:.2f} ms = {big.numel() * 2 / ms / 1e6:.0f} GB/s; "
           f"worst relative error of a probability {worst:.1e}", flush=True)
     del big

@@ -47,9 +47,9 @@ def main() -> None:
                                                         (tl.float64, tl.float32)):
         launch = dict(BLOCK=block, num_warps=warps, num_stages=stages, ACC=acc)
         try:
-            idx, prob = argmax_probability(small, launch)
+            idx, prob = argmax_probability(small, launch=launch)
             err = float(((prob - ref).abs() / ref).max())
-            ms = time_ms(lambda: argmax_probability(big, launch))
+            ms = time_ms(lambda: argmax_probability(big, launch=launch))
         except Exception as exc:  # a setting the compiler refuses (registers, shared memory)
             print(f"{launch}: failed ({type(exc).__name__})")
             continue
