@@ -151,11 +151,16 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
 
 
 def load_model_for(config: ExperimentConfig):
+    import torch
+
     from core.checkpoint import load_model, parse_dtype, resolve_model_path
     from core.tokenizer import load_tokenizer
 
     model_dir = resolve_model_path(config.model)
-    model = load_model(model_dir, config.device, parse_dtype(config.dtype))
+    device = config.device
+    if device == "auto":  # the GPU where there is one
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_dir, device, parse_dtype(config.dtype))
     tokenizer = load_tokenizer(config.tokenizer or model_dir, delete_token=config.delete_token)
     return model, tokenizer
 

@@ -7,7 +7,7 @@ max, argmax and rescaled sum of exponentials per row in one read, and reads stri
 in place (the loop's logits are a slice of the model output; a copy would double the traffic).
 
 The probability is returned in float64, like LLaDA's published sampler (``softmax(logits.to(float64))``):
-exponentials are taken in float32 (float64 ones cost 8x the kernel's time on an H100) and summed in
+exponentials are taken in float32 (float64 ones took 10.7 ms instead of 2.5 ms on an H100) and summed in
 float64. Before this, a float32 sum and float32 output let neighbouring confidences at a top-k boundary
 swap order against the reference, so greedy decoding committed different positions. What remains is
 the float32 exponent's rounding (~1e-7 per term, averaging out over the vocabulary). CPU tensors (and

@@ -60,3 +60,32 @@ def test_partial_canvas_only_fills_masks_and_streams_every_pass(tiny_model):
     assert res.nfe.tolist() == [3] and seen == [(0, 2), (1, 2), (2, 1)]
     with pytest.raises(ValueError, match="init has shape"):
         generate(tiny_model, [[5, 6]], 6, "masked", "1/1", init=init)
+
+
+def test_unpadded_canvases_go_to_the_model_without_an_attention_mask(tiny_model):
+    """No padding -> attention_mask=None (SDPA may take its flash kernel); padding or stripped rows -> a mask;
+    the head is evaluated on the region only unless the next-token head needs the last prompt column."""
+    calls = []
+    original = type(tiny_model).forward
+
+    def spy(self, input_ids, attention_mask=None, **kw):
+        calls.append((attention_mask is None, kw.get("logits_from"), kw.get("compute_next")))
+        return original(self, input_ids, attention_mask=attention_mask, **kw)
+
+    type(tiny_model).forward = spy
+    try:
+        generate(tiny_model, [[5, 6, 7]], 8, "masked", "1/2")
+        assert calls and all(c == (True, 3, False) for c in calls), calls
+        calls.clear()
+        generate(tiny_model, [[5, 6, 7], [8]], 8, "masked", "1/2")
+        assert calls and all(c == (False, 3, False) for c in calls), calls
+        calls.clear()
+        generate(tiny_model, [[5, 6, 7]], 8, "edit", "1/1")
+        edit_calls = [c for c in calls if c[2]]
+        assert edit_calls and all(c[1] == 2 for c in edit_calls)  # gap 0 is read at the last prompt column
+        calls.clear()
+        draft = torch.tensor([[20, 21, 22, 23, EOS, EOS, EOS, EOS]])  # cut at its end of text: a mask from then on
+        generate(tiny_model, [[5, 6, 7]], 8, get_strategy("edit", edit_passes=2), "1/2", init=draft)
+        assert calls and all(c == (False, 2, True) for c in calls), calls
+    finally:
+        type(tiny_model).forward = original
