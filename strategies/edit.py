@@ -7,6 +7,10 @@
    where the current head says <|del|>, replace by the current head, insert the next-token
    head's token in a gap where it differs from the following token's prediction (one per gap).
    A row stops as soon as a pass changes nothing and is charged no further passes.
+4. Optional stop rules against edits that diverge instead of converging: ``stop_on_growth``
+   rejects a pass that changes more positions than the row's previous pass did, and
+   ``max_change_fraction`` rejects a pass that would change more than that share of the row's
+   tokens; a rejected pass leaves the row as it was and stops it (the forward is still charged).
 
 The budget split is a parameter: ``edit_passes`` fixed, or ``edit_fraction`` of the passes
 (ME-DLM's 1/8 setting on 512 tokens was 48 mask + 16 edit passes, i.e. a quarter).
@@ -33,12 +37,17 @@ class EditConfig(StrategyConfig):
     block_length: Optional[int] = None  # mask phase: semi-AR block length; None = one block
     temperature: float = 0.0  # mask phase: Gumbel temperature
     stop_when_unchanged: bool = True  # a row stops once an edit pass changes nothing
+    stop_on_growth: bool = False  # reject (and stop at) a pass that changes more than the row's previous pass
+    max_change_fraction: Optional[float] = None  # reject (and stop at) a pass changing more than this share
+
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.edit_passes is not None and self.edit_passes < 0:
             raise ValueError(f"edit_passes={self.edit_passes} must be >= 0")
         if not 0.0 <= self.edit_fraction < 1.0:
             raise ValueError(f"edit_fraction={self.edit_fraction} must lie in [0, 1)")
+        if self.max_change_fraction is not None and not 0.0 < self.max_change_fraction <= 1.0:
+            raise ValueError(f"max_change_fraction={self.max_change_fraction} must lie in (0, 1]")
         self.mask_config().check(gen_length, max_nfe)
 
     def mask_config(self) -> MaskedConfig:
@@ -101,16 +110,29 @@ class EditStrategy(Strategy):
 
         res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
                           eos_id=ctx.eos_id, pad_id=ctx.pad_id)
-        rows = active[:, None]
+        n_changed = (res.replaced | res.deleted).sum(1) + res.inserted.sum(1)
+        accept = active & _accepted(self.config, state, n_changed)
+        rows = accept[:, None]
         replaced, deleted, inserted = res.replaced & rows, res.deleted & rows, res.inserted & rows
         region.copy_(torch.where(rows, res.tokens, region))
-        state.set_lengths(P, torch.where(active, res.lengths, state.lengths))
+        state.set_lengths(P, torch.where(accept, res.lengths, state.lengths))
+        state.extra["last_changes"] = torch.where(active, n_changed, state.extra.get("last_changes", n_changed))
         changed = replaced.any(1) | deleted.any(1) | inserted.any(1)
         more = state.step < state.extra["last_pass"]
-        state.active = active & more & (changed if self.config.stop_when_unchanged else True)
+        state.active = accept & more & (changed if self.config.stop_when_unchanged else True)
         return StepRecord(phase="edit", tokens=region.clone(), lengths=state.lengths.clone(), active=active,
                           replaced=replaced, deleted=deleted, inserted=inserted, values=cur,
                           inserted_tokens=res.inserted_tokens, scores=conf)
+
+
+def _accepted(config: EditConfig, state: DecodeState, n_changed: torch.Tensor) -> torch.Tensor:
+    """Rows whose edit pass passes the stop rules (all rows when none is set)."""
+    ok = torch.ones_like(n_changed, dtype=torch.bool)
+    if config.stop_on_growth and "last_changes" in state.extra:
+        ok &= n_changed <= state.extra["last_changes"]
+    if config.max_change_fraction is not None:
+        ok &= n_changed <= config.max_change_fraction * state.lengths.clamp(min=1)
+    return ok
 
 
 def _strip(ctx: DecodeContext, state: DecodeState) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "dev", "test")  # "dev": held out from training, for choosing settings (generated tasks)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from core.tasks.base import SPLITS, Example, Score, Task, check_split, register_task
+from core.tasks.base import Example, Score, Task, check_split, register_task
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _field(row: dict, key: str, where: str, kind: type = str) -> Any:
 class _Benchmark(Task):
     """Shared plumbing: file or hub loading, per-split caching, seeded order, split checks."""
 
-    splits: tuple[str, ...] = SPLITS
+    splits: tuple[str, ...] = ("train", "test")
     folder = ""  # sub-directory of data_dir, as in ../shared/data
     default_system: Optional[str] = None
 

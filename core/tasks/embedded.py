@@ -1,9 +1,10 @@
 """Shared machinery of the embedded (generated) tasks: seeded problems, disjoint splits, training data.
 
 A generated task draws problems from a seeded ``random.Random``. Each problem has a *key* (the
-parameters that define it, not its surface form); ``split_of(key)`` hashes the key into train
-(80%) or test (20%), so no test problem is ever a training problem, whatever the seeds, and the
-split does not depend on the order of generation. Every problem has several valid written
+parameters that define it, not its surface form); ``split_of(key)`` hashes the key into test (20%),
+dev (10%) or train (70%), so no test or dev problem is ever a training problem, whatever the seeds,
+and the split does not depend on the order of generation. Settings (budget splits, stop rules) are
+chosen on dev; test is only for reporting. Every problem has several valid written
 solutions (``Problem.solution(rng)``): that multimodality is what parallel decoding breaks.
 """
 
@@ -17,6 +18,7 @@ from typing import Callable, Iterator, Optional
 from core.tasks.base import Example, Task, check_split
 
 TEST_PERCENT = 20  # share of problem keys that belong to the test split
+DEV_PERCENT = 10  # share that belongs to the dev split (held out from training, for choosing settings)
 DEFAULT_N = 500  # examples(split, n=None) returns this many (generated tasks have no natural size)
 MAX_TRIES = 10_000  # draws per wanted problem before giving up (a knob setting that admits too few problems)
 
@@ -32,7 +34,9 @@ class Problem:
 
 def split_of(task: str, key: str) -> str:
     bucket = int(hashlib.sha1(f"{task}|{key}".encode()).hexdigest()[:8], 16) % 100
-    return "test" if bucket < TEST_PERCENT else "train"
+    if bucket < TEST_PERCENT:
+        return "test"
+    return "dev" if bucket < TEST_PERCENT + DEV_PERCENT else "train"
 
 
 class GeneratedTask(Task):

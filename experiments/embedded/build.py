@@ -7,8 +7,9 @@ Each stage is one ``refinery train experiments/train/embedded_stageN.yaml`` proc
 paths pointed into ``--root``. With ``--minutes``, Stage 1 runs its configured steps and its
 measured seconds per step size Stages 2 and 3 to fit the rest of the time (Stage 3 is charged
 ``--stage3-cost`` Stage-2 steps per step); the steps actually run are written to
-``ROOT/build.json`` for the model cards. ``experiments/embedded/ship.py`` then copies the
-models into ``core/assets/embedded/``.
+``ROOT/build.json`` for the model cards; copy ``ROOT/stage2`` and the Stage-3 model into
+``core/assets/embedded/`` to ship them. ``--stages 1,2`` stops after Stage 2 (to continue Stage 3
+in a later command, within a 10-minute device limit).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--n-records", type=int, default=60_000, help="training records per task and kind")
     ap.add_argument("--workers", type=int, default=4, help="processes generating the data")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--stages", default="1,2,3", help="which stages to run, e.g. 1,2")
     args, extra = ap.parse_known_args()
     if args.device:
         extra += ["--device", args.device]
@@ -62,7 +64,10 @@ def main() -> None:
     counts = prepare(args.root / "data", args.n_records, args.n_records, vocab_size=1024, seed=0, workers=args.workers)
     report = {"data": counts, "prepare_seconds": round(time.monotonic() - t0, 1), "stages": {}}
     budget_end = t0 + 60 * args.minutes if args.minutes else None
-    for stage in (1, 2, 3):
+    stages = sorted({int(s) for s in args.stages.split(",")})
+    if not set(stages) <= {1, 2, 3}:
+        raise SystemExit(f"--stages: expected a comma-separated subset of 1,2,3, got {args.stages!r}")
+    for stage in stages:
         steps = fixed.get(stage)
         if steps is None and budget_end is not None and stage > 1:
             per_step = step_seconds(args.root / "stage1") * (args.stage3_cost if stage == 3 else 1.0)

@@ -249,8 +249,10 @@ def test_bad_splits(tasks):
     for name in ("math500", "humaneval"):
         with pytest.raises(ValueError, match="no 'train' split"):
             tasks[name].examples("train")
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ValueError, match="no 'dev' split"):
         tasks["gsm8k"].examples("dev")
+    with pytest.raises(ValueError, match="split must be one of"):
+        tasks["gsm8k"].examples("validation")
     with pytest.raises(ValueError, match="n must be"):
         tasks["gsm8k"].examples("test", n=-1)
 

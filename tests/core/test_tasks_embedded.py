@@ -27,14 +27,15 @@ def test_examples_are_deterministic_unique_and_in_their_split(name):
 
 
 @pytest.mark.parametrize("name", ["arith", "pycode"])
-def test_train_and_test_problems_never_overlap(name):
+def test_train_dev_and_test_problems_never_overlap(name):
     task = get_task(name)
     test_keys = {p.key for p in task.problems("test", 100, seed=0)}
+    dev_keys = {p.key for p in task.problems("dev", 60, seed=0)}
     train_keys = {p.key for p in task.problems("train", 400, seed=0)}
-    assert not test_keys & train_keys
+    assert not test_keys & train_keys and not dev_keys & train_keys and not dev_keys & test_keys
     records = task.training_records("train", 300, seed=1, kind="sft")
-    test_prompts = {p.prompt for p in task.problems("test", 100, seed=0)}
-    assert not {r["history"][0]["content"] for r in records} & test_prompts
+    held_out = {p.prompt for p in task.problems("test", 100, seed=0)} | {p.prompt for p in task.problems("dev", 60, seed=0)}
+    assert not {r["history"][0]["content"] for r in records} & held_out
 
 
 @pytest.mark.parametrize("name", ["arith", "pycode"])
@@ -48,7 +49,7 @@ def test_training_records_have_the_harness_formats(name):
     with pytest.raises(ValueError, match="kind"):
         task.training_records("train", 1, kind="chat")
     with pytest.raises(ValueError, match="split"):
-        task.examples("dev", 1)
+        task.examples("validation", 1)
 
 
 def test_arith_every_surface_form_is_correct_and_there_are_several():

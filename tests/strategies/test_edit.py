@@ -86,3 +86,51 @@ def test_editing_a_given_draft_without_a_mask_phase(tiny_model):
     c = res.trace.compact()
     assert set(c.phases) <= {"edit"} and (res.nfe <= 2).all()
     assert (c.replay() == res.tokens.numpy()).all()
+
+
+def replace_script(plan, first=(10, 11, 12), prompt_len=1):
+    """Mask phase drafts ``first``; an edit pass on draft d replaces it token by token with plan[d] (same
+    length, no deletes or inserts), or keeps it when d is not in the plan."""
+
+    def fn(ids):
+        B, W = ids.shape
+        logits = torch.zeros(B, W, VOCAB)
+        nxt = torch.zeros(B, W, VOCAB)
+        for b in range(B):
+            region = ids[b, prompt_len:].tolist()
+            if MASK in region:
+                for i, t in enumerate(list(first) + [EOS] * (len(region) - len(first))):
+                    logits[b, prompt_len + i, t] = BIG
+                continue
+            n = region.index(EOS) if EOS in region else len(region)
+            cur = list(plan.get(tuple(region[:n]), region[:n]))
+            following = cur + [EOS]
+            for i, t in enumerate(cur):
+                logits[b, prompt_len + i, t] = BIG
+            for c in range(n + 1):  # no insertion anywhere: each gap predicts the token that follows it
+                nxt[b, prompt_len - 1 + c, following[c]] = BIG
+        return logits, nxt
+
+    return fn
+
+
+@pytest.mark.parametrize("rule", [{"stop_on_growth": True}, {"max_change_fraction": 0.5}])
+def test_stop_rules_reject_a_diverging_pass_and_keep_the_canvas(scripted, rule):
+    # pass 1 changes one token of three, pass 2 would rewrite all three: both rules keep [10, 21, 12]
+    plan = {(10, 11, 12): (10, 21, 12), (10, 21, 12): (40, 41, 42)}
+    model = scripted(replace_script(plan))
+    free = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3), "1/1")
+    assert free.tokens[0, :3].tolist() == [40, 41, 42]
+    res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, **rule), "1/1")
+    assert res.tokens[0, :int(res.lengths[0])].tolist() == [10, 21, 12]
+    assert res.nfe.tolist() == [7]  # 5 mask passes + the accepted pass + the rejected one (charged, then stop)
+    c = res.trace.compact()
+    assert c.row_events(6, 0)["replaced"].size == 0 and (c.replay() == res.tokens.numpy()).all()
+
+
+def test_max_change_fraction_rejects_the_first_pass_too(scripted):
+    model = scripted(replace_script({(10, 11, 12): (30, 31, 12)}))
+    res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, max_change_fraction=0.5), "1/1")
+    assert res.tokens[0, :3].tolist() == [10, 11, 12] and res.nfe.tolist() == [6]
+    with pytest.raises(ValueError, match="max_change_fraction"):
+        get_strategy("edit", max_change_fraction=0.0).config.check(8, 8)
