@@ -12,9 +12,9 @@ from strategies import get_strategy
 BIG = 10.0
 
 
-def edit_script(prompt_len=1):
-    """Mask phase drafts [10, 11, 12] + EOS padding; the first edit pass sees that draft and asks to replace
-    11 -> 21, delete 12 and insert 30 after 10; on anything else both heads agree with the input."""
+def row_script(edit_row, first=(10, 11, 12), prompt_len=1):
+    """A scripted model: on a canvas with masks it predicts ``first`` then EOS padding; on a draft (the
+    region up to its first EOS) ``edit_row(logits, nxt, draft)`` fills that row's two heads."""
 
     def fn(ids):
         B, W = ids.shape
@@ -23,30 +23,39 @@ def edit_script(prompt_len=1):
         for b in range(B):
             region = ids[b, prompt_len:].tolist()
             if MASK in region:
-                for i, t in enumerate([10, 11, 12] + [EOS] * (len(region) - 3)):
+                for i, t in enumerate(list(first) + [EOS] * (len(region) - len(first))):
                     logits[b, prompt_len + i, t] = BIG
-                continue
-            n = region.index(EOS) if EOS in region else len(region)
-            draft = region[:n]
-            cur = [10, 21, DELETE] if draft == [10, 11, 12] else draft
-            following = [t for t in cur if t != DELETE] + [EOS]
-            gaps = list(following)  # "no insertion" = the token that follows
-            if draft == [10, 11, 12]:
-                gaps[1] = 30  # the gap after position 0 gets 30
-            for i, t in enumerate(cur):
-                logits[b, prompt_len + i, t] = BIG
-            # next head at column c predicts gap after c; the last prompt column predicts gap 0
-            survivors = [i for i, t in enumerate(cur) if t != DELETE]
-            nxt[b, prompt_len - 1, gaps[0]] = BIG
-            for j, i in enumerate(survivors):
-                nxt[b, prompt_len + i, gaps[j + 1]] = BIG
-            for i, t in enumerate(cur):
-                if t == DELETE:  # a deleted position's gap: predict what follows anyway (no insertion)
-                    later = [cur[k] for k in range(i + 1, len(cur)) if cur[k] != DELETE] + [EOS]
-                    nxt[b, prompt_len + i, later[0]] = BIG
+            else:
+                n = region.index(EOS) if EOS in region else len(region)
+                edit_row(logits[b, prompt_len:], nxt[b, prompt_len - 1:], region[:n])
         return logits, nxt
 
     return fn
+
+
+def edit_script():
+    """Mask phase drafts [10, 11, 12] + EOS padding; the first edit pass sees that draft and asks to replace
+    11 -> 21, delete 12 and insert 30 after 10; on anything else both heads agree with the input."""
+
+    def edit_row(logits, nxt, draft):  # logits from the region's first column; nxt from the one before it
+        cur = [10, 21, DELETE] if draft == [10, 11, 12] else draft
+        following = [t for t in cur if t != DELETE] + [EOS]
+        gaps = list(following)  # "no insertion" = the token that follows
+        if draft == [10, 11, 12]:
+            gaps[1] = 30  # the gap after position 0 gets 30
+        for i, t in enumerate(cur):
+            logits[i, t] = BIG
+        # next head at column c predicts the gap after c; the last prompt column predicts gap 0
+        survivors = [i for i, t in enumerate(cur) if t != DELETE]
+        nxt[0, gaps[0]] = BIG
+        for j, i in enumerate(survivors):
+            nxt[1 + i, gaps[j + 1]] = BIG
+        for i, t in enumerate(cur):
+            if t == DELETE:  # a deleted position's gap: predict what follows anyway (no insertion)
+                later = [cur[k] for k in range(i + 1, len(cur)) if cur[k] != DELETE] + [EOS]
+                nxt[1 + i, later[0]] = BIG
+
+    return row_script(edit_row)
 
 
 def test_mask_phase_then_replace_delete_insert_then_stop_early(scripted):
@@ -88,30 +97,18 @@ def test_editing_a_given_draft_without_a_mask_phase(tiny_model):
     assert (c.replay() == res.tokens.numpy()).all()
 
 
-def replace_script(plan, first=(10, 11, 12), prompt_len=1):
-    """Mask phase drafts ``first``; an edit pass on draft d replaces it token by token with plan[d] (same
-    length, no deletes or inserts), or keeps it when d is not in the plan."""
+def replace_script(plan):
+    """Mask phase drafts [10, 11, 12]; an edit pass on draft d replaces it token by token with plan[d]
+    (same length, no deletes or inserts), or keeps it when d is not in the plan."""
 
-    def fn(ids):
-        B, W = ids.shape
-        logits = torch.zeros(B, W, VOCAB)
-        nxt = torch.zeros(B, W, VOCAB)
-        for b in range(B):
-            region = ids[b, prompt_len:].tolist()
-            if MASK in region:
-                for i, t in enumerate(list(first) + [EOS] * (len(region) - len(first))):
-                    logits[b, prompt_len + i, t] = BIG
-                continue
-            n = region.index(EOS) if EOS in region else len(region)
-            cur = list(plan.get(tuple(region[:n]), region[:n]))
-            following = cur + [EOS]
-            for i, t in enumerate(cur):
-                logits[b, prompt_len + i, t] = BIG
-            for c in range(n + 1):  # no insertion anywhere: each gap predicts the token that follows it
-                nxt[b, prompt_len - 1 + c, following[c]] = BIG
-        return logits, nxt
+    def edit_row(logits, nxt, draft):
+        cur = list(plan.get(tuple(draft), draft))
+        for i, t in enumerate(cur):
+            logits[i, t] = BIG
+        for c, t in enumerate(cur + [EOS]):  # no insertion anywhere: each gap predicts the token after it
+            nxt[c, t] = BIG
 
-    return fn
+    return row_script(edit_row)
 
 
 @pytest.mark.parametrize("rule", [{"stop_on_growth": True}, {"max_change_fraction": 0.5}])
