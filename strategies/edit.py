@@ -40,7 +40,6 @@ class EditConfig(StrategyConfig):
     stop_on_growth: bool = False  # reject (and stop at) a pass that changes more than the row's previous pass
     max_change_fraction: Optional[float] = None  # reject (and stop at) a pass changing more than this share
 
-
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.edit_passes is not None and self.edit_passes < 0:
             raise ValueError(f"edit_passes={self.edit_passes} must be >= 0")
@@ -110,13 +109,11 @@ class EditStrategy(Strategy):
 
         res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
                           eos_id=ctx.eos_id, pad_id=ctx.pad_id)
-        n_changed = (res.replaced | res.deleted).sum(1) + res.inserted.sum(1)
-        accept = active & _accepted(self.config, state, n_changed)
+        accept = _accepted(self.config, state, res, active)
         rows = accept[:, None]
         replaced, deleted, inserted = res.replaced & rows, res.deleted & rows, res.inserted & rows
         region.copy_(torch.where(rows, res.tokens, region))
         state.set_lengths(P, torch.where(accept, res.lengths, state.lengths))
-        state.extra["last_changes"] = torch.where(active, n_changed, state.extra.get("last_changes", n_changed))
         changed = replaced.any(1) | deleted.any(1) | inserted.any(1)
         more = state.step < state.extra["last_pass"]
         state.active = accept & more & (changed if self.config.stop_when_unchanged else True)
@@ -125,11 +122,17 @@ class EditStrategy(Strategy):
                           inserted_tokens=res.inserted_tokens, scores=conf)
 
 
-def _accepted(config: EditConfig, state: DecodeState, n_changed: torch.Tensor) -> torch.Tensor:
-    """Rows whose edit pass passes the stop rules (all rows when none is set)."""
-    ok = torch.ones_like(n_changed, dtype=torch.bool)
-    if config.stop_on_growth and "last_changes" in state.extra:
-        ok &= n_changed <= state.extra["last_changes"]
+def _accepted(config: EditConfig, state: DecodeState, res, active: torch.Tensor) -> torch.Tensor:
+    """The active rows whose edit pass passes the stop rules (every active row when none is set)."""
+    if not config.stop_on_growth and config.max_change_fraction is None:
+        return active
+    n_changed = (res.replaced | res.deleted).sum(1) + res.inserted.sum(1)
+    ok = active.clone()
+    if config.stop_on_growth:
+        last = state.extra.get("last_changes")
+        if last is not None:
+            ok &= n_changed <= last
+        state.extra["last_changes"] = n_changed if last is None else torch.where(active, n_changed, last)
     if config.max_change_fraction is not None:
         ok &= n_changed <= config.max_change_fraction * state.lengths.clamp(min=1)
     return ok
