@@ -12,8 +12,8 @@ from strategies import get_strategy
 BIG = 10.0
 
 
-def row_script(edit_row, first=(10, 11, 12), prompt_len=1):
-    """A scripted model: on a canvas with masks it predicts ``first`` then EOS padding; on a draft (the
+def row_script(edit_row, prompt_len=1):
+    """A scripted model: on a canvas with masks it predicts [10, 11, 12] then EOS padding; on a draft (the
     region up to its first EOS) ``edit_row(logits, nxt, draft)`` fills that row's two heads."""
 
     def fn(ids):
@@ -23,7 +23,7 @@ def row_script(edit_row, first=(10, 11, 12), prompt_len=1):
         for b in range(B):
             region = ids[b, prompt_len:].tolist()
             if MASK in region:
-                for i, t in enumerate(list(first) + [EOS] * (len(region) - len(first))):
+                for i, t in enumerate([10, 11, 12] + [EOS] * (len(region) - 3)):
                     logits[b, prompt_len + i, t] = BIG
             else:
                 n = region.index(EOS) if EOS in region else len(region)
