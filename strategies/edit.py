@@ -123,7 +123,8 @@ class EditStrategy(Strategy):
 
 
 def _accepted(config: EditConfig, state: DecodeState, res, active: torch.Tensor) -> torch.Tensor:
-    """The active rows whose edit pass passes the stop rules (every active row when none is set)."""
+    """The active rows whose edit pass passes the stop rules (every active row when none is set).
+    With ``stop_on_growth`` it also keeps each active row's change count for the next pass."""
     if not config.stop_on_growth and config.max_change_fraction is None:
         return active
     n_changed = (res.replaced | res.deleted).sum(1) + res.inserted.sum(1)
