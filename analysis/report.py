@@ -38,6 +38,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
         made["Gain over the baseline vs budget"] = figures.gain_vs_budget(df, fig_dir / "gain_vs_budget.png", base)
         gains = gain_table(df, base)
         sections.append(f"## Gain over `{base}` (accuracy points)\n\n" + _gain_markdown(gains))
+        sections.append(f"## Paired with `{base}`\n\nProblems only the entry solves / only `{base}` solves "
+                        "(same problem and seed), and the exact two-sided McNemar p-value of that split.\n\n"
+                        + _paired_markdown(gains))
     acc = accuracy_table(df)
     detail = acc[["task", "entry", "budget", "n", "acc", "ci_lo", "ci_hi", "answer_acc", "nfe_mean", "max_nfe",
                   "wall_s", "tokens_per_s"]].copy()
@@ -54,6 +57,16 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
     report = out_dir / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report
+
+
+def _paired_markdown(gains) -> str:
+    if not len(gains):
+        return "(no entry shares a task and budget with the baseline)"
+    cells = gains.assign(cell=[f"{w}/{l} (p={p:.2g})" for w, l, p in zip(gains["wins"], gains["losses"],
+                                                                          gains["p_value"])])
+    wide = cells.pivot_table(index=["task", "entry"], columns="budget", values="cell", aggfunc="first", sort=False)
+    order = gains.drop_duplicates("budget").sort_values("budget_value", ascending=False)["budget"]
+    return to_markdown(wide[[b for b in order if b in wide.columns]])
 
 
 def _gain_markdown(gains) -> str:

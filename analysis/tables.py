@@ -1,7 +1,9 @@
 """Tables over ablation rows: accuracy with Wilson intervals, gains over a baseline, NFE, speed.
 
 Accuracy is strict (``correct``); ``answer_acc`` is the answer-only score. Gains are in
-accuracy points over the baseline entry at the same task and budget.
+accuracy points over the baseline entry at the same task and budget; they are also paired by
+problem and seed: ``wins`` / ``losses`` count the problems only the entry / only the baseline
+solves, and ``p_value`` is the exact two-sided McNemar test on those discordant pairs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_exact(wins: int, losses: int) -> float:
+    """Exact two-sided McNemar p-value: P(a split at least this uneven) for wins + losses fair coin flips."""
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -79,16 +90,23 @@ def gain_table(df: pd.DataFrame, baseline: Optional[str] = None) -> pd.DataFrame
     acc = accuracy_table(df)
     base = find_baseline(df, baseline)
     ref = acc[acc["entry"] == base].set_index(["task", "budget"])
+    key = ["task", "budget", "example_id", "seed"]
+    solved = df[df["entry"] == base].drop_duplicates(key).set_index(key)["correct"]
     rows = []
     for r in acc[acc["entry"] != base].itertuples(index=False):
         if (r.task, r.budget) not in ref.index:
             continue
         b = ref.loc[(r.task, r.budget)]
+        g = df[(df["entry"] == r.entry) & (df["task"] == r.task) & (df["budget"] == r.budget)]
+        pair = g.drop_duplicates(key).join(solved.rename("base_correct"), on=key, how="inner")
+        wins = int((pair["correct"] & ~pair["base_correct"].astype(bool)).sum())
+        losses = int((~pair["correct"] & pair["base_correct"].astype(bool)).sum())
         rows.append(dict(task=r.task, entry=r.entry, budget=r.budget, budget_value=r.budget_value, n=r.n,
                          acc=r.acc, baseline_acc=float(b["acc"]), gain=100 * (r.acc - float(b["acc"])),
-                         answer_gain=100 * (r.answer_acc - float(b["answer_acc"]))))
+                         answer_gain=100 * (r.answer_acc - float(b["answer_acc"])), paired=len(pair),
+                         wins=wins, losses=losses, p_value=mcnemar_exact(wins, losses)))
     return pd.DataFrame(rows, columns=["task", "entry", "budget", "budget_value", "n", "acc", "baseline_acc",
-                                       "gain", "answer_gain"])
+                                       "gain", "answer_gain", "paired", "wins", "losses", "p_value"])
 
 
 def main_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -102,6 +102,8 @@ def load_tokenizer(path: str | Path, delete_token: Optional[str] = None) -> PreT
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: tokenizer directory not found")
+    import core.model  # noqa: F401  registers refinery_llada, so AutoTokenizer can read a checkpoint's config.json
+
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if delete_token is not None and DELETE not in tok.get_vocab():
         vocab = tok.get_vocab()

@@ -11,6 +11,9 @@
    rejects a pass that changes more positions than the row's previous pass did, and
    ``max_change_fraction`` rejects a pass that would change more than that share of the row's
    tokens; a rejected pass leaves the row as it was and stops it (the forward is still charged).
+5. Optional confidence gate ``min_edit_confidence``: a replacement or deletion applies only where
+   the current head's probability for it reaches the threshold, an insertion only where the
+   next-token head's does; elsewhere the token stays and the gap stays empty.
 
 The budget split is a parameter: ``edit_passes`` fixed, or ``edit_fraction`` of the passes
 (ME-DLM's 1/8 setting on 512 tokens was 48 mask + 16 edit passes, i.e. a quarter).
@@ -39,6 +42,7 @@ class EditConfig(StrategyConfig):
     stop_when_unchanged: bool = True  # a row stops once an edit pass changes nothing
     stop_on_growth: bool = False  # reject (and stop at) a pass that changes more than the row's previous pass
     max_change_fraction: Optional[float] = None  # reject (and stop at) a pass changing more than this share
+    min_edit_confidence: Optional[float] = None  # an edit applies only where its head's probability reaches this
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.edit_passes is not None and self.edit_passes < 0:
@@ -47,6 +51,8 @@ class EditConfig(StrategyConfig):
             raise ValueError(f"edit_fraction={self.edit_fraction} must lie in [0, 1)")
         if self.max_change_fraction is not None and not 0.0 < self.max_change_fraction <= 1.0:
             raise ValueError(f"max_change_fraction={self.max_change_fraction} must lie in (0, 1]")
+        if self.min_edit_confidence is not None and not 0.0 <= self.min_edit_confidence <= 1.0:
+            raise ValueError(f"min_edit_confidence={self.min_edit_confidence} must lie in [0, 1]")
         self.mask_config().check(gen_length, max_nfe)
 
     def mask_config(self) -> MaskedConfig:
@@ -104,7 +110,11 @@ class EditStrategy(Strategy):
         region = state.x[:, P:]
         logits = ban_tokens(out.logits, (ctx.mask_id,))
         cur, conf = predict(logits, 0.0, ctx.generators)
-        nxt, _ = predict(ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id)), 0.0, ctx.generators)  # (B, L+1)
+        nxt, nconf = predict(ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id)), 0.0, ctx.generators)  # (B, L+1)
+        tau = self.config.min_edit_confidence
+        if tau is not None:  # an unsure head keeps the token (no replace / delete) and inserts nothing
+            cur = torch.where(conf >= tau, cur, region)
+            nxt = torch.where(nconf >= tau, nxt, torch.full_like(nxt, ctx.pad_id))
         from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
 
         res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,

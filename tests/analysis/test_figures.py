@@ -32,9 +32,10 @@ def test_figures_are_pngs(run_dir, tmp_path):
 def test_report_has_tables_and_linked_figures(run_dir, tmp_path):
     report = write_report([run_dir], tmp_path / "out")
     text = report.read_text()
-    for heading in ("## Strict accuracy", "## Gain over `masked`", "## Details", "Edit operations per edit pass"):
+    for heading in ("## Strict accuracy", "## Gain over `masked`", "## Paired with `masked`", "## Details", "Edit operations per edit pass"):
         assert heading in text
     assert "| edit | +25.0 | +25.0 |" in text
+    assert "| edit | 1/0 (p=1) | 1/0 (p=1) |" in text and "| masked-semiar | 0/1 (p=1) | 0/1 (p=1) |" in text
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(links) == 4  # accuracy, wall time, gain, edit operations
     for link in links:

@@ -8,7 +8,7 @@ import pytest
 
 from analysis.load import load_runs
 from analysis.tables import accuracy_table, find_baseline, gain_table, main_table, main_table_markdown, \
-    wilson_interval
+    mcnemar_exact, wilson_interval
 
 from analysis_helpers import CORRECT, make_run, run_dir  # noqa: F401 (fixture)
 
@@ -50,6 +50,23 @@ def test_baseline_is_plain_masked_low_confidence_and_gains_are_points(run_dir):
     assert other.loc[("masked", "1/1"), "gain"] == pytest.approx(-25.0)
     with pytest.raises(ValueError, match="not an entry"):
         find_baseline(df, "nope")
+
+
+def test_gains_are_paired_by_problem(run_dir):
+    gains = gain_table(load_runs([run_dir])).set_index(["entry", "budget"])
+    # masked 1/1 solves e0-e2; semi-AR e0-e1 (one loss); edit e0-e3 (one win); at 1/4 edit adds e1
+    assert gains.loc[("masked-semiar", "1/1"), ["wins", "losses", "paired"]].tolist() == [0, 1, 4]
+    assert gains.loc[("edit", "1/1"), ["wins", "losses"]].tolist() == [1, 0]
+    assert gains.loc[("edit", "1/4"), ["wins", "losses"]].tolist() == [1, 0]
+    assert gains.loc[("masked-semiar", "1/4"), ["wins", "losses"]].tolist() == [0, 1]
+    assert gains.loc[("edit", "1/1"), "p_value"] == 1.0
+
+
+def test_mcnemar_exact_values():
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(1, 0) == 1.0
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)  # all six discordant pairs one way
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024) and mcnemar_exact(3, 7) == mcnemar_exact(7, 3)
+    assert mcnemar_exact(3, 7) == pytest.approx(2 * (1 + 10 + 45 + 120) / 1024)  # 0.34375
 
 
 def test_main_table_orders_budgets_from_most_passes(run_dir):

@@ -131,3 +131,28 @@ def test_max_change_fraction_rejects_the_first_pass_too(scripted):
     assert res.tokens[0, :3].tolist() == [10, 11, 12] and res.nfe.tolist() == [6]
     with pytest.raises(ValueError, match="max_change_fraction"):
         get_strategy("edit", max_change_fraction=0.0).config.check(8, 8)
+
+
+def test_min_edit_confidence_keeps_unsure_replacements_and_inserts(scripted):
+    # draft [10, 11, 12]: a sure insertion of 30 after 10, an unsure 11 -> 21 and an unsure 31 at the end
+    def edit_row(logits, nxt, draft):
+        first = draft == [10, 11, 12]
+        for i, t in enumerate(draft):
+            logits[i, t] = BIG
+        if first:
+            logits[1, 21] = BIG + 0.5  # barely above keeping 11: probability under one half
+        for c, t in enumerate(draft + [EOS]):  # gap c comes before draft[c]: "no insertion" by default
+            nxt[c, t] = BIG
+        if first:
+            nxt[1, 30] = 2 * BIG  # gap after position 0
+            nxt[3, 31] = BIG + 0.5  # gap after position 2, against EOS at BIG
+
+    model = scripted(row_script(edit_row))
+    free = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3), "1/1")
+    assert free.tokens[0, :int(free.lengths[0])].tolist() == [10, 30, 21, 12, 31]
+    res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, min_edit_confidence=0.7), "1/1")
+    assert res.tokens[0, :int(res.lengths[0])].tolist() == [10, 30, 11, 12]
+    c = res.trace.compact()
+    assert c.row_events(5, 0)["replaced"].size == 0 and (c.replay() == res.tokens.numpy()).all()
+    with pytest.raises(ValueError, match="min_edit_confidence"):
+        get_strategy("edit", min_edit_confidence=1.5).config.check(8, 8)
