@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 
 from analysis import figures
 from analysis.load import load_runs
-from analysis.tables import accuracy_table, find_baseline, gain_table, main_table_markdown, to_markdown
+from analysis.tables import accuracy_table, find_baseline, gain_table, main_table_markdown, refinement_table, \
+    to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,15 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
         sections.append(f"## Paired with `{base}`\n\nProblems only the entry solves / only `{base}` solves "
                         "(same problem and seed), and the exact two-sided McNemar p-value of that split.\n\n"
                         + _paired_markdown(gains))
+    refined = refinement_table(df)
+    if len(refined):
+        cells = refined.assign(cell=[f"{100 * d:.1f} -> {100 * a:.1f} (+{f} / -{b})" for d, a, f, b in
+                                     zip(refined["draft_acc"], refined["acc"], refined["fixed"], refined["broken"])])
+        wide = cells.pivot_table(index=["task", "entry"], columns="budget", values="cell", aggfunc="first", sort=False)
+        order = refined.drop_duplicates("budget").sort_values("budget_value", ascending=False)["budget"]
+        sections.append("## What the refinement passes did\n\nStrict accuracy of the mask phase's draft -> of the "
+                        "final text (%), and the outputs the edit passes fixed (+) and broke (-).\n\n"
+                        + to_markdown(wide[[b for b in order if b in wide.columns]]))
     acc = accuracy_table(df)
     detail = acc[["task", "entry", "budget", "n", "acc", "ci_lo", "ci_hi", "answer_acc", "nfe_mean", "max_nfe",
                   "wall_s", "tokens_per_s"]].copy()

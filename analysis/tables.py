@@ -109,6 +109,23 @@ def gain_table(df: pd.DataFrame, baseline: Optional[str] = None) -> pd.DataFrame
                                        "gain", "answer_gain", "paired", "wins", "losses", "p_value"])
 
 
+def refinement_table(df: pd.DataFrame) -> pd.DataFrame:
+    """For entries whose rows carry a scored draft (``edit``): per (task, entry, budget) the draft's and the
+    final text's strict accuracy and the outputs the refinement passes fixed (draft wrong, final right)
+    and broke (draft right, final wrong). Empty when no row has a draft."""
+    cols = ["task", "entry", "budget", "budget_value", "n", "draft_acc", "acc", "fixed", "broken"]
+    if "draft_correct" not in df:
+        return pd.DataFrame(columns=cols)
+    rows = df[df["draft_correct"].notna()]
+    out = []
+    for (task, entry, budget), g in rows.groupby(["task", "entry", "budget"], sort=False):
+        draft, final = g["draft_correct"].astype(bool), g["correct"].astype(bool)
+        out.append(dict(task=task, entry=entry, budget=budget, budget_value=float(g["budget_value"].iloc[0]),
+                        n=len(g), draft_acc=float(draft.mean()), acc=float(final.mean()),
+                        fixed=int((~draft & final).sum()), broken=int((draft & ~final).sum())))
+    return pd.DataFrame(out, columns=cols)
+
+
 def main_table(df: pd.DataFrame) -> pd.DataFrame:
     """Strict accuracy (%) per (task, entry) x budget, budgets from most passes to fewest."""
     acc = accuracy_table(df)

@@ -74,7 +74,9 @@ def strip_padding(tokens: torch.Tensor, eos_id: int, pad_id: Optional[int] = Non
 @dataclass
 class GenerationResult:
     """tokens (B, L): final generation region (``pad_id`` past ``lengths``); nfe (B,) passes charged per row;
-    trace: the per-pass records (None unless recorded); seconds: wall time of the loop."""
+    trace: the per-pass records (None unless recorded); seconds: wall time of the loop; draft_tokens /
+    draft_lengths: for a strategy with a refinement phase (``edit``), the region as that phase found it
+    (the mask phase's draft), else None."""
 
     tokens: torch.Tensor
     lengths: torch.Tensor
@@ -82,6 +84,8 @@ class GenerationResult:
     trace: Optional[Trace]
     seconds: float
     max_nfe: int
+    draft_tokens: Optional[torch.Tensor] = None
+    draft_lengths: Optional[torch.Tensor] = None
 
 
 def _special_ids(model) -> dict:
@@ -200,4 +204,6 @@ def generate(
     seconds = time.perf_counter() - t0
     if not torch.equal(state.x[:, :P], prompt_ids):
         raise RuntimeError(f"{strategy!r} changed prompt positions")
-    return GenerationResult(state.x[:, P:].clone(), state.lengths.clone(), state.nfe.clone(), trace, seconds, max_nfe)
+    draft = state.extra.get("draft")
+    return GenerationResult(state.x[:, P:].clone(), state.lengths.clone(), state.nfe.clone(), trace, seconds, max_nfe,
+                            *(draft if draft is not None else (None, None)))

@@ -97,9 +97,15 @@ def run_cell(cell: Cell, task, model, tokenizer, config: ExperimentConfig) -> tu
         outputs.append(decode_response(tokenizer, ids))
         generated.append(n)
     scores = task.score_many(list(zip(cell.examples, outputs)), workers=config.score_workers)
+    drafts = draft_scores = [None] * len(prompts)
+    if res.draft_tokens is not None:  # a refinement strategy: score the draft its edit passes started from
+        drafts = [decode_response(tokenizer, res.draft_tokens[b, : int(res.draft_lengths[b])].tolist())
+                  for b in range(len(prompts))]
+        draft_scores = [s.correct for s in task.score_many(list(zip(cell.examples, drafts)),
+                                                           workers=config.score_workers)]
     params = strategy.config.as_dict()
     rows = []
-    for b, (ex, out, score) in enumerate(zip(cell.examples, outputs, scores)):
+    for b, (ex, out, score, draft, draft_ok) in enumerate(zip(cell.examples, outputs, scores, drafts, draft_scores)):
         rows.append(dict(
             key=row_key(cell.task.name, ex.id, cell.strategy.label, cell.budget, cell.seed),
             task=cell.task.name, split=cell.task.split, example_id=ex.id,
@@ -109,6 +115,7 @@ def run_cell(cell: Cell, task, model, tokenizer, config: ExperimentConfig) -> tu
             answer_correct=bool(score.answer_correct), extracted=score.extracted, error=score.error,
             nfe=int(res.nfe[b]), max_nfe=int(res.max_nfe), tokens_generated=generated[b],
             wall_seconds=res.seconds / len(prompts), batch_seconds=res.seconds,
+            draft_output=draft, draft_correct=None if draft_ok is None else bool(draft_ok),
         ))
     trace = res.trace.compact() if res.trace is not None else None
     return rows, trace

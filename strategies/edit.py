@@ -2,7 +2,8 @@
 
 1. Mask phase: LLaDA's confidence-ordered unmasking (delete token banned) on ``M`` passes.
 2. The draft's end-of-text padding is stripped: the region shrinks to each row's own length and
-   padding leaves the attention mask, so rows of different lengths edit side by side.
+   padding leaves the attention mask, so rows of different lengths edit side by side. The draft is
+   kept (``GenerationResult.draft_tokens``) so that ablations can score it against the final text.
 3. Edit passes (``E`` of the budget): one forward with both heads, then ``apply_edits``: delete
    where the current head says <|del|>, replace by the current head, insert the next-token
    head's token in a gap where it differs from the following token's prediction (one per gap).
@@ -87,6 +88,7 @@ class EditStrategy(Strategy):
             self._mask.begin(self._mask_ctx, state)
         else:
             _strip(ctx, state)
+            _keep_draft(ctx, state)
 
     def request(self, ctx: DecodeContext, state: DecodeState) -> ForwardRequest:
         return ForwardRequest(next_head=state.step >= state.extra["mask_passes"])
@@ -100,6 +102,7 @@ class EditStrategy(Strategy):
             record = self._mask.step(self._mask_ctx, state, out)
             if state.step == M - 1:  # mask phase over: strip padding, every row goes on to edit
                 _strip(ctx, state)
+                _keep_draft(ctx, state)
                 record.tokens, record.lengths = state.x[:, ctx.prompt_width:].clone(), state.lengths.clone()
                 state.active = torch.full_like(state.active, state.step < state.extra["last_pass"])
             return record
@@ -147,6 +150,11 @@ def _accepted(config: EditConfig, state: DecodeState, res, active: torch.Tensor)
     if config.max_change_fraction is not None:
         ok &= n_changed <= config.max_change_fraction * state.lengths.clamp(min=1)
     return ok
+
+
+def _keep_draft(ctx: DecodeContext, state: DecodeState) -> None:
+    """The draft the edit passes start from (``GenerationResult.draft_tokens``)."""
+    state.extra["draft"] = (state.x[:, ctx.prompt_width:].clone(), state.lengths.clone())
 
 
 def _strip(ctx: DecodeContext, state: DecodeState) -> None:

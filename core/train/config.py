@@ -57,6 +57,7 @@ class Stage3Section:
     rollout_passes: int = 2  # forward passes a rollout may spend (the cost bound: see core/train/stage3.py)
     max_diffusion_steps: int = 0  # edit passes applied to drafts at the end of the curriculum
     curriculum_steps: Optional[int] = None  # steps over which edit passes ramp 0 -> max (None = optim.max_steps)
+    edit_passes_sampling: Literal["fixed", "uniform"] = "fixed"  # uniform: 0..the curriculum's count per draft step
     temperature: float = 0.0  # rollout sampling temperature
     nearest_reference: bool = True  # label a draft against the closest of the record's valid responses
     # (its "response" and "references"): edits then move toward the surface form the draft already follows

@@ -7,6 +7,8 @@ With probability ``intermediate_ratio`` a micro-batch becomes a *draft* step:
    ``masked`` committing k tokens per pass, k drawn from ``k_choices``), without gradients;
 2. optionally apply edit passes (strategy ``edit``), their number ramping from 0 to
    ``max_diffusion_steps`` over ``curriculum_steps`` (the drafts get harder to fix as the model improves);
+   with ``edit_passes_sampling: uniform`` each draft step draws 0 to that number, so the heads keep
+   seeing raw drafts and every intermediate state a multi-pass edit goes through;
 3. strip the eos padding and label the draft against the truth (response + <|eot_id|>) with the
    canonical edit labels (``core.edit_labels.batch_edit_labels``);
 4. input = prompt + draft (batch padding out of attention): the output head learns ``cur_labels`` on
@@ -118,7 +120,9 @@ class Stage3Objective:
             out.metrics["draft_step"] = 0.0
             return out
         prompts, drafts, truths = self.rollout(unwrap(model), batch, gen, step)
-        return self.draft_loss(model, prompts, drafts, truths)
+        out = self.draft_loss(model, prompts, drafts, truths)
+        out.metrics["draft_edit_passes"] = float(self.last_edit_passes)
+        return out
 
     @torch.no_grad()
     def rollout(self, model, batch: ChatBatch, gen: torch.Generator, step: int):
@@ -147,6 +151,9 @@ class Stage3Objective:
         tokens = res.tokens
         lengths = strip_padding(tokens, sp["eos_token_id"], sp["pad_token_id"])
         n_edit = edit_passes_at(step, self.cfg.optim.max_steps, self.cfg)
+        if s3.edit_passes_sampling == "uniform":  # also the states after fewer edits than the curriculum's
+            n_edit = int(torch.randint(n_edit + 1, (1,), generator=gen))
+        self.last_edit_passes = n_edit if G > n_edit else 0
         if n_edit > 0 and G > n_edit:
             edit = get_strategy("edit", edit_passes=n_edit, **s3.edit_strategy_params)
             res = generate(model, [p.tolist() for p in prompts], G, edit, Fraction(n_edit + 1, G),

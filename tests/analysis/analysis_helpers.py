@@ -25,6 +25,8 @@ CORRECT = {
     ("edit", "edit", "1/4"): [1, 1, 0, 0],
 }
 
+DRAFT_CORRECT = {"1/1": [1, 0, 1, 1], "1/4": [1, 0, 1, 0]}  # the edit rows' drafts before their edit passes
+
 
 def edit_trace() -> CompactTrace:
     """2 rows, 3 passes: one mask pass, then two edit passes (row 1 is no longer charged in the last one).
@@ -59,6 +61,9 @@ def make_run(run_dir: Path) -> Path:
                        correct=bool(ok), answer_correct=bool(ok) or i == 3, extracted=None, error=None,
                        nfe=max_nfe - (i % 2), max_nfe=max_nfe, tokens_generated=10, wall_seconds=0.5 * max_nfe / 16,
                        batch_seconds=2.0 * max_nfe / 16, batch_id=f"{entry}-{budget}", batch_rows=4)
+            row.update(draft_output=None, draft_correct=None)
+            if strategy == "edit":
+                row.update(draft_output="d", draft_correct=bool(DRAFT_CORRECT[budget][i]))
             if strategy == "edit" and budget == "1/1" and i < 2:
                 row.update(trace_file="traces/edit.npz", trace_row=i)
             rows.append(row)

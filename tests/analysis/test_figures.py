@@ -35,6 +35,7 @@ def test_report_has_tables_and_linked_figures(run_dir, tmp_path):
     for heading in ("## Strict accuracy", "## Gain over `masked`", "## Paired with `masked`", "## Details", "Edit operations per edit pass"):
         assert heading in text
     assert "| edit | +25.0 | +25.0 |" in text
+    assert "| arith | edit | 75.0 -> 100.0 (+1 / -0) | 50.0 -> 50.0 (+1 / -1) |" in text
     assert "| edit | 1/0 (p=1) | 1/0 (p=1) |" in text and "| masked-semiar | 0/1 (p=1) | 0/1 (p=1) |" in text
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(links) == 4  # accuracy, wall time, gain, edit operations

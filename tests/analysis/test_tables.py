@@ -8,7 +8,7 @@ import pytest
 
 from analysis.load import load_runs
 from analysis.tables import accuracy_table, find_baseline, gain_table, main_table, main_table_markdown, \
-    mcnemar_exact, wilson_interval
+    mcnemar_exact, refinement_table, wilson_interval
 
 from analysis_helpers import CORRECT, make_run, run_dir  # noqa: F401 (fixture)
 
@@ -83,3 +83,14 @@ def test_several_runs_keep_entries_apart(tmp_path):
     assert len(df) == 2 * sum(len(f) for f in CORRECT.values())
     assert {"a/masked", "b/masked", "a/edit"} <= set(df["entry"])
     assert accuracy_table(df)["n"].eq(4).all()
+
+
+def test_refinement_table_counts_fixed_and_broken_drafts(run_dir):
+    table = refinement_table(load_runs([run_dir])).set_index(["entry", "budget"])
+    assert list(table.index) == [("edit", "1/1"), ("edit", "1/4")]  # only rows with a scored draft
+    # 1/1: drafts 1,0,1,1 -> final 1,1,1,1; 1/4: drafts 1,0,1,0 -> final 1,1,0,0
+    assert table.loc[("edit", "1/1"), ["fixed", "broken"]].tolist() == [1, 0]
+    assert table.loc[("edit", "1/4"), ["fixed", "broken"]].tolist() == [1, 1]
+    assert table.loc[("edit", "1/4"), "draft_acc"] == 0.5 and table.loc[("edit", "1/1"), "acc"] == 1.0
+    old = load_runs([run_dir]).drop(columns=["draft_correct"])  # runs from before drafts were scored
+    assert refinement_table(old).empty

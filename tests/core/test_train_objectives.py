@@ -119,3 +119,19 @@ def test_stage3_mixes_draft_and_masked_steps_with_edit_curriculum(ws, tmp_path):
     m = H.read_metrics(tmp_path / "s3")
     kinds = {r["draft_step"] for r in m}
     assert kinds == {0.0, 1.0}
+    assert {r["draft_edit_passes"] for r in m if r["draft_step"] == 1.0 and r["step"] > 6} == {2.0}
+
+
+def test_stage3_uniform_edit_passes_draws_every_count(ws, tmp_path):
+    from core.train.config import load_config
+    from core.train.engine import Trainer
+
+    over = {"optim.max_steps": 10, "engine.save_every": 0, "stage3.max_diffusion_steps": 2, "stage3.curriculum_steps": 1,
+            "stage3.intermediate_ratio": 1.0, "stage3.edit_passes_sampling": "uniform"}
+    cfg = load_config(H.TINY / "tiny_stage3.yaml", H.tiny_overrides(ws, "sft", tmp_path / "s3", **over))
+    Trainer(cfg).train()
+    counts = [r["draft_edit_passes"] for r in H.read_metrics(tmp_path / "s3")]
+    assert len(counts) == 10 and set(counts) == {0.0, 1.0, 2.0}
+    with pytest.raises(ValueError, match="edit_passes_sampling"):
+        load_config(H.TINY / "tiny_stage3.yaml", H.tiny_overrides(ws, "sft", tmp_path / "x",
+                                                                  **{"stage3.edit_passes_sampling": "sometimes"}))

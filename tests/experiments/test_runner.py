@@ -112,3 +112,25 @@ def test_invalid_config_fails_before_any_work(tmp_path, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"strategies\[0\]\.params\.block_length"):
         run_ablation(config_from_dict(data, source="bad.yaml"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_edit_rows_carry_their_scored_draft(tiny_checkpoint, tmp_path):
+    """An edit row keeps the mask phase's draft (as the trace has it at the end of that phase) and its score."""
+    import numpy as np
+
+    from core.tokenizer import decode_response, load_tokenizer
+
+    cfg = small_config(tiny_checkpoint, strategies=[{"name": "masked"}, {"name": "edit", "params": {"edit_passes": 2}}],
+                       budgets=["1/1"])
+    run_dir = run_ablation(config_from_dict(cfg), tmp_path / "run", progress=False)
+    rows = load_rows(run_dir)
+    tok = load_tokenizer(tiny_checkpoint)
+    edits = [r for r in rows if r["strategy"] == "edit"]
+    assert len(edits) == 5 and all(r["draft_output"] is None and r["draft_correct"] is None
+                                   for r in rows if r["strategy"] == "masked")
+    for r in edits:
+        trace, i = load_trace(run_dir, r)
+        last_mask = int(np.flatnonzero(trace.phases == "mask")[-1])
+        n = int(trace.lengths[last_mask, i])
+        assert r["draft_output"] == decode_response(tok, trace.tokens[last_mask, i, :n].tolist())
+        assert isinstance(r["draft_correct"], bool)

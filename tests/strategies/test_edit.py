@@ -63,6 +63,7 @@ def test_mask_phase_then_replace_delete_insert_then_stop_early(scripted):
     res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3), "1/1")
     n = int(res.lengths[0])
     assert res.tokens[0, :n].tolist() == [10, 30, 21]
+    assert res.draft_tokens[0, :int(res.draft_lengths[0])].tolist() == [10, 11, 12]  # the mask phase's draft
     assert res.nfe.tolist() == [7] and res.max_nfe == 8  # 5 mask + 2 edit passes (the second changes nothing)
     c = res.trace.compact()
     assert list(c.phases) == ["mask"] * 5 + ["edit"] * 2
