@@ -22,6 +22,10 @@ def test_wilson_interval_textbook_values():
     assert wilson_interval(0, 20) == (0.0, pytest.approx(z2 / (20 + z2)))
     assert wilson_interval(20, 20) == (pytest.approx(1 - z2 / (20 + z2)), 1.0)
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    for n in (1, 7, 135, 256, 1000):  # rounding must never put p outside its interval (1 - 1e-16 < 256/256)
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0
 
 
 def test_accuracy_table_counts(run_dir):
