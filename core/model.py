@@ -235,6 +235,11 @@ class LLaDAPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Block"]
     _supports_sdpa = True
 
+    def enable_checkpointing(self) -> None:
+        """Activation checkpointing on every block (transformers 5.17 renamed the method; older 5.x lack the new name)."""
+        enable = getattr(self, "activation_checkpointing_enable", None) or self.gradient_checkpointing_enable
+        enable()
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std

@@ -93,7 +93,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.items), cfg.seed, cfg.data.shuffle)
         model.to(self.device).train()
         if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.enable_checkpointing()
         self.model = model
         self.optimizer = build_optimizer(model, cfg)
         o = cfg.optim

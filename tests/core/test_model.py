@@ -119,7 +119,7 @@ def test_sharded_safetensors_round_trip(tmp_path):
 def test_bf16_and_gradient_checkpointing():
     torch.manual_seed(5)
     model = LLaDAModel(tiny())
-    model.gradient_checkpointing_enable()
+    model.enable_checkpointing()
     model.train()
     ids = torch.randint(0, 97, (2, 8))
     loss = model(ids).logits.float().logsumexp(-1).mean()

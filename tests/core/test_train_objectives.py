@@ -135,3 +135,14 @@ def test_stage3_uniform_edit_passes_draws_every_count(ws, tmp_path):
     with pytest.raises(ValueError, match="edit_passes_sampling"):
         load_config(H.TINY / "tiny_stage3.yaml", H.tiny_overrides(ws, "sft", tmp_path / "x",
                                                                   **{"stage3.edit_passes_sampling": "sometimes"}))
+
+
+def test_gradient_checkpointing_option_reaches_every_block(ws, tmp_path):
+    from core.train.config import load_config
+    from core.train.engine import Trainer
+
+    over = {"optim.max_steps": 3, "engine.save_every": 0, "model.gradient_checkpointing": True}
+    trainer = Trainer(load_config(H.TINY / "tiny_sft.yaml", H.tiny_overrides(ws, "sft", tmp_path / "gc", **over)))
+    trainer.train()  # the model is built inside train()
+    assert all(getattr(block, "gradient_checkpointing", False) for block in trainer.model.layers)
+    assert len(H.read_metrics(tmp_path / "gc")) == 3
