@@ -44,13 +44,11 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
                         + _paired_markdown(gains))
     refined = refinement_table(df)
     if len(refined):
-        cells = refined.assign(cell=[f"{100 * d:.1f} -> {100 * a:.1f} (+{f} / -{b})" for d, a, f, b in
-                                     zip(refined["draft_acc"], refined["acc"], refined["fixed"], refined["broken"])])
-        wide = cells.pivot_table(index=["task", "entry"], columns="budget", values="cell", aggfunc="first", sort=False)
-        order = refined.drop_duplicates("budget").sort_values("budget_value", ascending=False)["budget"]
+        cells = [f"{100 * d:.1f} -> {100 * a:.1f} (+{f} / -{b})" for d, a, f, b in
+                 zip(refined["draft_acc"], refined["acc"], refined["fixed"], refined["broken"])]
         sections.append("## What the refinement passes did\n\nStrict accuracy of the mask phase's draft -> of the "
                         "final text (%), and the outputs the edit passes fixed (+) and broke (-).\n\n"
-                        + to_markdown(wide[[b for b in order if b in wide.columns]]))
+                        + _budget_grid(refined.assign(cell=cells), "cell"))
     acc = accuracy_table(df)
     detail = acc[["task", "entry", "budget", "n", "acc", "ci_lo", "ci_hi", "answer_acc", "nfe_mean", "max_nfe",
                   "wall_s", "tokens_per_s"]].copy()
@@ -69,19 +67,21 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
     return report
 
 
+def _budget_grid(frame, column: str, floatfmt: str = ".1f") -> str:
+    """One markdown line per (task, entry), one column per budget (most passes first), cells from ``column``."""
+    wide = frame.pivot_table(index=["task", "entry"], columns="budget", values=column, aggfunc="first", sort=False)
+    order = frame.drop_duplicates("budget").sort_values("budget_value", ascending=False)["budget"]
+    return to_markdown(wide[[b for b in order if b in wide.columns]], floatfmt=floatfmt)
+
+
 def _paired_markdown(gains) -> str:
     if not len(gains):
         return "(no entry shares a task and budget with the baseline)"
-    cells = gains.assign(cell=[f"{w}/{l} (p={p:.2g})" for w, l, p in zip(gains["wins"], gains["losses"],
-                                                                          gains["p_value"])])
-    wide = cells.pivot_table(index=["task", "entry"], columns="budget", values="cell", aggfunc="first", sort=False)
-    order = gains.drop_duplicates("budget").sort_values("budget_value", ascending=False)["budget"]
-    return to_markdown(wide[[b for b in order if b in wide.columns]])
+    cells = [f"{w}/{l} (p={p:.2g})" for w, l, p in zip(gains["wins"], gains["losses"], gains["p_value"])]
+    return _budget_grid(gains.assign(cell=cells), "cell")
 
 
 def _gain_markdown(gains) -> str:
     if not len(gains):
         return "(no entry shares a task and budget with the baseline)"
-    wide = gains.pivot_table(index=["task", "entry"], columns="budget", values="gain", sort=False)
-    order = gains.drop_duplicates("budget").sort_values("budget_value", ascending=False)["budget"]
-    return to_markdown(wide[[b for b in order if b in wide.columns]], floatfmt="+.1f")
+    return _budget_grid(gains, "gain", floatfmt="+.1f")

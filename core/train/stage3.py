@@ -119,14 +119,15 @@ class Stage3Objective:
             out = self.sft.loss(model, batch, gen, step)
             out.metrics["draft_step"] = 0.0
             return out
-        prompts, drafts, truths = self.rollout(unwrap(model), batch, gen, step)
+        prompts, drafts, truths, n_edit = self.rollout(unwrap(model), batch, gen, step)
         out = self.draft_loss(model, prompts, drafts, truths)
-        out.metrics["draft_edit_passes"] = float(self.last_edit_passes)
+        out.metrics["draft_edit_passes"] = float(n_edit)
         return out
 
     @torch.no_grad()
     def rollout(self, model, batch: ChatBatch, gen: torch.Generator, step: int):
-        """Partially mask each answer and let the model finish it (then edit it): ragged prompts, drafts, truths."""
+        """Partially mask each answer and let the model finish it (then edit it): ragged prompts, drafts,
+        truths, and the number of edit passes applied."""
         from core.decode import generate, strip_padding
         from strategies import get_strategy
 
@@ -153,8 +154,8 @@ class Stage3Objective:
         n_edit = edit_passes_at(step, self.cfg.optim.max_steps, self.cfg)
         if s3.edit_passes_sampling == "uniform":  # also the states after fewer edits than the curriculum's
             n_edit = int(torch.randint(n_edit + 1, (1,), generator=gen))
-        self.last_edit_passes = n_edit if G > n_edit else 0
-        if n_edit > 0 and G > n_edit:
+        n_edit = n_edit if G > n_edit else 0  # an answer too short for the passes is labelled as drafted
+        if n_edit > 0:
             edit = get_strategy("edit", edit_passes=n_edit, **s3.edit_strategy_params)
             res = generate(model, [p.tolist() for p in prompts], G, edit, Fraction(n_edit + 1, G),
                            init=tokens, seed=seed + 1, record_trace=False)
@@ -164,7 +165,7 @@ class Stage3Objective:
         truths = [ids[b, P:P + n].numpy() for b, (P, _, n) in enumerate(rows)]
         if s3.nearest_reference and any(batch.references):
             truths = nearest_references(drafts, truths, batch.references)
-        return prompts, drafts, truths
+        return prompts, drafts, truths, n_edit
 
     def draft_loss(self, model, prompts, drafts, truths) -> LossOutput:
         ids, attn, cur_t, next_t = (x.to(unwrap(model).device) for x in
