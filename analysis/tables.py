@@ -99,8 +99,8 @@ def gain_table(df: pd.DataFrame, baseline: Optional[str] = None) -> pd.DataFrame
         b = ref.loc[(r.task, r.budget)]
         g = df[(df["entry"] == r.entry) & (df["task"] == r.task) & (df["budget"] == r.budget)]
         pair = g.drop_duplicates(key).join(solved.rename("base_correct"), on=key, how="inner")
-        wins = int((pair["correct"] & ~pair["base_correct"].astype(bool)).sum())
-        losses = int((~pair["correct"] & pair["base_correct"].astype(bool)).sum())
+        wins = int((pair["correct"] & ~pair["base_correct"]).sum())
+        losses = int((~pair["correct"] & pair["base_correct"]).sum())
         rows.append(dict(task=r.task, entry=r.entry, budget=r.budget, budget_value=r.budget_value, n=r.n,
                          acc=r.acc, baseline_acc=float(b["acc"]), gain=100 * (r.acc - float(b["acc"])),
                          answer_gain=100 * (r.answer_acc - float(b["answer_acc"])), paired=len(pair),

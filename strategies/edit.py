@@ -88,7 +88,6 @@ class EditStrategy(Strategy):
             self._mask.begin(self._mask_ctx, state)
         else:
             _strip(ctx, state)
-            _keep_draft(ctx, state)
 
     def request(self, ctx: DecodeContext, state: DecodeState) -> ForwardRequest:
         return ForwardRequest(next_head=state.step >= state.extra["mask_passes"])
@@ -102,7 +101,6 @@ class EditStrategy(Strategy):
             record = self._mask.step(self._mask_ctx, state, out)
             if state.step == M - 1:  # mask phase over: strip padding, every row goes on to edit
                 _strip(ctx, state)
-                _keep_draft(ctx, state)
                 record.tokens, record.lengths = state.x[:, ctx.prompt_width:].clone(), state.lengths.clone()
                 state.active = torch.full_like(state.active, state.step < state.extra["last_pass"])
             return record
@@ -152,16 +150,13 @@ def _accepted(config: EditConfig, state: DecodeState, res, active: torch.Tensor)
     return ok
 
 
-def _keep_draft(ctx: DecodeContext, state: DecodeState) -> None:
-    """The draft the edit passes start from (``GenerationResult.draft_tokens``)."""
-    state.extra["draft"] = (state.x[:, ctx.prompt_width:].clone(), state.lengths.clone())
-
-
 def _strip(ctx: DecodeContext, state: DecodeState) -> None:
-    """Cut each row at its first end-of-text / pad token and take the padding out of attention."""
+    """Cut each row at its first end-of-text / pad token and take the padding out of attention; the
+    result is the draft the edit passes start from (kept for ``GenerationResult.draft_tokens``)."""
     from core.decode import strip_padding
 
     region = state.x[:, ctx.prompt_width:]
     state.set_lengths(ctx.prompt_width, strip_padding(region, ctx.eos_id, ctx.pad_id))
     pos = torch.arange(region.shape[1], device=region.device)
     region.copy_(torch.where(pos[None, :] < state.lengths[:, None], region, torch.full_like(region, ctx.pad_id)))
+    state.extra["draft"] = (region.clone(), state.lengths.clone())
