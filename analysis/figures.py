@@ -109,7 +109,7 @@ def edit_op_counts(df: pd.DataFrame) -> pd.DataFrame:
     from experiments.store import load_trace
 
     out = []
-    rows = df[df["trace_file"].notna()] if "trace_file" in df else df.iloc[:0]
+    rows = df[df["trace_file"].notna()] if "trace_file" in df else df.iloc[:0].assign(trace_file=None)
     for (run_dir, trace_file), g in rows.groupby(["run_dir", "trace_file"], sort=False):
         trace, _ = load_trace(run_dir, g.iloc[0].to_dict())
         edit_passes = np.flatnonzero(trace.phases == "edit")

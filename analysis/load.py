@@ -43,10 +43,29 @@ def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     for d, name in zip(run_dirs, names):
         df = rows_frame(load_rows(d), run=name)
         df["run_dir"] = str(d)
+        subsets = example_subsets(d)
+        df["subset"] = [subsets.get((t, e)) for t, e in zip(df["task"], df["example_id"])]
         if len(run_dirs) > 1:
             df["entry"] = name + "/" + df["label"]
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def example_subsets(run_dir: str | Path) -> dict[tuple[str, str], str]:
+    """(task, example_id) -> the example's ``meta["subset"]`` (e.g. pycode's "pair unseen in training"),
+    rebuilt from the run's config; empty (with a warning) when its examples cannot be rebuilt here."""
+    from experiments.config import config_from_dict
+    from experiments.runner import load_examples
+    from experiments.store import load_config_dict
+
+    try:
+        config = config_from_dict(load_config_dict(run_dir), source=str(run_dir))
+        examples = load_examples(config)
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("%s: no per-subset breakdown (cannot rebuild the examples: %s)", run_dir, e)
+        return {}
+    return {(task.name, ex.id): ex.meta["subset"] for task, exs in examples.values() for ex in exs
+            if ex.meta.get("subset") is not None}
 
 
 def budget_order(df: pd.DataFrame) -> list[str]:

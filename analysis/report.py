@@ -49,6 +49,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
         sections.append("## What the refinement passes did\n\nStrict accuracy of the mask phase's draft -> of the "
                         "final text (%), and the outputs the edit passes fixed (+) and broke (-).\n\n"
                         + _budget_grid(refined.assign(cell=cells), "cell"))
+    by_subset = df[df["subset"].notna()]
+    if len(by_subset):
+        sections.append("## By subset\n\nStrict accuracy (%) on the examples of each subset a task defines "
+                        "(pycode: whether the problem's function family and argument name occur together in "
+                        "training).\n\n" + main_table_markdown(by_subset.assign(
+                            task=by_subset["task"] + ", " + by_subset["subset"])))
     acc = accuracy_table(df)
     detail = acc[["task", "entry", "budget", "n", "acc", "ci_lo", "ci_hi", "answer_acc", "nfe_mean", "max_nfe",
                   "wall_s", "tokens_per_s"]].copy()

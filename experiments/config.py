@@ -22,7 +22,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
@@ -102,9 +102,17 @@ class ExperimentConfig:
         return hashlib.sha256(blob).hexdigest()
 
     def with_overrides(self, *, model: Optional[str] = None, device: Optional[str] = None,
-                       limit: Optional[int] = None) -> "ExperimentConfig":
-        """Command-line overrides; ``limit`` caps the examples drawn per task."""
+                       limit: Optional[int] = None, only: Optional[Sequence[str]] = None) -> "ExperimentConfig":
+        """Command-line overrides; ``limit`` caps the examples drawn per task, ``only`` keeps the strategy
+        entries with these labels."""
         cfg = self
+        if only is not None:
+            labels = [s.label for s in cfg.strategies]
+            unknown = [o for o in only if o not in labels]
+            if unknown or not only:
+                raise ValueError(f"--only {','.join(only)}: {cfg.source} has no strategy entry labelled "
+                                 f"{', '.join(map(repr, unknown)) or 'that'} (labels: {', '.join(labels)})")
+            cfg = dataclasses.replace(cfg, strategies=tuple(s for s in cfg.strategies if s.label in only))
         if model is not None:
             cfg = dataclasses.replace(cfg, model=str(model))
         if device is not None:

@@ -3,7 +3,10 @@
 A generated task draws problems from a seeded ``random.Random``. Each problem has a *key* (the
 parameters that define it, not its surface form); ``split_of(key)`` hashes the key into test (20%),
 dev (10%) or train (70%), so no test or dev problem is ever a training problem, whatever the seeds,
-and the split does not depend on the order of generation. Settings (budget splits, stop rules) are
+and the split does not depend on the order of generation. A task may also mark a problem
+``held_out`` (pycode: one argument name per function family): outside test, such problems all go to
+dev, so dev holds combinations that training never shows, as test does by chance; the test split
+is decided by the hash alone and does not move. Settings (budget splits, stop rules) are
 chosen on dev; test is only for reporting. Every problem has several valid written
 solutions (``Problem.solution(rng)``): that multimodality is what parallel decoding breaks.
 """
@@ -30,13 +33,14 @@ class Problem:
     reference: str  # the canonical solution
     meta: dict = field(compare=False)
     solution: Callable[[random.Random], str] = field(compare=False)  # one valid solution, any surface form
+    held_out: bool = False  # never train: test when the key hashes there, else dev
 
 
-def split_of(task: str, key: str) -> str:
+def split_of(task: str, key: str, held_out: bool = False) -> str:
     bucket = int(hashlib.sha1(f"{task}|{key}".encode()).hexdigest()[:8], 16) % 100
     if bucket < TEST_PERCENT:
         return "test"
-    return "dev" if bucket < TEST_PERCENT + DEV_PERCENT else "train"
+    return "dev" if held_out or bucket < TEST_PERCENT + DEV_PERCENT else "train"
 
 
 class GeneratedTask(Task):
@@ -52,7 +56,7 @@ class GeneratedTask(Task):
         misses = 0
         while True:
             p = self.draw(rng)
-            if split_of(self.name, p.key) != split or (unique and p.key in seen):
+            if split_of(self.name, p.key, p.held_out) != split or (unique and p.key in seen):
                 misses += 1
                 if misses > MAX_TRIES:
                     raise ValueError(f"task {self.name!r}: cannot draw more {split} problems with these settings "

@@ -20,13 +20,15 @@ declared, ``total`` returned) and the hidden tests fail. The score is the tests'
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import operator
 import random
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from core.tasks.base import Example, Score, register_task
-from core.tasks.embedded import GeneratedTask, Problem
+from core.tasks.embedded import GeneratedTask, Problem, split_of
 
 ARGS = ("xs", "nums", "values", "lst", "numbers")
 ACCS = ("count", "total", "result", "acc", "n")
@@ -238,6 +240,16 @@ def test_inputs(kind: str, rng: random.Random, k: int) -> list:
     return cases
 
 
+def arg_names(kind: str) -> tuple[str, ...]:
+    return ("s", "text", "word") if kind == "text" else ("rows", "grid", "lists") if kind == "nested" else ARGS
+
+
+def held_out_arg(family: str, names: Sequence[str]) -> str:
+    """The argument name a family never uses in training (chosen by a hash): those problems go to dev
+    (or stay in test), so dev measures a (family, argument) pair unseen in training, as test can."""
+    return names[int(hashlib.sha1(f"pycode|held-out|{family}".encode()).hexdigest()[:8], 16) % len(names)]
+
+
 @register_task("pycode")
 class PyCodeTask(GeneratedTask):
     def __init__(self, max_k: int = 9, timeout: float = 5.0):
@@ -249,8 +261,9 @@ class PyCodeTask(GeneratedTask):
         fam = rng.choice(FAMILIES)
         k = rng.randint(2, self.max_k)
         stem, spec, oracle, write, kind = fam(rng, k)
-        arg = rng.choice(("s", "text", "word") if kind == "text" else ("rows", "grid", "lists") if kind == "nested"
-                         else ARGS)
+        names = arg_names(kind)
+        arg = rng.choice(names)
+        family = fam.__name__.removeprefix("fam_")
         fname = stem
         prompt = f"Write a Python function {fname}({arg}) that {spec.format(arg=arg)}."
         trng = random.Random(f"{fname}|{arg}|{spec}")
@@ -259,8 +272,22 @@ class PyCodeTask(GeneratedTask):
         def solution(r: random.Random, canonical: bool = False) -> str:
             return write(random.Random(0) if canonical else r, fname, arg)
 
+        held_out = arg == held_out_arg(family, names)
         return Problem(key=f"{fname}|{arg}|{spec}", prompt=prompt, reference=solution(rng, canonical=True),
-                       meta={"entry_point": fname, "tests": tests}, solution=solution)
+                       meta={"entry_point": fname, "tests": tests, "family": family, "arg": arg,
+                             "held_out_pair": held_out},
+                       solution=solution, held_out=held_out)
+
+    def examples(self, split: str, n: Optional[int] = None, seed: int = 0) -> list[Example]:
+        """As for every generated task, plus ``meta["subset"]``: whether the problem's (family, argument)
+        pair occurs in the train split ("pair seen in training") or not ("pair unseen in training");
+        ``refinery report`` breaks accuracy down by it."""
+        seen = train_pairs(self.max_k)
+        out = super().examples(split, n, seed)
+        for e in out:
+            e.meta["subset"] = "pair " + ("seen" if (e.meta["family"], e.meta["arg"]) in seen else "unseen") \
+                + " in training"
+        return out
 
     def program(self, example: Example, output: str) -> str:
         return f"{extract_code(output)}\n\n{example.meta['tests']}\n"
@@ -274,6 +301,16 @@ class PyCodeTask(GeneratedTask):
         results = run_many([self.program(ex, out) for ex, out in pairs], workers=workers, timeout=self.timeout)
         return [Score(correct=r.passed, answer_correct=r.passed, extracted=extract_code(out),
                       error=None if r.passed else _why(r)) for (ex, out), r in zip(pairs, results)]
+
+
+@functools.lru_cache(maxsize=None)
+def train_pairs(max_k: int, draws: int = 10_000) -> frozenset:
+    """The (family, argument) pairs of the train split, from ``draws`` seeded draws (a pair's rarest
+    form has probability >= 1/400 per draw, so none is missed)."""
+    task, rng = PyCodeTask(max_k=max_k), random.Random("pycode|train-pairs")
+    problems = (task.draw(rng) for _ in range(draws))
+    return frozenset((p.meta["family"], p.meta["arg"]) for p in problems
+                     if split_of(task.name, p.key, p.held_out) == "train")
 
 
 def extract_code(output: str) -> str:

@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help="override the config's model (checkpoint directory or name)")
     p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N examples per task")
+    p.add_argument("--only", default=None, metavar="LABEL[,LABEL]",
+                   help="run only these strategy entries (labels as in the tables, e.g. masked,edit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--validate-only", action="store_true", help="check the config (and paths) and stop")
     p.set_defaults(run=run)
@@ -24,7 +26,8 @@ def run(args) -> int:
     from experiments.config import DEFAULT_CONFIG, load_config, validate
 
     config = load_config(args.config or DEFAULT_CONFIG)
-    config = config.with_overrides(model=args.model, device=args.device, limit=args.limit)
+    config = config.with_overrides(model=args.model, device=args.device, limit=args.limit,
+                                   only=args.only.split(",") if args.only is not None else None)
     if args.validate_only:
         validate(config, check_paths=True)
         n = len(config.strategies)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from analysis import figures
 from analysis.load import load_runs
 from analysis.report import write_report
@@ -41,3 +43,35 @@ def test_report_has_tables_and_linked_figures(run_dir, tmp_path):
     assert len(links) == 4  # accuracy, wall time, gain, edit operations
     for link in links:
         assert (tmp_path / "out" / link).read_bytes()[:8] == PNG
+
+
+def test_report_of_a_run_without_traces_has_no_edit_figure(run_dir, tmp_path):
+    rows = [json.loads(line) for line in (run_dir / "rows.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("trace_file", None), row.pop("trace_row", None)
+    (run_dir / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report([run_dir], tmp_path / "out").read_text()
+    assert "## Strict accuracy" in text and "Edit operations per edit pass" not in text
+
+
+def test_report_breaks_accuracy_down_by_the_tasks_subsets(tmp_path):
+    from core.tasks import get_task
+    from experiments.config import config_from_dict, dump_config
+
+    config = config_from_dict({"tasks": [{"name": "pycode", "n": 6, "split": "test"}], "strategies": [{"name": "masked"}],
+                               "budgets": ["1/1"], "gen_length": 8, "batch_size": 4})
+    examples = get_task("pycode").examples("test", 6)
+    unseen = [e.meta["subset"] == "pair unseen in training" for e in examples]
+    assert 0 < sum(unseen) < 6  # both subsets occur among these six
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(config))
+    rows = [dict(key=e.id, task="pycode", split="test", example_id=e.id, strategy="masked", label="masked", budget="1/1",
+                 budget_value=1.0, seed=0, correct=u, answer_correct=u, nfe=8, max_nfe=8, tokens_generated=8,
+                 wall_seconds=0.1, batch_seconds=0.4) for e, u in zip(examples, unseen)]  # solves exactly the unseen ones
+    (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report([run], tmp_path / "out").read_text()
+    section = text.split("## By subset")[1].split("## Details")[0]
+    assert f"pycode, pair unseen in training (strict accuracy %, n={sum(unseen)} examples)" in section
+    assert f"pycode, pair seen in training (strict accuracy %, n={6 - sum(unseen)} examples)" in section
+    assert section.count("| masked | 100.0 |") == 1 and section.count("| masked | 0.0 |") == 1

@@ -38,6 +38,22 @@ def test_train_dev_and_test_problems_never_overlap(name):
     assert not {r["history"][0]["content"] for r in records} & held_out
 
 
+def test_pycode_dev_holds_family_argument_pairs_that_training_never_shows():
+    task = get_task("pycode")
+    pair = lambda p: (p.meta["family"], p.key.split("|")[1])  # noqa: E731
+    train = {pair(p) for p in task.problems("train", 300, seed=0)}
+    dev = task.problems("dev", 150, seed=0)
+    held = {pair(p) for p in dev if p.held_out}
+    assert held and not held & train
+    assert len({f for f, _ in held}) >= 8  # of the 10 families (a pair whose keys all hash to test has none)
+    assert all(p.meta["held_out_pair"] == p.held_out for p in dev)
+    # a held-out problem is test when its key hashes there: the test split ignores the flag
+    for p in task.problems("test", 100, seed=0):
+        assert split_of("pycode", p.key, held_out=True) == "test" == split_of("pycode", p.key)
+    assert split_of("pycode", next(p.key for p in dev if not p.held_out), held_out=True) == "dev"
+    assert any(split_of("pycode", p.key) == "train" for p in dev if p.held_out)
+
+
 @pytest.mark.parametrize("name", ["arith", "pycode"])
 def test_training_records_have_the_harness_formats(name):
     task = get_task(name)

@@ -68,6 +68,15 @@ def test_limit_caps_examples_and_changes_the_hash(tmp_path):
     assert limited.hash() != config.hash()
 
 
+def test_only_keeps_the_named_entries_and_names_unknown_labels():
+    config = load_config(next(p for p in SHIPPED if p.name == "embedded_full.yaml"))
+    kept = config.with_overrides(only=["edit", "masked"])
+    assert [s.label for s in kept.strategies] == ["masked", "edit"]  # config order, not the order asked
+    assert kept.hash() != config.hash() and kept.tasks == config.tasks
+    with pytest.raises(ValueError, match=r"no strategy entry labelled 'remdm'.*remdm-loop"):
+        config.with_overrides(only=["masked", "remdm"])
+
+
 def _error(tmp_path, data=None, text=None, check_paths=False) -> ConfigError:
     path = tmp_path / "bad.yaml"
     if text is not None:
