@@ -240,6 +240,11 @@ def test_inputs(kind: str, rng: random.Random, k: int) -> list:
     return cases
 
 
+# Argument names that evaluation problems never use (``rename_prob`` draws training problems with them).
+RENAMES = {"text": ("line", "sentence", "string", "t"), "nested": ("matrix", "table", "m", "groups")}
+RENAMES.update(dict.fromkeys(("ints", "nonempty", "small"), ("a", "arr", "data", "items", "seq", "vals", "ys")))
+
+
 def arg_names(kind: str) -> tuple[str, ...]:
     return ("s", "text", "word") if kind == "text" else ("rows", "grid", "lists") if kind == "nested" else ARGS
 
@@ -252,10 +257,12 @@ def held_out_arg(family: str, names: Sequence[str]) -> str:
 
 @register_task("pycode")
 class PyCodeTask(GeneratedTask):
-    def __init__(self, max_k: int = 9, timeout: float = 5.0):
+    def __init__(self, max_k: int = 9, timeout: float = 5.0, rename_prob: float = 0.0):
         if not 2 <= max_k <= 50:
             raise ValueError(f"pycode: max_k must lie in 2..50, got {max_k}")
-        self.max_k, self.timeout = max_k, timeout
+        if not 0.0 <= rename_prob <= 1.0:
+            raise ValueError(f"pycode: rename_prob must lie in 0..1, got {rename_prob}")
+        self.max_k, self.timeout, self.rename_prob = max_k, timeout, rename_prob
 
     def draw(self, rng: random.Random) -> Problem:
         fam = rng.choice(FAMILIES)
@@ -264,6 +271,9 @@ class PyCodeTask(GeneratedTask):
         names = arg_names(kind)
         arg = rng.choice(names)
         family = fam.__name__.removeprefix("fam_")
+        held_out = arg == held_out_arg(family, names)
+        if self.rename_prob and rng.random() < self.rename_prob:  # training data only: argument names
+            arg = rng.choice(RENAMES[kind])  # outside every split's pool, so the model learns to copy them
         fname = stem
         prompt = f"Write a Python function {fname}({arg}) that {spec.format(arg=arg)}."
         trng = random.Random(f"{fname}|{arg}|{spec}")
@@ -272,7 +282,6 @@ class PyCodeTask(GeneratedTask):
         def solution(r: random.Random, canonical: bool = False) -> str:
             return write(random.Random(0) if canonical else r, fname, arg)
 
-        held_out = arg == held_out_arg(family, names)
         return Problem(key=f"{fname}|{arg}|{spec}", prompt=prompt, reference=solution(rng, canonical=True),
                        meta={"entry_point": fname, "tests": tests, "family": family, "arg": arg,
                              "held_out_pair": held_out},

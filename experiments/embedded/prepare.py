@@ -27,14 +27,15 @@ def write_jsonl(path: Path, records) -> int:
 
 
 def _records(args: tuple) -> list[dict]:
-    name, split, n, seed, kind, refs = args
+    name, split, n, seed, kind, refs, rename_prob = args
     from core.tasks import get_task
 
-    return get_task(name).training_records(split, n, seed, kind=kind, references=refs if kind == "sft" else 0)
+    task = get_task(name, rename_prob=rename_prob) if name == "pycode" and rename_prob else get_task(name)
+    return task.training_records(split, n, seed, kind=kind, references=refs if kind == "sft" else 0)
 
 
 def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, workers: int = 1,
-            references: int = 0) -> dict:
+            references: int = 0, rename_prob: float = 0.0) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     from core.tasks import EMBEDDED_TASKS, embedded_corpus
@@ -43,7 +44,7 @@ def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, 
     out.mkdir(parents=True, exist_ok=True)
     tok = train_embedded_tokenizer(embedded_corpus(n_per_task=5000, seed=seed), vocab_size=vocab_size)
     tok.save_pretrained(out / "tokenizer")
-    jobs = [(name, "train", n, seed + 10 * i + j, kind, references) for i, name in enumerate(EMBEDDED_TASKS)
+    jobs = [(name, "train", n, seed + 10 * i + j, kind, references, rename_prob) for i, name in enumerate(EMBEDDED_TASKS)
             for j, (kind, n) in enumerate((("text", n_pretrain), ("sft", n_sft)))]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -72,8 +73,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes generating records")
     ap.add_argument("--references", type=int, default=0,
                     help="sft records list the other valid solutions found in this many draws (Stage 3)")
+    ap.add_argument("--rename-prob", type=float, default=0.0,
+                    help="pycode: share of records whose argument is renamed to a name no evaluation problem uses")
     args = ap.parse_args()
-    print(json.dumps(prepare(args.out, args.n_pretrain, args.n_sft, args.vocab_size, args.seed, args.workers, args.references)))
+    print(json.dumps(prepare(args.out, args.n_pretrain, args.n_sft, args.vocab_size, args.seed, args.workers,
+                             args.references, args.rename_prob)))
 
 
 if __name__ == "__main__":

@@ -136,6 +136,23 @@ def test_pycode_solutions_pass_and_vary_and_wrong_code_fails():
     assert task.score(ex, "Here you go:\n```python\n" + ex.reference + "\n```\nDone.").correct
 
 
+def test_pycode_renamed_training_problems_use_names_evaluation_never_does_and_still_pass():
+    from core.tasks.pycode import RENAMES
+
+    plain, renamed = get_task("pycode"), get_task("pycode", rename_prob=0.5)
+    renames = {n for names in RENAMES.values() for n in names}
+    problems = renamed.problems("train", 40, seed=2)
+    moved = [p for p in problems if p.meta["arg"] in renames]
+    assert 8 <= len(moved) <= 32 and all(f"({p.meta['arg']})" in p.prompt for p in moved)
+    rng = random.Random(1)
+    scores = renamed.score_many([(_example(renamed, p), p.solution(rng)) for p in moved], workers=2)
+    assert all(s.correct for s in scores), [s.error for s in scores if not s.correct]
+    for split in ("dev", "test"):  # evaluation problems never carry a renamed argument
+        assert not {e.meta["arg"] for e in plain.examples(split, 60)} & renames
+    with pytest.raises(ValueError, match="rename_prob"):
+        get_task("pycode", rename_prob=1.5)
+
+
 def test_extract_code_fences():
     assert extract_code("```python\ndef f():\n    return 1\n```\ntext") == "def f():\n    return 1\n"
     assert extract_code("```\nx = 1\n") == "x = 1\n"  # unterminated: everything after the fence
