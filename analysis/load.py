@@ -31,7 +31,8 @@ def rows_frame(rows: Iterable[dict], run: str = "") -> pd.DataFrame:
 
 def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """Rows of one or more run directories. With several runs, entries are named ``run/label``
-    so that e.g. two runs' ``masked`` baselines stay apart."""
+    so that e.g. two runs' ``masked`` baselines stay apart. ``subset`` is the example's subset
+    (:func:`example_subsets`), None where its task defines none."""
     from experiments.store import load_rows
 
     if not run_dirs:

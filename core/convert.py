@@ -2,8 +2,9 @@
 
 The public LLaDA-8B checkpoint uses OLMo-style names (``model.transformer.blocks.N.ff_proj`` ...);
 ME-DLM checkpoints use Llama names (``model.layers.N.self_attn.q_proj`` ...). Both describe the
-same tensors as ours: only the names and the config keys differ (:mod:`core.source_layouts`), and both already store q/k in
-the rotate-half order that :mod:`core.model` uses, so no weight is permuted.
+same tensors as ours: only the names and the config keys differ (:mod:`core.source_layouts` maps
+them), and both already store q/k in the rotate-half order that :mod:`core.model` uses, so no
+weight is permuted.
 
 Conversion streams: source shards are opened lazily with ``safetensors.safe_open`` and each
 tensor is read, cast and appended to an output shard that is flushed once it reaches

@@ -78,7 +78,7 @@ _MEDLM_UNSUPPORTED = [
     ("rope_scaling", (None,)),
 ]
 SPECIAL_KEYS = ("mask_token_id", "delete_token_id", "eos_token_id", "pad_token_id", "bos_token_id",
-                 "eot_token_id", "start_header_token_id", "end_header_token_id")
+                "eot_token_id", "start_header_token_id", "end_header_token_id")
 
 
 def _require(cfg: dict, key: str, where: Path):

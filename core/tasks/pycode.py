@@ -283,8 +283,7 @@ class PyCodeTask(GeneratedTask):
             return write(random.Random(0) if canonical else r, fname, arg)
 
         return Problem(key=f"{fname}|{arg}|{spec}", prompt=prompt, reference=solution(rng, canonical=True),
-                       meta={"entry_point": fname, "tests": tests, "family": family, "arg": arg,
-                             "held_out_pair": held_out},
+                       meta={"entry_point": fname, "tests": tests, "family": family, "arg": arg},
                        solution=solution, held_out=held_out)
 
     def examples(self, split: str, n: Optional[int] = None, seed: int = 0) -> list[Example]:
@@ -314,8 +313,8 @@ class PyCodeTask(GeneratedTask):
 
 @functools.lru_cache(maxsize=None)
 def train_pairs(max_k: int, draws: int = 10_000) -> frozenset:
-    """The (family, argument) pairs of the train split, from ``draws`` seeded draws (a pair's rarest
-    form has probability >= 1/400 per draw, so none is missed)."""
+    """The (family, argument) pairs of the train split, from ``draws`` seeded draws (at the default
+    max_k a pair's rarest training problem has probability >= 1/400 per draw, so none is missed)."""
     task, rng = PyCodeTask(max_k=max_k), random.Random("pycode|train-pairs")
     problems = (task.draw(rng) for _ in range(draws))
     return frozenset((p.meta["family"], p.meta["arg"]) for p in problems

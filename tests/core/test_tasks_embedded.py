@@ -46,7 +46,10 @@ def test_pycode_dev_holds_family_argument_pairs_that_training_never_shows():
     held = {pair(p) for p in dev if p.held_out}
     assert held and not held & train
     assert len({f for f, _ in held}) >= 8  # of the 10 families (a pair whose keys all hash to test has none)
-    assert all(p.meta["held_out_pair"] == p.held_out for p in dev)
+    examples = task.examples("dev", 150, seed=0)  # the same problems, in order
+    assert [e.prompt for e in examples] == [p.prompt for p in dev]
+    assert all(e.meta["subset"] == "pair unseen in training" for p, e in zip(dev, examples) if p.held_out)
+    assert {e.meta["subset"] for e in examples} == {"pair unseen in training", "pair seen in training"}
     # a held-out problem is test when its key hashes there: the test split ignores the flag
     for p in task.problems("test", 100, seed=0):
         assert split_of("pycode", p.key, held_out=True) == "test" == split_of("pycode", p.key)
