@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import operator
 import random
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from core.tasks.base import Example, Score, register_task
-from core.tasks.embedded import GeneratedTask, Problem, split_of
+from core.tasks.embedded import GeneratedTask, Problem
 
 ARGS = ("xs", "nums", "values", "lst", "numbers")
 ACCS = ("count", "total", "result", "acc", "n")
@@ -312,13 +313,11 @@ class PyCodeTask(GeneratedTask):
 
 
 @functools.lru_cache(maxsize=None)
-def train_pairs(max_k: int, draws: int = 10_000) -> frozenset:
-    """The (family, argument) pairs of the train split, from ``draws`` seeded draws (at the default
-    max_k a pair's rarest training problem has probability >= 1/400 per draw, so none is missed)."""
-    task, rng = PyCodeTask(max_k=max_k), random.Random("pycode|train-pairs")
-    problems = (task.draw(rng) for _ in range(draws))
-    return frozenset((p.meta["family"], p.meta["arg"]) for p in problems
-                     if split_of(task.name, p.key, p.held_out) == "train")
+def train_pairs(max_k: int, n: int = 6_000) -> frozenset:
+    """The (family, argument) pairs of ``n`` train-split problems, as training draws them (at the default
+    max_k a pair's rarest problem is >= 1/400 of draws, so none is missed)."""
+    stream = PyCodeTask(max_k=max_k)._stream("train", seed=0, unique=False)
+    return frozenset((p.meta["family"], p.meta["arg"]) for p in itertools.islice(stream, n))
 
 
 def extract_code(output: str) -> str:
