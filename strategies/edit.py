@@ -15,6 +15,11 @@
 5. Optional confidence gate ``min_edit_confidence``: a replacement or deletion applies only where
    the current head's probability for it reaches the threshold, an insertion only where the
    next-token head's does; elsewhere the token stays and the gap stays empty.
+6. Optional keep rule ``keep_threshold``: an edit applies only where its head doubts the present text,
+   i.e. gives the present token (for an insertion: the token that now follows the gap, or
+   end-of-text) a probability below the threshold. Unlike the confidence gate it asks whether the
+   text is wrong, not whether the proposal is sure: a correct draft token the head merely finds
+   less likely than another stays.
 
 The budget split is a parameter: ``edit_passes`` fixed, or ``edit_fraction`` of the passes
 (ME-DLM's 1/8 setting on 512 tokens was 48 mask + 16 edit passes, i.e. a quarter).
@@ -31,7 +36,7 @@ from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig
 from strategies.masked import MaskedConfig, MaskedStrategy
 from strategies.registry import register
-from strategies.sampling import ban_tokens, predict
+from strategies.sampling import ban_tokens, predict, token_probability
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class EditConfig(StrategyConfig):
     stop_on_growth: bool = False  # reject (and stop at) a pass that changes more than the row's previous pass
     max_change_fraction: Optional[float] = None  # reject (and stop at) a pass changing more than this share
     min_edit_confidence: Optional[float] = None  # an edit applies only where its head's probability reaches this
+    keep_threshold: Optional[float] = None  # an edit applies only where its head gives the present text less than this
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.edit_passes is not None and self.edit_passes < 0:
@@ -54,6 +60,8 @@ class EditConfig(StrategyConfig):
             raise ValueError(f"max_change_fraction={self.max_change_fraction} must lie in (0, 1]")
         if self.min_edit_confidence is not None and not 0.0 <= self.min_edit_confidence <= 1.0:
             raise ValueError(f"min_edit_confidence={self.min_edit_confidence} must lie in [0, 1]")
+        if self.keep_threshold is not None and not 0.0 < self.keep_threshold <= 1.0:
+            raise ValueError(f"keep_threshold={self.keep_threshold} must lie in (0, 1]")
         self.mask_config().check(gen_length, max_nfe)
 
     def mask_config(self) -> MaskedConfig:
@@ -110,12 +118,20 @@ class EditStrategy(Strategy):
         P, active = ctx.prompt_width, state.active
         region = state.x[:, P:]
         logits = ban_tokens(out.logits, (ctx.mask_id,))
+        next_logits = ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id))
         cur, conf = predict(logits, 0.0, ctx.generators)
-        nxt, nconf = predict(ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id)), 0.0, ctx.generators)  # (B, L+1)
+        nxt, nconf = predict(next_logits, 0.0, ctx.generators)  # (B, L+1)
         tau = self.config.min_edit_confidence
         if tau is not None:  # an unsure head keeps the token (no replace / delete) and inserts nothing
             cur = torch.where(conf >= tau, cur, region)
             nxt = torch.where(nconf >= tau, nxt, torch.full_like(nxt, ctx.pad_id))
+        rho = self.config.keep_threshold
+        if rho is not None:  # a head that finds the present text likely enough leaves it alone
+            cur = torch.where(token_probability(logits, region) < rho, cur, region)
+            gap = torch.arange(region.shape[1] + 1, device=region.device)
+            following = torch.cat([region, torch.full_like(region[:, :1], ctx.eos_id)], dim=1)
+            following = torch.where(gap[None, :] < state.lengths[:, None], following, ctx.eos_id)
+            nxt = torch.where(token_probability(next_logits, following) < rho, nxt, torch.full_like(nxt, ctx.pad_id))
         from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
 
         res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,

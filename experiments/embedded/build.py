@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--stage3-cost", type=float, default=2.0, help="Stage-3 step cost in Stage-2 steps")
     ap.add_argument("--n-records", type=int, default=60_000, help="training records per task and kind")
     ap.add_argument("--workers", type=int, default=4, help="processes generating the data")
+    ap.add_argument("--rename-prob", type=float, default=0.0,
+                    help="pycode: share of records whose argument is renamed to a name no evaluation problem uses")
     ap.add_argument("--device", default=None)
     ap.add_argument("--stages", default="1,2,3", help="which stages to run, e.g. 1,2")
     args, extra = ap.parse_known_args()
@@ -61,7 +63,8 @@ def main() -> None:
     t0 = time.monotonic()
     from experiments.embedded.prepare import prepare
 
-    counts = prepare(args.root / "data", args.n_records, args.n_records, vocab_size=1024, seed=0, workers=args.workers)
+    counts = prepare(args.root / "data", args.n_records, args.n_records, vocab_size=1024, seed=0, workers=args.workers,
+                     rename_prob=args.rename_prob)
     report = {"data": counts, "prepare_seconds": round(time.monotonic() - t0, 1), "stages": {}}
     budget_end = t0 + 60 * args.minutes if args.minutes else None
     stages = sorted({int(s) for s in args.stages.split(",")})

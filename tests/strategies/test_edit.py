@@ -157,3 +157,34 @@ def test_min_edit_confidence_keeps_unsure_replacements_and_inserts(scripted):
     assert c.row_events(5, 0)["replaced"].size == 0 and (c.replay() == res.tokens.numpy()).all()
     with pytest.raises(ValueError, match="min_edit_confidence"):
         get_strategy("edit", min_edit_confidence=1.5).config.check(8, 8)
+
+
+def test_keep_threshold_edits_only_where_the_head_doubts_the_present_text(scripted):
+    # draft [10, 11, 12]: 11 is doubted (probability ~0) but its replacement unsure (21 at ~0.55);
+    # 12 keeps ~0.27 against a fairly sure 23; a sure 30 in the gap after 10; EOS keeps ~0.38 against 31
+    def edit_row(logits, nxt, draft):
+        first = draft == [10, 11, 12]
+        for i, t in enumerate(draft):
+            logits[i, t] = BIG
+        if first:
+            logits[1, 11], logits[1, 21], logits[1, 22] = 0.0, BIG, BIG - 0.2
+            logits[2, 23] = BIG + 1.0
+        for c, t in enumerate(draft + [EOS]):  # gap c comes before draft[c]: "no insertion" by default
+            nxt[c, t] = BIG
+        if first:
+            nxt[1, 30] = 2 * BIG
+            nxt[2, 23] = BIG + 1.0  # the gap before position 2 expects what the current head puts there
+            nxt[3, 31] = BIG + 0.5
+
+    model = scripted(row_script(edit_row))
+    run = lambda **kw: generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, **kw), "1/1")  # noqa: E731
+    final = lambda res: res.tokens[0, :int(res.lengths[0])].tolist()  # noqa: E731
+    assert final(run()) == [10, 30, 21, 23, 31]
+    assert final(run(min_edit_confidence=0.7)) == [10, 30, 11, 23]  # asks whether the proposal is sure
+    res = run(keep_threshold=0.2)  # asks whether the present text is wrong
+    assert final(res) == [10, 30, 21, 12]
+    c = res.trace.compact()
+    assert (c.replay() == res.tokens.numpy()).all()
+    assert final(run(keep_threshold=0.3)) == [10, 30, 21, 23]
+    with pytest.raises(ValueError, match="keep_threshold"):
+        get_strategy("edit", keep_threshold=0.0).config.check(8, 8)
