@@ -134,21 +134,28 @@ def test_max_change_fraction_rejects_the_first_pass_too(scripted):
         get_strategy("edit", max_change_fraction=0.0).config.check(8, 8)
 
 
-def test_min_edit_confidence_keeps_unsure_replacements_and_inserts(scripted):
-    # draft [10, 11, 12]: a sure insertion of 30 after 10, an unsure 11 -> 21 and an unsure 31 at the end
-    def edit_row(logits, nxt, draft):
-        first = draft == [10, 11, 12]
+def first_pass_script(cur=(), nxt=()):
+    """Mask phase drafts [10, 11, 12]; on every draft both heads agree with it (no edit), except that the
+    first edit pass also sees the ``(position or gap, token, logit)`` entries of ``cur`` and ``nxt``."""
+
+    def edit_row(logits, nxt_logits, draft):
         for i, t in enumerate(draft):
             logits[i, t] = BIG
-        if first:
-            logits[1, 21] = BIG + 0.5  # barely above keeping 11: probability under one half
         for c, t in enumerate(draft + [EOS]):  # gap c comes before draft[c]: "no insertion" by default
-            nxt[c, t] = BIG
-        if first:
-            nxt[1, 30] = 2 * BIG  # gap after position 0
-            nxt[3, 31] = BIG + 0.5  # gap after position 2, against EOS at BIG
+            nxt_logits[c, t] = BIG
+        if draft == [10, 11, 12]:
+            for i, t, v in cur:
+                logits[i, t] = v
+            for c, t, v in nxt:
+                nxt_logits[c, t] = v
 
-    model = scripted(row_script(edit_row))
+    return row_script(edit_row)
+
+
+def test_min_edit_confidence_keeps_unsure_replacements_and_inserts(scripted):
+    # draft [10, 11, 12]: a sure insertion of 30 after 10, an unsure 11 -> 21 and an unsure 31 at the end
+    # (21 barely above keeping 11: probability under one half; 31 against EOS at BIG)
+    model = scripted(first_pass_script(cur=[(1, 21, BIG + 0.5)], nxt=[(1, 30, 2 * BIG), (3, 31, BIG + 0.5)]))
     free = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3), "1/1")
     assert free.tokens[0, :int(free.lengths[0])].tolist() == [10, 30, 21, 12, 31]
     res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, min_edit_confidence=0.7), "1/1")
@@ -161,22 +168,11 @@ def test_min_edit_confidence_keeps_unsure_replacements_and_inserts(scripted):
 
 def test_keep_threshold_edits_only_where_the_head_doubts_the_present_text(scripted):
     # draft [10, 11, 12]: 11 is doubted (probability ~0) but its replacement unsure (21 at ~0.55);
-    # 12 keeps ~0.27 against a fairly sure 23; a sure 30 in the gap after 10; EOS keeps ~0.38 against 31
-    def edit_row(logits, nxt, draft):
-        first = draft == [10, 11, 12]
-        for i, t in enumerate(draft):
-            logits[i, t] = BIG
-        if first:
-            logits[1, 11], logits[1, 21], logits[1, 22] = 0.0, BIG, BIG - 0.2
-            logits[2, 23] = BIG + 1.0
-        for c, t in enumerate(draft + [EOS]):  # gap c comes before draft[c]: "no insertion" by default
-            nxt[c, t] = BIG
-        if first:
-            nxt[1, 30] = 2 * BIG
-            nxt[2, 23] = BIG + 1.0  # the gap before position 2 expects what the current head puts there
-            nxt[3, 31] = BIG + 0.5
-
-    model = scripted(row_script(edit_row))
+    # 12 keeps ~0.27 against a fairly sure 23 (the gap before it expects 23 too); a sure 30 in the gap
+    # after 10; EOS keeps ~0.38 against 31
+    cur = [(1, 11, 0.0), (1, 21, BIG), (1, 22, BIG - 0.2), (2, 23, BIG + 1.0)]
+    nxt = [(1, 30, 2 * BIG), (2, 23, BIG + 1.0), (3, 31, BIG + 0.5)]
+    model = scripted(first_pass_script(cur, nxt))
     run = lambda **kw: generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, **kw), "1/1")  # noqa: E731
     final = lambda res: res.tokens[0, :int(res.lengths[0])].tolist()  # noqa: E731
     assert final(run()) == [10, 30, 21, 23, 31]
