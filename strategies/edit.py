@@ -36,7 +36,7 @@ from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig
 from strategies.masked import MaskedConfig, MaskedStrategy
 from strategies.registry import register
-from strategies.sampling import ban_tokens, predict, token_probability
+from strategies.sampling import ban_tokens, predict, probability_from_top
 
 
 @dataclass(frozen=True)
@@ -119,19 +119,21 @@ class EditStrategy(Strategy):
         region = state.x[:, P:]
         logits = ban_tokens(out.logits, (ctx.mask_id,))
         next_logits = ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id))
-        cur, conf = predict(logits, 0.0, ctx.generators)
-        nxt, nconf = predict(next_logits, 0.0, ctx.generators)  # (B, L+1)
+        top, conf = predict(logits, 0.0, ctx.generators)
+        ntop, nconf = predict(next_logits, 0.0, ctx.generators)  # (B, L+1)
+        cur, nxt = top, ntop
         tau = self.config.min_edit_confidence
         if tau is not None:  # an unsure head keeps the token (no replace / delete) and inserts nothing
             cur = torch.where(conf >= tau, cur, region)
             nxt = torch.where(nconf >= tau, nxt, torch.full_like(nxt, ctx.pad_id))
         rho = self.config.keep_threshold
         if rho is not None:  # a head that finds the present text likely enough leaves it alone
-            cur = torch.where(token_probability(logits, region) < rho, cur, region)
+            cur = torch.where(probability_from_top(logits, region, top, conf) < rho, cur, region)
             gap = torch.arange(region.shape[1] + 1, device=region.device)
             following = torch.cat([region, torch.full_like(region[:, :1], ctx.eos_id)], dim=1)
             following = torch.where(gap[None, :] < state.lengths[:, None], following, ctx.eos_id)
-            nxt = torch.where(token_probability(next_logits, following) < rho, nxt, torch.full_like(nxt, ctx.pad_id))
+            doubt = probability_from_top(next_logits, following, ntop, nconf) < rho
+            nxt = torch.where(doubt, nxt, torch.full_like(nxt, ctx.pad_id))
         from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
 
         res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,

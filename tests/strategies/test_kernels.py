@@ -23,3 +23,18 @@ def test_argmax_probability_reads_strided_views():
     idx, prob = argmax_probability(full[:, 1:])  # the loop's slice of the model output
     ref_idx, ref_prob = argmax_probability(full[:, 1:].contiguous())
     assert torch.equal(idx, ref_idx) and torch.equal(prob, ref_prob)
+
+
+def test_probability_from_top_matches_the_softmax():
+    from strategies.sampling import predict, probability_from_top
+
+    g = torch.Generator().manual_seed(1)
+    logits = 4 * torch.randn(3, 7, 50, generator=g)
+    logits[0, 0, 5] = float("-inf")  # a banned token has probability 0
+    tokens = torch.randint(0, 50, (3, 7), generator=g)
+    tokens[0, 0] = 5
+    top, prob = predict(logits, 0.0, [])
+    want = torch.softmax(logits.double(), -1).gather(-1, tokens[..., None])[..., 0]
+    got = probability_from_top(logits, tokens, top, prob)
+    assert got.dtype == torch.float64 and got[0, 0] == 0
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
