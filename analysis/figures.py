@@ -42,6 +42,13 @@ def _budget_axis(ax, table: pd.DataFrame) -> None:
     ax.set_xlabel("budget (forward passes per token)")
 
 
+def _legend(axes: dict) -> None:
+    """A legend on the first panel, when it has labelled lines (a run of the baseline alone has none)."""
+    ax = next(iter(axes.values()))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -63,7 +70,7 @@ def accuracy_vs_budget(df: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-    next(iter(axes.values())).legend(fontsize=7)
+    _legend(axes)
     return _save(fig, Path(path))
 
 
@@ -81,7 +88,7 @@ def gain_vs_budget(df: pd.DataFrame, path: str | Path, baseline: Optional[str] =
         ax.set_title(task)
         ax.set_ylabel("gain (points)")
         ax.grid(alpha=0.3)
-    next(iter(axes.values())).legend(fontsize=7)
+    _legend(axes)
     return _save(fig, Path(path))
 
 
@@ -92,12 +99,14 @@ def accuracy_vs_walltime(df: pd.DataFrame, path: str | Path) -> Path:
         t = table[table["task"] == task]
         for entry, g in t.groupby("entry", sort=False):
             ax.plot(g["wall_s"], g["acc"] * 100, marker="o", label=entry)
-        ax.set_xscale("log")
-        ax.set_xlabel("seconds per output (log)")
+        log = t["wall_s"].nunique() > 1  # one distinct time has no range to put on a log axis
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel("seconds per output" + (" (log)" if log else ""))
         ax.set_ylabel("accuracy (%)")
         ax.set_title(task)
         ax.grid(alpha=0.3)
-    next(iter(axes.values())).legend(fontsize=7)
+    _legend(axes)
     return _save(fig, Path(path))
 
 
