@@ -35,10 +35,13 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
-    """Load a LLaDAModel in eval mode. dtype None keeps the stored dtype (fp32 on CPU is the safe choice)."""
+    """Load a LLaDAModel in eval mode. dtype None: fp32 on a CPU (the embedded models are stored in
+    bf16 to fit the repository's file limit), the stored dtype on an accelerator."""
     from core.model import LLaDAModel
 
     path = resolve_model_path(name_or_path)
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = LLaDAModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True, **kwargs)
     return model.to(device).eval()

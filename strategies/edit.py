@@ -19,7 +19,9 @@
    i.e. gives the present token (for an insertion: the token that now follows the gap, or
    end-of-text) a probability below the threshold. Unlike the confidence gate it asks whether the
    text is wrong, not whether the proposal is sure: a correct draft token the head merely finds
-   less likely than another stays.
+   less likely than another stays. ``insert_keep_threshold`` sets a separate (usually lower) bar
+   for insertions: the next-token head reads like a left-to-right prior and can doubt a correct
+   but rare token after a familiar prefix (``count_`` followed by an unseen name).
 
 The budget split is a parameter: ``edit_passes`` fixed, or ``edit_fraction`` of the passes
 (ME-DLM's 1/8 setting on 512 tokens was 48 mask + 16 edit passes, i.e. a quarter).
@@ -50,6 +52,7 @@ class EditConfig(StrategyConfig):
     max_change_fraction: Optional[float] = None  # reject (and stop at) a pass changing more than this share
     min_edit_confidence: Optional[float] = None  # an edit applies only where its head's probability reaches this
     keep_threshold: Optional[float] = None  # an edit applies only where its head gives the present text less than this
+    insert_keep_threshold: Optional[float] = None  # the same bar for insertions only; None = keep_threshold
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.edit_passes is not None and self.edit_passes < 0:
@@ -60,8 +63,10 @@ class EditConfig(StrategyConfig):
             raise ValueError(f"max_change_fraction={self.max_change_fraction} must lie in (0, 1]")
         if self.min_edit_confidence is not None and not 0.0 <= self.min_edit_confidence <= 1.0:
             raise ValueError(f"min_edit_confidence={self.min_edit_confidence} must lie in [0, 1]")
-        if self.keep_threshold is not None and not 0.0 < self.keep_threshold <= 1.0:
-            raise ValueError(f"keep_threshold={self.keep_threshold} must lie in (0, 1]")
+        for name in ("keep_threshold", "insert_keep_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"{name}={value} must lie in (0, 1]")
         self.mask_config().check(gen_length, max_nfe)
 
     def mask_config(self) -> MaskedConfig:
@@ -129,6 +134,8 @@ class EditStrategy(Strategy):
         rho = self.config.keep_threshold
         if rho is not None:  # a head that finds the present text likely enough leaves it alone
             cur = torch.where(probability_from_top(logits, region, top, conf) < rho, cur, region)
+        rho = self.config.insert_keep_threshold or rho
+        if rho is not None:
             gap = torch.arange(region.shape[1] + 1, device=region.device)
             following = torch.cat([region, torch.full_like(region[:, :1], ctx.eos_id)], dim=1)
             following = torch.where(gap[None, :] < state.lengths[:, None], following, ctx.eos_id)

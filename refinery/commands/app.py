@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--runs-dir", default=None, help="directory searched for saved ablation runs (rows.jsonl)")
     p.add_argument("--data-dir", default=None, help="benchmark data directory (gsm8k/, humaneval/, ...)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: as stored)")
+    p.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: fp32 on a CPU, as stored on a GPU)")
     p.set_defaults(run=run)
 
 

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: as stored)")
+    p.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: fp32 on a CPU, as stored on a GPU)")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
     p.add_argument("--quiet", action="store_true", help="print only the output")
     p.set_defaults(run=run)

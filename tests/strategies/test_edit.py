@@ -184,3 +184,21 @@ def test_keep_threshold_edits_only_where_the_head_doubts_the_present_text(script
     assert final(run(keep_threshold=0.3)) == [10, 30, 21, 23]
     with pytest.raises(ValueError, match="keep_threshold"):
         get_strategy("edit", keep_threshold=0.0).config.check(8, 8)
+
+
+def test_insert_keep_threshold_sets_a_separate_bar_for_insertions(scripted):
+    # the draft of the test above: end-of-text keeps ~0.38 against 31, the gap after 10 keeps ~0 against 30
+    cur = [(1, 11, 0.0), (1, 21, BIG), (1, 22, BIG - 0.2), (2, 23, BIG + 1.0)]
+    nxt = [(1, 30, 2 * BIG), (2, 23, BIG + 1.0), (3, 31, BIG + 0.5)]
+    model = scripted(first_pass_script(cur, nxt))
+    run = lambda **kw: generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, **kw), "1/1")  # noqa: E731
+    final = lambda res: res.tokens[0, :int(res.lengths[0])].tolist()  # noqa: E731
+    assert final(run(keep_threshold=0.5)) == [10, 30, 21, 23, 31]
+    res = run(keep_threshold=0.5, insert_keep_threshold=0.3)  # replacements as before, no insertion at the end
+    assert final(res) == [10, 30, 21, 23]
+    assert (res.trace.compact().replay() == res.tokens.numpy()).all()
+    # the other way: 12 stays (~0.27 >= 0.2) while the gap before it, also ~0.27 against 23, takes 23
+    assert final(run(keep_threshold=0.2, insert_keep_threshold=0.5)) == [10, 30, 21, 23, 12, 31]
+    assert final(run(keep_threshold=0.2)) == [10, 30, 21, 12]
+    with pytest.raises(ValueError, match="insert_keep_threshold"):
+        get_strategy("edit", insert_keep_threshold=1.5).config.check(8, 8)
