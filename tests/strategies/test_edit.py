@@ -166,15 +166,22 @@ def test_min_edit_confidence_keeps_unsure_replacements_and_inserts(scripted):
         get_strategy("edit", min_edit_confidence=1.5).config.check(8, 8)
 
 
-def test_keep_threshold_edits_only_where_the_head_doubts_the_present_text(scripted):
-    # draft [10, 11, 12]: 11 is doubted (probability ~0) but its replacement unsure (21 at ~0.55);
-    # 12 keeps ~0.27 against a fairly sure 23 (the gap before it expects 23 too); a sure 30 in the gap
-    # after 10; EOS keeps ~0.38 against 31
+def doubtful_draft_runner(scripted):
+    """Draft [10, 11, 12]: 11 is doubted (probability ~0) but its replacement unsure (21 at ~0.55);
+    12 keeps ~0.27 against a fairly sure 23 (the gap before it expects 23 too, also ~0.27 for 12); a sure
+    30 in the gap after 10 (11 there ~0); EOS keeps ~0.38 against 31. Returns (run(**edit params), final)."""
     cur = [(1, 11, 0.0), (1, 21, BIG), (1, 22, BIG - 0.2), (2, 23, BIG + 1.0)]
     nxt = [(1, 30, 2 * BIG), (2, 23, BIG + 1.0), (3, 31, BIG + 0.5)]
     model = scripted(first_pass_script(cur, nxt))
-    run = lambda **kw: generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, **kw), "1/1")  # noqa: E731
-    final = lambda res: res.tokens[0, :int(res.lengths[0])].tolist()  # noqa: E731
+
+    def run(**kw):
+        return generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, **kw), "1/1")
+
+    return run, lambda res: res.tokens[0, :int(res.lengths[0])].tolist()
+
+
+def test_keep_threshold_edits_only_where_the_head_doubts_the_present_text(scripted):
+    run, final = doubtful_draft_runner(scripted)
     assert final(run()) == [10, 30, 21, 23, 31]
     assert final(run(min_edit_confidence=0.7)) == [10, 30, 11, 23]  # asks whether the proposal is sure
     res = run(keep_threshold=0.2)  # asks whether the present text is wrong
@@ -187,12 +194,7 @@ def test_keep_threshold_edits_only_where_the_head_doubts_the_present_text(script
 
 
 def test_insert_keep_threshold_sets_a_separate_bar_for_insertions(scripted):
-    # the draft of the test above: end-of-text keeps ~0.38 against 31, the gap after 10 keeps ~0 against 30
-    cur = [(1, 11, 0.0), (1, 21, BIG), (1, 22, BIG - 0.2), (2, 23, BIG + 1.0)]
-    nxt = [(1, 30, 2 * BIG), (2, 23, BIG + 1.0), (3, 31, BIG + 0.5)]
-    model = scripted(first_pass_script(cur, nxt))
-    run = lambda **kw: generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, **kw), "1/1")  # noqa: E731
-    final = lambda res: res.tokens[0, :int(res.lengths[0])].tolist()  # noqa: E731
+    run, final = doubtful_draft_runner(scripted)
     assert final(run(keep_threshold=0.5)) == [10, 30, 21, 23, 31]
     res = run(keep_threshold=0.5, insert_keep_threshold=0.3)  # replacements as before, no insertion at the end
     assert final(res) == [10, 30, 21, 23]
