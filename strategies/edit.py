@@ -134,12 +134,12 @@ class EditStrategy(Strategy):
         rho = self.config.keep_threshold
         if rho is not None:  # a head that finds the present text likely enough leaves it alone
             cur = torch.where(probability_from_top(logits, region, top, conf) < rho, cur, region)
-        rho = self.config.insert_keep_threshold or rho
-        if rho is not None:
+        rho_insert = self.config.insert_keep_threshold or rho
+        if rho_insert is not None:  # nor a gap whose following token the next-token head finds likely enough
             gap = torch.arange(region.shape[1] + 1, device=region.device)
             following = torch.cat([region, torch.full_like(region[:, :1], ctx.eos_id)], dim=1)
             following = torch.where(gap[None, :] < state.lengths[:, None], following, ctx.eos_id)
-            doubt = probability_from_top(next_logits, following, ntop, nconf) < rho
+            doubt = probability_from_top(next_logits, following, ntop, nconf) < rho_insert
             nxt = torch.where(doubt, nxt, torch.full_like(nxt, ctx.pad_id))
         from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
 

@@ -8,8 +8,9 @@ paths pointed into ``--root``. With ``--minutes``, Stage 1 runs its configured s
 measured seconds per step size Stages 2 and 3 to fit the rest of the time (Stage 3 is charged
 ``--stage3-cost`` Stage-2 steps per step); the steps actually run are written to
 ``ROOT/build.json`` for the model cards; ``python -m experiments.embedded.ship`` writes
-``ROOT/stage2`` and the Stage-3 model into ``core/assets/embedded/`` in bf16 to ship them. ``--stages 1,2`` stops after Stage 2 (to continue Stage 3
-in a later command, within a 10-minute device limit).
+``ROOT/stage2`` and the Stage-3 model into ``core/assets/embedded/`` in bf16 to ship them.
+``--stages 1,2`` stops after Stage 2 (to continue Stage 3 in a later command, within a 10-minute
+device limit).
 """
 
 from __future__ import annotations
