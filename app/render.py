@@ -91,6 +91,27 @@ class Item:
     old: Optional[int] = None  # the token it replaced / the token that was re-masked
 
 
+UNDO = {"inserted": "deleted", "deleted": "inserted", "replaced": "replaced", "unmasked": "remasked",
+        "remasked": "unmasked"}  # the event that takes each event back
+
+
+def _undo(item: Item) -> Item:
+    if item.kind is None:
+        return item
+    if item.kind in ("inserted", "deleted"):
+        return Item(item.token, UNDO[item.kind])
+    return Item(item.old, UNDO[item.kind], item.token)  # one token back to the one it replaced
+
+
+def reverted_pass(trace: CompactTrace, row: int, s: int) -> Optional[int]:
+    """The trace pass that row ``row`` took back in trace pass ``s``, or None."""
+    ev = trace.events.get("reverted")
+    if ev is None:
+        return None
+    hit = ev[(ev[:, 0] == s) & (ev[:, 1] == row)]
+    return int(hit[0, 3]) if len(hit) else None
+
+
 def pass_items(trace: CompactTrace, row: int, k: int) -> list[Item]:
     """The items of row ``row`` at UI pass ``k`` (0 = initial canvas, k = after trace pass k-1)."""
     if not 0 <= k <= trace.num_passes:
@@ -98,6 +119,9 @@ def pass_items(trace: CompactTrace, row: int, k: int) -> list[Item]:
     if k == 0:
         return [Item(int(t)) for t in trace.initial[row, : trace.initial_lengths[row]]]
     s = k - 1
+    undone = reverted_pass(trace, row, s)
+    if undone is not None:  # the pass took back pass ``undone``: show that pass's view turned around
+        return [_undo(it) for it in pass_items(trace, row, undone + 1)]
     prev = trace.initial[row, : trace.initial_lengths[row]] if s == 0 else trace.tokens[s - 1, row, : trace.lengths[s - 1, row]]
     ev = trace.row_events(s, row)
     point = {kind: {int(p): int(t) for p, t in ev.get(kind, ())} for kind in ("unmasked", "replaced", "remasked")}
@@ -260,7 +284,9 @@ def column_html(view: TraceView, k: int) -> str:
     k = max(0, min(int(k), view.num_passes))
     phase = str(view.trace.phases[k - 1]) if k else "initial"
     nfe = f"NFE {view.nfe}" + (f"/{view.max_nfe}" if view.max_nfe else "") if view.nfe is not None else ""
-    meta = " · ".join(x for x in (f"pass {k}/{view.num_passes}", f"phase {phase}", nfe, view.note) if x)
+    undone = reverted_pass(view.trace, view.row, k - 1) if k else None
+    took_back = f"took back pass {undone + 1} (its text scored lower)" if undone is not None else ""
+    meta = " · ".join(x for x in (f"pass {k}/{view.num_passes}", f"phase {phase}", took_back, nfe, view.note) if x)
     items = pass_items(view.trace, view.row, k)
     body = f'<div class="rf-seq">{items_html(items, view.pieces)}</div>'
     if phase == "edit":

@@ -8,7 +8,9 @@ into a few flat numpy arrays at the end:
 - one (N, 4) int32 event table ``(pass, row, position, token)`` per event kind, positions
   counted in the region *before* the pass (``inserted`` counts gaps: gap g sits before
   position g);
-- ``scores``: float32 (N,) aligned with ``unmasked`` (the score the strategy ranked by).
+- ``scores``: float32 (N,) aligned with ``unmasked`` (the score the strategy ranked by);
+- ``reverted`` rows ``(pass, row, -1, undone)``: in that pass the row went back to its region from
+  before pass ``undone`` (an edit rule that takes back a pass); such a row has no other event there.
 
 :meth:`Trace.replay` rebuilds every pass from the initial region and the events alone and
 checks it against the stored tokens, so a trace cannot claim an edit it did not make.
@@ -46,14 +48,16 @@ class StepRecord:
     values: Optional[torch.Tensor] = None
     inserted_tokens: Optional[torch.Tensor] = None
     scores: Optional[torch.Tensor] = None
+    reverted: Optional[torch.Tensor] = None  # (B,) bool: the row took back its previous pass
 
     def detach_to(self, device: str | torch.device = "cpu") -> "StepRecord":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return StepRecord(**moved)
 
     def counts(self) -> dict[str, int]:
-        """Events of each kind in this pass (host sync: use off the hot path)."""
-        return {k: int(getattr(self, k).sum()) if getattr(self, k) is not None else 0 for k in EVENT_KINDS}
+        """Events of each kind in this pass, and rows that took back their previous pass (host sync: use off
+        the hot path)."""
+        return {k: int(getattr(self, k).sum()) if getattr(self, k) is not None else 0 for k in (*EVENT_KINDS, "reverted")}
 
 
 @dataclass
@@ -100,6 +104,12 @@ class CompactTrace:
             out[kind] = ev[sel][:, 2:]
         return out
 
+    def region_before(self, step: int, row: int) -> np.ndarray:
+        """Row ``row``'s recorded region before pass ``step`` (the initial canvas for step 0)."""
+        if step == 0:
+            return self.initial[row, : self.initial_lengths[row]]
+        return self.tokens[step - 1, row, : self.lengths[step - 1, row]]
+
     def replay(self) -> np.ndarray:
         """Rebuild every pass from ``initial`` and the events; raise if any stored pass disagrees.
 
@@ -110,16 +120,24 @@ class CompactTrace:
         for s in range(self.num_passes):
             for b in range(B):
                 ev = self.row_events(s, b)
-                row = _replay_row(cur[b, : lengths[b]], ev, self.mask_id)[:L]
+                if len(ev.get("reverted", ())):
+                    row = self.region_before(int(ev["reverted"][0, 1]), b)
+                else:
+                    row = _replay_row(cur[b, : lengths[b]], ev, self.mask_id)[:L]
                 n = int(self.lengths[s, b])
-                if self.phases[s] == "mask" and n < len(row) and np.isin(row[n:], (self.eos_id, self.pad_id)).all():
-                    row = row[:n]  # end of the mask phase: trailing end-of-text padding stripped
+                if self.phases[s] == "mask" and n < len(row) and _first_end(row, self.eos_id, self.pad_id) == n:
+                    row = row[:n]  # end of the mask phase: cut at the first end-of-text / pad token
                 new = np.full(L, self.pad_id, np.int32)
                 new[: len(row)] = row
                 if len(row) != self.lengths[s, b] or not np.array_equal(new[: len(row)], self.tokens[s, b, : len(row)]):
                     raise ValueError(f"trace pass {s}, row {b}: events do not reproduce the recorded tokens")
                 cur[b], lengths[b] = self.tokens[s, b], len(row)
         return cur
+
+
+def _first_end(row: np.ndarray, eos_id: int, pad_id: int) -> int:
+    ends = np.flatnonzero(np.isin(row, (eos_id, pad_id)))
+    return int(ends[0]) if len(ends) else len(row)
 
 
 def _replay_row(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> np.ndarray:
@@ -182,6 +200,10 @@ class Trace:
                     sc = r.scores.float().numpy()[b, p] if r.scores is not None else np.full(len(b), np.nan)
                     scores.append(sc.astype(np.float32))
             events[kind] = np.concatenate(rows) if rows else np.zeros((0, 4), np.int32)
+        reverts = [np.stack([np.full_like(b, s), b, np.full_like(b, -1), np.full_like(b, s - 1)], 1)
+                   for s, r in enumerate(recs) if r.reverted is not None for b in [np.flatnonzero(r.reverted.numpy())]]
+        if reverts:
+            events["reverted"] = np.concatenate(reverts).astype(np.int32)
         return CompactTrace(
             self.initial.numpy(), self.initial_lengths.numpy(), tokens, lengths, active,
             np.array([r.phase for r in recs]), events,

@@ -22,6 +22,12 @@
    less likely than another stays. ``insert_keep_threshold`` sets a separate (usually lower) bar
    for insertions: the next-token head reads like a left-to-right prior and can doubt a correct
    but rare token after a familiar prefix (``count_`` followed by an unseen name).
+7. Optional undo rule ``revert_margin``: each edit forward also scores the present text, as the mean
+   log-probability the current head gives its tokens. When a row's text scores lower than the text
+   before the previous pass did (by more than the margin), that pass is undone: the row goes back
+   to its earlier text, makes no edit, and stops (the forward is charged; the trace records a
+   ``reverted`` event). The score of a row's text comes from the forward that edits it anyway, so
+   the rule costs no pass; the edits of a row's last pass are the only ones it never checks.
 
 The budget split is a parameter: ``edit_passes`` fixed, or ``edit_fraction`` of the passes
 (ME-DLM's 1/8 setting on 512 tokens was 48 mask + 16 edit passes, i.e. a quarter).
@@ -38,7 +44,7 @@ from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig
 from strategies.masked import MaskedConfig, MaskedStrategy
 from strategies.registry import register
-from strategies.sampling import ban_tokens, predict, probability_from_top
+from strategies.sampling import ban_tokens, log_probability_from_top, predict, probability_from_top
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class EditConfig(StrategyConfig):
     min_edit_confidence: Optional[float] = None  # an edit applies only where its head's probability reaches this
     keep_threshold: Optional[float] = None  # an edit applies only where its head gives the present text less than this
     insert_keep_threshold: Optional[float] = None  # the same bar for insertions only; None = keep_threshold
+    revert_margin: Optional[float] = None  # undo (and stop at) a pass after which the text scores lower by more
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.edit_passes is not None and self.edit_passes < 0:
@@ -67,6 +74,8 @@ class EditConfig(StrategyConfig):
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
                 raise ValueError(f"{name}={value} must lie in (0, 1]")
+        if self.revert_margin is not None and self.revert_margin < 0.0:
+            raise ValueError(f"revert_margin={self.revert_margin} must be >= 0")
         self.mask_config().check(gen_length, max_nfe)
 
     def mask_config(self) -> MaskedConfig:
@@ -120,11 +129,13 @@ class EditStrategy(Strategy):
         return self._edit(ctx, state, out)
 
     def _edit(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
-        P, active = ctx.prompt_width, state.active
+        P, charged = ctx.prompt_width, state.active
         region = state.x[:, P:]
         logits = ban_tokens(out.logits, (ctx.mask_id,))
         next_logits = ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id))
         top, conf = predict(logits, 0.0, ctx.generators)
+        reverted = _revert_worse(self.config.revert_margin, ctx, state, logits, top, conf)
+        active = charged & ~reverted if reverted is not None else charged  # a reverted row edits no more
         ntop, nconf = predict(next_logits, 0.0, ctx.generators)  # (B, L+1)
         cur, nxt = top, ntop
         tau = self.config.min_edit_confidence
@@ -153,9 +164,32 @@ class EditStrategy(Strategy):
         changed = replaced.any(1) | deleted.any(1) | inserted.any(1)
         more = state.step < state.extra["last_pass"]
         state.active = accept & more & (changed if self.config.stop_when_unchanged else True)
-        return StepRecord(phase="edit", tokens=region.clone(), lengths=state.lengths.clone(), active=active,
+        return StepRecord(phase="edit", tokens=region.clone(), lengths=state.lengths.clone(), active=charged,
                           replaced=replaced, deleted=deleted, inserted=inserted, values=cur,
-                          inserted_tokens=res.inserted_tokens, scores=conf)
+                          inserted_tokens=res.inserted_tokens, scores=conf, reverted=reverted)
+
+
+def _revert_worse(margin: Optional[float], ctx: DecodeContext, state: DecodeState, logits: torch.Tensor,
+                  top: torch.Tensor, conf: torch.Tensor) -> Optional[torch.Tensor]:
+    """The ``revert_margin`` rule: score each row's present text, put back the text from before the previous
+    pass in the active rows whose score fell by more than ``margin``, and remember this pass's text and
+    score for the next check. -> (B,) bool of the rows put back (they edit no more), None when off."""
+    if margin is None:
+        return None
+    P = ctx.prompt_width
+    region = state.x[:, P:]
+    logp = log_probability_from_top(logits, region, top, conf)
+    valid = torch.arange(region.shape[1], device=region.device)[None, :] < state.lengths[:, None]
+    score = torch.where(valid, logp, 0.0).sum(1) / state.lengths.clamp(min=1)
+    before = state.extra.get("before")  # (region, lengths, score) before the previous pass
+    if before is None:
+        reverted = torch.zeros_like(state.active)
+    else:
+        reverted = state.active & (score < before[2] - margin)
+        region.copy_(torch.where(reverted[:, None], before[0], region))
+        state.set_lengths(P, torch.where(reverted, before[1], state.lengths))
+    state.extra["before"] = (region.clone(), state.lengths.clone(), score)
+    return reverted
 
 
 def _accepted(config: EditConfig, state: DecodeState, res, active: torch.Tensor) -> torch.Tensor:

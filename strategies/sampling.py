@@ -59,6 +59,14 @@ def probability_from_top(logits: torch.Tensor, tokens: torch.Tensor, top: torch.
     return top_prob * torch.exp(gap.squeeze(-1).to(top_prob.dtype))
 
 
+def log_probability_from_top(logits: torch.Tensor, tokens: torch.Tensor, top: torch.Tensor,
+                             top_prob: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[tokens], the same way as :func:`probability_from_top` but without underflow:
+    log p(top) + l_t - l_top. -> (B, L) float32."""
+    gap = logits.gather(-1, tokens.unsqueeze(-1)) - logits.gather(-1, top.unsqueeze(-1))
+    return top_prob.float().clamp_min(1e-30).log() + gap.squeeze(-1).float()
+
+
 def uniform_rand(shape, generators: list[torch.Generator], device, dtype=torch.float32) -> torch.Tensor:
     """U(0, 1) of ``shape`` (B, ...), row b drawn from its own generator ``generators[b]``.
 

@@ -73,6 +73,21 @@ def test_mask_phase_then_replace_delete_insert_then_stop_early(scripted):
     assert (c.replay() == res.tokens.numpy()).all()
 
 
+def test_draft_is_cut_at_its_first_end_of_text_even_with_text_after_it(scripted):
+    def fn(ids):  # the mask phase writes [10, EOS, 11, EOS, ...]; on the draft both heads agree with it
+        logits, nxt = torch.zeros(*ids.shape, VOCAB), torch.zeros(*ids.shape, VOCAB)
+        region = ids[0, 1:].tolist()
+        body = [10, EOS, 11] + [EOS] * (len(region) - 3) if MASK in region else [10, EOS]
+        for i, t in enumerate(body):
+            logits[0, 1 + i, t] = BIG
+            nxt[0, i, t] = BIG
+        return logits, nxt
+
+    res = generate(scripted(fn), [[3]], 6, get_strategy("edit", edit_passes=1), "1/1")
+    assert res.draft_tokens[0, :int(res.draft_lengths[0])].tolist() == [10]
+    assert (res.trace.compact().replay() == res.tokens.numpy()).all()
+
+
 def test_budget_split(scripted):
     cfg = get_strategy("edit").config
     assert cfg.split(64) == (48, 16)  # ME-DLM's 1/8 setting on 512 tokens
@@ -124,6 +139,26 @@ def test_stop_rules_reject_a_diverging_pass_and_keep_the_canvas(scripted, rule):
     assert res.nfe.tolist() == [7]  # 5 mask passes + the accepted pass + the rejected one (charged, then stop)
     c = res.trace.compact()
     assert c.row_events(6, 0)["replaced"].size == 0 and (c.replay() == res.tokens.numpy()).all()
+
+
+def test_revert_margin_takes_back_a_pass_after_which_the_text_scores_lower(scripted):
+    # pass 1 turns 11 into 21; the head that reads [10, 21, 12] wants [40, 41, 42], so it finds the new text
+    # much less likely (mean log-probability about -10.0) than the head before found [10, 11, 12] (-3.3)
+    model = scripted(replace_script({(10, 11, 12): (10, 21, 12), (10, 21, 12): (40, 41, 42)}))
+    res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, revert_margin=5.0), "1/1")
+    assert res.tokens[0, :int(res.lengths[0])].tolist() == [10, 11, 12]
+    assert res.nfe.tolist() == [7]  # 5 mask passes, the pass it took back, the pass that took it back
+    c = res.trace.compact()
+    assert c.events["reverted"].tolist() == [[6, 0, -1, 5]] and c.row_events(6, 0)["replaced"].size == 0
+    assert (c.replay() == res.tokens.numpy()).all()
+    wide = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, revert_margin=8.0), "1/1")
+    assert wide.tokens[0, :3].tolist() == [40, 41, 42] and len(wide.trace.compact().events["reverted"]) == 0
+    # a pass the next head agrees with scores higher and stays
+    good = scripted(replace_script({(10, 11, 12): (10, 21, 12)}))
+    res = generate(good, [[3]], 8, get_strategy("edit", edit_passes=3, revert_margin=0.0), "1/1")
+    assert res.tokens[0, :3].tolist() == [10, 21, 12] and res.nfe.tolist() == [7]
+    with pytest.raises(ValueError, match="revert_margin"):
+        get_strategy("edit", revert_margin=-1.0).config.check(8, 8)
 
 
 def test_max_change_fraction_rejects_the_first_pass_too(scripted):
