@@ -11,6 +11,7 @@ pass ``k >= 1`` is trace index ``k - 1``.
 
 from __future__ import annotations
 
+import difflib
 import html
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -91,20 +92,24 @@ class Item:
     old: Optional[int] = None  # the token it replaced / the token that was re-masked
 
 
-UNDO = {"inserted": "deleted", "deleted": "inserted", "replaced": "replaced", "unmasked": "remasked",
-        "remasked": "unmasked"}  # the event that takes each event back
-
-
-def _undo(item: Item) -> Item:
-    if item.kind is None:
-        return item
-    if item.kind in ("inserted", "deleted"):
-        return Item(item.token, UNDO[item.kind])
-    return Item(item.old, UNDO[item.kind], item.token)  # one token back to the one it replaced
+def _diff_items(old: Sequence[int], new: Sequence[int]) -> list[Item]:
+    """Items that turn ``old`` into ``new`` (a token diff): replaced pairwise where a changed span keeps
+    its length, else deleted and inserted."""
+    old, new = [int(t) for t in old], [int(t) for t in new]
+    items: list[Item] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if op == "equal":
+            items += [Item(t) for t in old[i1:i2]]
+        elif op == "replace" and i2 - i1 == j2 - j1:
+            items += [Item(t, "replaced", o) for o, t in zip(old[i1:i2], new[j1:j2])]
+        else:
+            items += [Item(t, "deleted") for t in old[i1:i2]] + [Item(t, "inserted") for t in new[j1:j2]]
+    return items
 
 
 def reverted_pass(trace: CompactTrace, row: int, s: int) -> Optional[int]:
-    """The trace pass that row ``row`` took back in trace pass ``s``, or None."""
+    """For a row that went back to an earlier text in trace pass ``s``: the pass that text is from (the
+    text before it); None for any other pass."""
     ev = trace.events.get("reverted")
     if ev is None:
         return None
@@ -119,10 +124,10 @@ def pass_items(trace: CompactTrace, row: int, k: int) -> list[Item]:
     if k == 0:
         return [Item(int(t)) for t in trace.initial[row, : trace.initial_lengths[row]]]
     s = k - 1
-    undone = reverted_pass(trace, row, s)
-    if undone is not None:  # the pass took back pass ``undone``: show that pass's view turned around
-        return [_undo(it) for it in pass_items(trace, row, undone + 1)]
-    prev = trace.initial[row, : trace.initial_lengths[row]] if s == 0 else trace.tokens[s - 1, row, : trace.lengths[s - 1, row]]
+    since = reverted_pass(trace, row, s)
+    if since is not None:  # the row went back to its text from before pass ``since``: show the difference
+        return _diff_items(trace.region_before(s, row), trace.region_before(since, row))
+    prev = trace.region_before(s, row)
     ev = trace.row_events(s, row)
     point = {kind: {int(p): int(t) for p, t in ev.get(kind, ())} for kind in ("unmasked", "replaced", "remasked")}
     deleted = {int(p) for p, _ in ev.get("deleted", ())}
@@ -284,8 +289,8 @@ def column_html(view: TraceView, k: int) -> str:
     k = max(0, min(int(k), view.num_passes))
     phase = str(view.trace.phases[k - 1]) if k else "initial"
     nfe = f"NFE {view.nfe}" + (f"/{view.max_nfe}" if view.max_nfe else "") if view.nfe is not None else ""
-    undone = reverted_pass(view.trace, view.row, k - 1) if k else None
-    took_back = f"took back pass {undone + 1} (its text scored lower)" if undone is not None else ""
+    since = reverted_pass(view.trace, view.row, k - 1) if k else None
+    took_back = f"back to the text before pass {since + 1} (it scored higher)" if since is not None else ""
     meta = " · ".join(x for x in (f"pass {k}/{view.num_passes}", f"phase {phase}", took_back, nfe, view.note) if x)
     items = pass_items(view.trace, view.row, k)
     body = f'<div class="rf-seq">{items_html(items, view.pieces)}</div>'

@@ -9,8 +9,8 @@ into a few flat numpy arrays at the end:
   counted in the region *before* the pass (``inserted`` counts gaps: gap g sits before
   position g);
 - ``scores``: float32 (N,) aligned with ``unmasked`` (the score the strategy ranked by);
-- ``reverted`` rows ``(pass, row, -1, undone)``: in that pass the row went back to its region from
-  before pass ``undone`` (an edit rule that takes back a pass); such a row has no other event there.
+- ``reverted`` rows ``(pass, row, -1, since)``: in that pass the row went back to its region from
+  before pass ``since`` (an edit rule that takes edits back); such a row has no other event there.
 
 :meth:`Trace.replay` rebuilds every pass from the initial region and the events alone and
 checks it against the stored tokens, so a trace cannot claim an edit it did not make.
@@ -48,16 +48,17 @@ class StepRecord:
     values: Optional[torch.Tensor] = None
     inserted_tokens: Optional[torch.Tensor] = None
     scores: Optional[torch.Tensor] = None
-    reverted: Optional[torch.Tensor] = None  # (B,) bool: the row took back its previous pass
+    reverted: Optional[torch.Tensor] = None  # (B,) long: the row went back to its text before that pass; -1 = not
 
     def detach_to(self, device: str | torch.device = "cpu") -> "StepRecord":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return StepRecord(**moved)
 
     def counts(self) -> dict[str, int]:
-        """Events of each kind in this pass, and rows that took back their previous pass (host sync: use off
+        """Events of each kind in this pass, and rows that went back to an earlier text (host sync: use off
         the hot path)."""
-        return {k: int(getattr(self, k).sum()) if getattr(self, k) is not None else 0 for k in (*EVENT_KINDS, "reverted")}
+        counts = {k: int(getattr(self, k).sum()) if getattr(self, k) is not None else 0 for k in EVENT_KINDS}
+        return {**counts, "reverted": int((self.reverted >= 0).sum()) if self.reverted is not None else 0}
 
 
 @dataclass
@@ -200,8 +201,11 @@ class Trace:
                     sc = r.scores.float().numpy()[b, p] if r.scores is not None else np.full(len(b), np.nan)
                     scores.append(sc.astype(np.float32))
             events[kind] = np.concatenate(rows) if rows else np.zeros((0, 4), np.int32)
-        reverts = [np.stack([np.full_like(b, s), b, np.full_like(b, -1), np.full_like(b, s - 1)], 1)
-                   for s, r in enumerate(recs) if r.reverted is not None for b in [np.flatnonzero(r.reverted.numpy())]]
+        reverts = []
+        for s, r in enumerate(recs):
+            if r.reverted is not None:
+                b = np.flatnonzero(r.reverted.numpy() >= 0)
+                reverts.append(np.stack([np.full_like(b, s), b, np.full_like(b, -1), r.reverted.numpy()[b]], 1))
         if reverts:
             events["reverted"] = np.concatenate(reverts).astype(np.int32)
         return CompactTrace(

@@ -23,10 +23,12 @@
    for insertions: the next-token head reads like a left-to-right prior and can doubt a correct
    but rare token after a familiar prefix (``count_`` followed by an unseen name).
 7. Optional undo rule ``revert_margin``: each edit forward also scores the present text, as the mean
-   log-probability the current head gives its tokens. When a row's text scores lower than the text
-   before the previous pass did (by more than the margin), that pass is undone: the row goes back
-   to its earlier text, makes no edit, and stops (the forward is charged; the trace records a
-   ``reverted`` event). The score of a row's text comes from the forward that edits it anyway, so
+   log-probability the current head gives its tokens. When a row's text scores lower than a text it
+   had before (by more than the margin), the row goes back to that text, makes no edit, and stops
+   (the forward is charged; the trace records a ``reverted`` event). ``revert_to`` says which
+   earlier text: ``"previous"`` (the text before the last pass: a single bad pass is undone) or
+   ``"best"`` (the best-scoring text so far, the draft included: small steps that drift away
+   together are undone too). The score of a text comes from the forward that edits it anyway, so
    the rule costs no pass; the edits of a row's last pass are the only ones it never checks.
 
 The budget split is a parameter: ``edit_passes`` fixed, or ``edit_fraction`` of the passes
@@ -36,7 +38,7 @@ The budget split is a parameter: ``edit_passes`` fixed, or ``edit_fraction`` of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
@@ -59,7 +61,8 @@ class EditConfig(StrategyConfig):
     min_edit_confidence: Optional[float] = None  # an edit applies only where its head's probability reaches this
     keep_threshold: Optional[float] = None  # an edit applies only where its head gives the present text less than this
     insert_keep_threshold: Optional[float] = None  # the same bar for insertions only; None = keep_threshold
-    revert_margin: Optional[float] = None  # undo (and stop at) a pass after which the text scores lower by more
+    revert_margin: Optional[float] = None  # go back (and stop) when the text scores lower than before by more
+    revert_to: Literal["previous", "best"] = "previous"  # the earlier text compared and gone back to
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.edit_passes is not None and self.edit_passes < 0:
@@ -134,8 +137,8 @@ class EditStrategy(Strategy):
         logits = ban_tokens(out.logits, (ctx.mask_id,))
         next_logits = ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id))
         top, conf = predict(logits, 0.0, ctx.generators)
-        reverted = _revert_worse(self.config.revert_margin, ctx, state, logits, top, conf)
-        active = charged & ~reverted if reverted is not None else charged  # a reverted row edits no more
+        reverted = _revert_worse(self.config, ctx, state, logits, top, conf)
+        active = charged & (reverted < 0) if reverted is not None else charged  # a reverted row edits no more
         ntop, nconf = predict(next_logits, 0.0, ctx.generators)  # (B, L+1)
         cur, nxt = top, ntop
         tau = self.config.min_edit_confidence
@@ -169,27 +172,32 @@ class EditStrategy(Strategy):
                           inserted_tokens=res.inserted_tokens, scores=conf, reverted=reverted)
 
 
-def _revert_worse(margin: Optional[float], ctx: DecodeContext, state: DecodeState, logits: torch.Tensor,
+def _revert_worse(config: EditConfig, ctx: DecodeContext, state: DecodeState, logits: torch.Tensor,
                   top: torch.Tensor, conf: torch.Tensor) -> Optional[torch.Tensor]:
-    """The ``revert_margin`` rule: score each row's present text, put back the text from before the previous
-    pass in the active rows whose score fell by more than ``margin``, and remember this pass's text and
-    score for the next check. -> (B,) bool of the rows put back (they edit no more), None when off."""
-    if margin is None:
+    """The ``revert_margin`` rule: score each row's present text, put back the kept earlier text in the
+    active rows that score lower than it by more than the margin, then keep this text (``revert_to``
+    "previous") or keep it only where it scores at least as high ("best"). -> (B,) long: for each row
+    put back (it edits no more) the pass its text is from (the text before that pass), else -1; None
+    when the rule is off."""
+    if config.revert_margin is None:
         return None
     P = ctx.prompt_width
     region = state.x[:, P:]
     logp = log_probability_from_top(logits, region, top, conf)
     valid = torch.arange(region.shape[1], device=region.device)[None, :] < state.lengths[:, None]
     score = torch.where(valid, logp, 0.0).sum(1) / state.lengths.clamp(min=1)
-    before = state.extra.get("before")  # (region, lengths, score) before the previous pass
-    if before is None:
-        reverted = torch.zeros_like(state.active)
-    else:
-        reverted = state.active & (score < before[2] - margin)
-        region.copy_(torch.where(reverted[:, None], before[0], region))
-        state.set_lengths(P, torch.where(reverted, before[1], state.lengths))
-    state.extra["before"] = (region.clone(), state.lengths.clone(), score)
-    return reverted
+    now = torch.full_like(state.lengths, state.step)
+    kept = state.extra.get("kept")  # (region, lengths, score, pass) of the text a worse one goes back to
+    if kept is None:
+        state.extra["kept"] = (region.clone(), state.lengths.clone(), score, now)
+        return torch.full_like(now, -1)
+    back = state.active & (score < kept[2] - config.revert_margin)
+    region.copy_(torch.where(back[:, None], kept[0], region))
+    state.set_lengths(P, torch.where(back, kept[1], state.lengths))
+    take = ~back if config.revert_to == "previous" else ~back & (score >= kept[2])
+    state.extra["kept"] = (torch.where(take[:, None], region, kept[0]), torch.where(take, state.lengths, kept[1]),
+                           torch.where(take, score, kept[2]), torch.where(take, now, kept[3]))
+    return torch.where(back, kept[3], -1)
 
 
 def _accepted(config: EditConfig, state: DecodeState, res, active: torch.Tensor) -> torch.Tensor:

@@ -143,13 +143,13 @@ def test_board_has_legend_and_one_column_per_view(tiny_pair, edit_trace):
         assert f"ev-{kind}" in legend_html() and bg in legend_html()
 
 
-def test_a_reverted_pass_shows_the_pass_it_takes_back_turned_around(tiny_pair, edit_trace):
+def test_a_reverted_pass_shows_the_way_back_to_the_earlier_text(tiny_pair, edit_trace):
     _, tok = tiny_pair
     tr = edit_trace
+    back = {**tr.events, "reverted": np.array([[2, 0, -1, 1]], np.int32)}  # pass 2: back to before pass 1
     tr = CompactTrace(tr.initial, tr.initial_lengths, np.concatenate([tr.tokens, tr.tokens[:1]]),
                       np.concatenate([tr.lengths, tr.lengths[:1]]), np.ones((3, 1), bool),
-                      np.array(["mask", "edit", "edit"]), {**tr.events, "reverted": np.array([[2, 0, -1, 1]], np.int32)},
-                      tr.scores, tr.mask_id, tr.pad_id)
+                      np.array(["mask", "edit", "edit"]), back, tr.scores, tr.mask_id, tr.pad_id)
     assert (tr.replay() == tr.tokens[0]).all()  # back to the text from before the edit pass
     pieces = TokenPieces(tok, tr.mask_id)
     hunks = edit_hunks(pass_items(tr, 0, 3))
@@ -159,5 +159,5 @@ def test_a_reverted_pass_shows_the_pass_it_takes_back_turned_around(tiny_pair, e
         "replace `-` with `+` after `tal ` (position 24)",
         "insert ` junk` after `item` (position 31)",
     ]
-    assert "took back pass 2" in column_html(TraceView("edit", tr, pieces=pieces), 3)
-    assert "took back" not in column_html(TraceView("edit", tr, pieces=pieces), 2)
+    assert "back to the text before pass 2" in column_html(TraceView("edit", tr, pieces=pieces), 3)
+    assert "back to the text" not in column_html(TraceView("edit", tr, pieces=pieces), 2)

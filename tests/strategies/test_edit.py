@@ -161,6 +161,22 @@ def test_revert_margin_takes_back_a_pass_after_which_the_text_scores_lower(scrip
         get_strategy("edit", revert_margin=-1.0).config.check(8, 8)
 
 
+def test_revert_to_best_goes_back_over_several_small_steps(scripted):
+    # each pass leaves one more token the next head disagrees with: mean log-probability about -3.3, -6.7,
+    # -10.0 for the texts the three passes read; no step drops by 5, the third is 6.7 under the draft
+    plan = {(10, 11, 12): (10, 21, 12), (10, 21, 12): (40, 41, 12), (40, 41, 12): (50, 51, 52)}
+    model = scripted(replace_script(plan))
+    previous = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, revert_margin=5.0), "1/1")
+    assert previous.tokens[0, :3].tolist() == [50, 51, 52]
+    res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, revert_margin=5.0, revert_to="best"), "1/1")
+    assert res.tokens[0, :int(res.lengths[0])].tolist() == [10, 11, 12] and res.nfe.tolist() == [8]
+    c = res.trace.compact()
+    assert c.events["reverted"].tolist() == [[7, 0, -1, 5]]  # pass 7 went back to the text before pass 5
+    assert (c.replay() == res.tokens.numpy()).all()
+    with pytest.raises(ValueError, match="revert_to"):
+        get_strategy("edit", revert_to="first")
+
+
 def test_max_change_fraction_rejects_the_first_pass_too(scripted):
     model = scripted(replace_script({(10, 11, 12): (30, 31, 12)}))
     res = generate(model, [[3]], 8, get_strategy("edit", edit_passes=3, max_change_fraction=0.5), "1/1")
