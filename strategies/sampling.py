@@ -55,16 +55,19 @@ def probability_from_top(logits: torch.Tensor, tokens: torch.Tensor, top: torch.
     """softmax(logits)[tokens] from ``predict``'s greedy output (the argmax ``top`` and its probability):
     p(t) = p(top) * exp(l_t - l_top), two gathers instead of another pass over the vocabulary.
     (B, L, V), (B, L), (B, L), (B, L) -> (B, L) in ``top_prob``'s dtype."""
-    gap = logits.gather(-1, tokens.unsqueeze(-1)) - logits.gather(-1, top.unsqueeze(-1))
-    return top_prob * torch.exp(gap.squeeze(-1).to(top_prob.dtype))
+    return top_prob * torch.exp(_gap_to_top(logits, tokens, top).to(top_prob.dtype))
 
 
 def log_probability_from_top(logits: torch.Tensor, tokens: torch.Tensor, top: torch.Tensor,
                              top_prob: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[tokens], the same way as :func:`probability_from_top` but without underflow:
     log p(top) + l_t - l_top. -> (B, L) float32."""
-    gap = logits.gather(-1, tokens.unsqueeze(-1)) - logits.gather(-1, top.unsqueeze(-1))
-    return top_prob.float().clamp_min(1e-30).log() + gap.squeeze(-1).float()
+    return top_prob.float().clamp_min(1e-30).log() + _gap_to_top(logits, tokens, top).float()
+
+
+def _gap_to_top(logits: torch.Tensor, tokens: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """l_t - l_top per position: (B, L, V), (B, L), (B, L) -> (B, L) in the logits' dtype."""
+    return (logits.gather(-1, tokens.unsqueeze(-1)) - logits.gather(-1, top.unsqueeze(-1))).squeeze(-1)
 
 
 def uniform_rand(shape, generators: list[torch.Generator], device, dtype=torch.float32) -> torch.Tensor:
