@@ -114,7 +114,8 @@ def edit_op_counts(df: pd.DataFrame) -> pd.DataFrame:
     """Edit operations per (output, edit pass) from the saved traces of edit-phase rows.
 
     -> columns entry, budget, task, example_id, pass (index among the row's edit passes), replaced,
-    deleted, inserted. Only passes the row was charged for (active) count."""
+    deleted, inserted, reverted (1 where the pass sent the row back to an earlier text instead of
+    editing). Only passes the row was charged for (active) count."""
     from experiments.store import load_trace
 
     out = []
@@ -124,21 +125,22 @@ def edit_op_counts(df: pd.DataFrame) -> pd.DataFrame:
         edit_passes = np.flatnonzero(trace.phases == "edit")
         if not len(edit_passes):
             continue
-        counts = {k: np.zeros((trace.num_passes, trace.tokens.shape[1]), np.int64) for k in EDIT_KINDS}
-        for kind in EDIT_KINDS:
+        counts = {k: np.zeros((trace.num_passes, trace.tokens.shape[1]), np.int64) for k in (*EDIT_KINDS, "reverted")}
+        for kind in counts:
             ev = trace.events.get(kind, np.zeros((0, 4), np.int32))
             np.add.at(counts[kind], (ev[:, 0], ev[:, 1]), 1)
         for r in g.itertuples(index=False):
             b = int(r.trace_row)
             for i, s in enumerate(p for p in edit_passes if trace.active[p, b]):
                 out.append(dict(entry=r.entry, budget=r.budget, task=r.task, example_id=r.example_id, pass_index=i,
-                                **{k: int(counts[k][s, b]) for k in EDIT_KINDS}))
-    return pd.DataFrame(out, columns=["entry", "budget", "task", "example_id", "pass_index", *EDIT_KINDS])
+                                **{k: int(c[s, b]) for k, c in counts.items()}))
+    return pd.DataFrame(out, columns=["entry", "budget", "task", "example_id", "pass_index", *EDIT_KINDS, "reverted"])
 
 
-def edit_ops_histogram(df: pd.DataFrame, path: str | Path) -> Optional[Path]:
-    """Histogram of replace / delete / insert counts per edit pass; None when no row has edit passes."""
-    counts = edit_op_counts(df)
+def edit_ops_histogram(df: pd.DataFrame, path: str | Path, counts: Optional[pd.DataFrame] = None) -> Optional[Path]:
+    """Histogram of replace / delete / insert counts per edit pass (``counts``: :func:`edit_op_counts` of
+    ``df``, when already read); None when no row has edit passes."""
+    counts = edit_op_counts(df) if counts is None else counts
     if not len(counts):
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -43,11 +43,16 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
                         "(same problem and seed), and the exact two-sided McNemar p-value of that split.\n\n"
                         + _paired_markdown(gains))
     refined = refinement_table(df)
+    ops = figures.edit_op_counts(df)
     if len(refined):
-        cells = [f"{100 * d:.1f} -> {100 * a:.1f} (+{f} / -{b})" for d, a, f, b in
-                 zip(refined["draft_acc"], refined["acc"], refined["fixed"], refined["broken"])]
+        keys = ["task", "entry", "budget"]
+        back = ops.groupby(keys, as_index=False)["reverted"].sum()
+        refined = refined.merge(back, on=keys, how="left").fillna({"reverted": 0})
+        cells = [f"{100 * d:.1f} -> {100 * a:.1f} (+{f} / -{b}" + (f", {int(n)} back)" if n else ")") for d, a, f, b, n
+                 in zip(refined["draft_acc"], refined["acc"], refined["fixed"], refined["broken"], refined["reverted"])]
         sections.append("## What the refinement passes did\n\nStrict accuracy of the mask phase's draft -> of the "
-                        "final text (%), and the outputs the edit passes fixed (+) and broke (-).\n\n"
+                        "final text (%), the outputs the edit passes fixed (+) and broke (-), and (from the saved "
+                        "traces) the rows an undo rule sent back to an earlier text.\n\n"
                         + _budget_grid(refined.assign(cell=cells), "cell"))
     by_subset = df[df["subset"].notna()]
     if len(by_subset):
@@ -63,7 +68,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
     sections.append("## Details\n\nacc / ci (Wilson 95%) / answer_acc in %, NFE actually used (mean) vs the "
                     "budget's maximum, decode seconds per output, generated tokens per decode second.\n\n"
                     + to_markdown(detail, floatfmt=".4g", index=False))
-    hist = figures.edit_ops_histogram(df, fig_dir / "edit_ops_per_pass.png")
+    hist = figures.edit_ops_histogram(df, fig_dir / "edit_ops_per_pass.png", ops)
     if hist is not None:
         made["Edit operations per edit pass"] = hist
     sections.append("## Figures\n\n" + "\n\n".join(

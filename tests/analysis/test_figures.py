@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from analysis import figures
 from analysis.load import load_runs
 from analysis.report import write_report
 
+from core.trace import CompactTrace
 from analysis_helpers import run_dir  # noqa: F401 (fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -19,6 +22,18 @@ def test_edit_op_counts_read_the_traces(run_dir):
     # row 0: edit pass 1 = 2 replaced + 1 deleted, pass 2 = 2 inserted; row 1: pass 1 = 1 inserted, then inactive
     assert got == {("e0", 0): (2, 1, 0), ("e0", 1): (0, 0, 2), ("e1", 0): (0, 0, 1)}
     assert set(counts["entry"]) == {"edit"}
+
+
+def test_rows_sent_back_by_an_undo_rule_are_counted(run_dir, tmp_path):
+    trace = CompactTrace.load(run_dir / "traces" / "edit.npz")
+    trace.active[2, 1] = True  # row 1 is charged for the last pass, which sends it back to its draft
+    trace.events["reverted"] = np.array([[2, 1, -1, 1]], np.int32)
+    trace.save(run_dir / "traces" / "edit.npz")
+    counts = figures.edit_op_counts(load_runs([run_dir]))
+    got = {(r.example_id, r.pass_index): r.reverted for r in counts.itertuples()}
+    assert got == {("e0", 0): 0, ("e0", 1): 0, ("e1", 0): 0, ("e1", 1): 1}
+    text = write_report([run_dir], tmp_path / "out").read_text()
+    assert "| arith | edit | 75.0 -> 100.0 (+1 / -0, 1 back) | 50.0 -> 50.0 (+1 / -1) |" in text
 
 
 def test_figures_are_pngs(run_dir, tmp_path):
