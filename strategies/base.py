@@ -69,6 +69,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named setting of a strategy: data, not code. ``params`` go through the same ``from_dict``
+    validation as any YAML entry; explicit parameters override them. ``about`` says where it comes from
+    (the reference implementation it reproduces, or why a project variant exists)."""
+
+    params: dict[str, Any]
+    about: str
+
+
 @dataclass
 class DecodeContext:
     """Fixed facts of one generation call."""
@@ -139,6 +149,7 @@ class Strategy(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
+    presets: ClassVar[dict[str, Preset]] = {}  # e.g. {"paper": Preset({...}, "LLaDA generate.py ...")}
 
     def __init__(self, config: Optional[StrategyConfig] = None):
         self.config = config if config is not None else self.config_class()

@@ -39,10 +39,22 @@ def strategy_class(name: str) -> type["Strategy"]:
     return _REGISTRY[name]
 
 
-def get_strategy(name: str, **params: Any) -> "Strategy":
-    """Build a registered strategy from keyword parameters (validated by its config dataclass)."""
+def preset_params(name: str, preset: str | None) -> dict[str, Any]:
+    """The parameter dict of ``preset`` of strategy ``name`` ({} for None)."""
+    if preset is None:
+        return {}
     cls = strategy_class(name)
-    return cls(cls.config_class.from_dict(params, where=f"strategy {name!r}"))
+    if preset not in cls.presets:
+        raise KeyError(f"strategy {name!r}: " + unknown_name_message("preset", preset, list(cls.presets)))
+    return dict(cls.presets[preset].params)
+
+
+def get_strategy(name: str, preset: str | None = None, **params: Any) -> "Strategy":
+    """Build a registered strategy from an optional named preset plus keyword parameters that override it
+    (validated together by its config dataclass)."""
+    cls = strategy_class(name)
+    where = f"strategy {name!r}" + (f" preset {preset!r}" if preset else "")
+    return cls(cls.config_class.from_dict({**preset_params(name, preset), **params}, where=where))
 
 
 def available_strategies() -> dict[str, type["Strategy"]]:
