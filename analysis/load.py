@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from experiments.store import RowsRead
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +35,44 @@ def rows_frame(rows: Iterable[dict], run: str = "") -> pd.DataFrame:
 def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """Rows of one or more run directories. With several runs, entries are named ``run/label``
     so that e.g. two runs' ``masked`` baselines stay apart. ``subset`` is the example's subset
-    (:func:`example_subsets`), None where its task defines none."""
-    from experiments.store import load_rows
+    (:func:`example_subsets`), None where its task defines none. Dropped rows are logged
+    (see :func:`read_runs`)."""
+    return read_runs(run_dirs)[0]
+
+
+def read_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[RowsRead]]:
+    """:func:`load_runs` plus, per run, what its ``rows.jsonl`` held that is no row: a torn last line,
+    garbage lines, later duplicates of a key (the first is kept, so n never counts a row twice).
+    Each run that had any is also logged as a warning (stderr under the CLI)."""
+    from experiments.store import read_rows
 
     if not run_dirs:
         raise ValueError("no run directories given")
-    frames = []
+    frames, reads = [], []
     names = [Path(d).resolve().name for d in run_dirs]
     if len(set(names)) < len(names):  # same directory names in different places: use the full path
         names = [str(Path(d)) for d in run_dirs]
     for d, name in zip(run_dirs, names):
-        df = rows_frame(load_rows(d), run=name)
+        read = read_rows(d)
+        if read.dropped:
+            log.warning("%s: %s%s", read.path, read.summary(), _garbage_note(read))
+        reads.append(read)
+        df = rows_frame(read.rows, run=name)
         df["run_dir"] = str(d)
         subsets = example_subsets(d)
         df["subset"] = [subsets.get((t, e)) for t, e in zip(df["task"], df["example_id"])]
         if len(run_dirs) > 1:
             df["entry"] = name + "/" + df["label"]
         frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), reads
+
+
+def _garbage_note(read: RowsRead) -> str:
+    """' (garbage: line 3: not a JSON row (...), ...)' - the first few, so the damage can be found."""
+    if not read.garbage:
+        return ""
+    more = f", and {len(read.garbage) - 3} more" if len(read.garbage) > 3 else ""
+    return f" (garbage: {'; '.join(read.garbage[:3])}{more})"
 
 
 def example_subsets(run_dir: str | Path) -> dict[tuple[str, str], str]:

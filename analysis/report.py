@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from analysis import figures
-from analysis.load import load_runs
+from analysis.load import read_runs
 from analysis.tables import accuracy_table, find_baseline, gain_table, main_table_markdown, refinement_table, \
     to_markdown
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: Optional[str] = None) -> Path:
     """Write ``out_dir/report.md`` and ``out_dir/figures/*.png``; returns the report path."""
     out_dir = Path(out_dir)
-    df = load_runs(list(run_dirs))
+    df, reads = read_runs(list(run_dirs))
     if not len(df):
         raise ValueError(f"{', '.join(map(str, run_dirs))}: no rows to report on")
     fig_dir = out_dir / "figures"
@@ -26,7 +26,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
         "Accuracy vs wall time": figures.accuracy_vs_walltime(df, fig_dir / "accuracy_vs_walltime.png"),
     }
     sections = [f"# Ablation report\n\nRuns: {', '.join(f'`{d}`' for d in run_dirs)}; {len(df)} rows, "
-                f"{df['entry'].nunique()} strategy entries, tasks {', '.join(sorted(df['task'].unique()))}.",
+                f"{df['entry'].nunique()} strategy entries, tasks {', '.join(sorted(df['task'].unique()))}.\n\n"
+                + _rows_read_markdown(run_dirs, reads),
                 "## Strict accuracy (%)\n\n" + main_table_markdown(df)]
     try:
         base = find_baseline(df, baseline)
@@ -76,6 +77,13 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
     report = out_dir / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report
+
+
+def _rows_read_markdown(run_dirs: Sequence[str | Path], reads) -> str:
+    """The header's account of each run's rows.jsonl: rows read and what was dropped (never silently)."""
+    lines = [f"- `{d}`: {r.summary()}" + ("; the torn line is a row still being written, or one a killed run left" if r.torn else "")
+             for d, r in zip(run_dirs, reads)]
+    return "Rows:\n\n" + "\n".join(lines)
 
 
 def _budget_grid(frame, column: str, floatfmt: str = ".1f") -> str:

@@ -156,9 +156,15 @@ def main_table_markdown(df: pd.DataFrame) -> str:
     if not len(table):
         return "(no rows)"
     n = df.groupby("task")["example_id"].nunique()
+    # a cell short of examples (a run still writing, a dropped row) must not hide under the task's n
+    per_cell = df.groupby(["task", "entry", "budget"]).size().groupby(level="task")
+    fewest, most = per_cell.min(), per_cell.max()
     parts = []
     for task in table.index.get_level_values("task").unique():
         sub = table.loc[task]
         sub.index.name = "strategy"
-        parts.append(f"{task} (strict accuracy %, n={int(n[task])} examples)\n\n{to_markdown(sub)}")
+        count = f"n={int(n[task])} examples"
+        if fewest[task] < most[task]:
+            count += f"; cells differ: {int(fewest[task])} to {int(most[task])} rows"
+        parts.append(f"{task} (strict accuracy %, {count})\n\n{to_markdown(sub)}")
     return "\n\n".join(parts)

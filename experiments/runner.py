@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from experiments.config import ExperimentConfig, StrategySpec, TaskSpec, validate
-from experiments.store import RunStore, row_key
+from experiments.store import RowsRead, RunStore, row_key
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +130,33 @@ def _jsonable(value):
 
 
 def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: bool = True,
-                 check_paths: bool = True, on_batch: Optional[Callable[[Cell, list[dict]], None]] = None) -> Path:
+                 check_paths: bool = True, on_batch: Optional[Callable[[Cell, list[dict]], None]] = None,
+                 repair: bool = False, on_repair: Optional[Callable[[RowsRead], None]] = None) -> Path:
     """Run (or finish) every cell of ``config`` into ``out_dir``; returns the run directory.
 
-    Validation happens first, so a bad config fails before any model is loaded."""
+    Validation happens first, so a bad config fails before any model is loaded. The run directory's
+    writer lock is held until this returns. ``repair``: drop damaged rows first (see
+    :func:`experiments.store.repair_damage`); ``on_repair`` gets what was dropped."""
     validate(config, check_paths=check_paths)
     examples = load_examples(config)  # before the run directory exists: a missing data file leaves no trace
-    store = RunStore.open(out_dir, config)
+    with RunStore.open(out_dir, config, repair=repair) as store:
+        if store.repair is not None:
+            log.info("%s: repair: %s", out_dir, store.repair.summary())
+            if on_repair is not None:
+                on_repair(store.repair)
+        _run_cells(config, examples, store, progress, on_batch)
+    return store.run_dir
+
+
+def _run_cells(config: ExperimentConfig, examples: dict, store: RunStore, progress: bool,
+               on_batch: Optional[Callable[[Cell, list[dict]], None]]) -> None:
+    """Generate and store every cell of ``config`` not yet in ``store``."""
     cells = plan_cells(config, examples)
     todo = [c for c in cells if c.batch_id not in store.done_batches]
-    log.info("%s: %d cells, %d already stored, %d to run", out_dir, len(cells), len(cells) - len(todo), len(todo))
+    log.info("%s: %d cells, %d already stored, %d to run", store.run_dir, len(cells), len(cells) - len(todo),
+             len(todo))
     if not todo:
-        return store.run_dir
+        return
     model, tokenizer = load_model_for(config)
     bar = _progress(len(cells), len(cells) - len(todo), enabled=progress)
     try:
@@ -154,7 +169,6 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
             bar.update(1)
     finally:
         bar.close()
-    return store.run_dir
 
 
 def load_model_for(config: ExperimentConfig):

@@ -16,11 +16,18 @@ config. The runner then skips the batches already stored.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
+import shlex
+import shutil
+import socket
+import sys
+import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +35,9 @@ from experiments.config import ExperimentConfig, dump_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE, ROWS_FILE, TRACE_DIR = "config.yaml", "rows.jsonl", "traces"
+CONFIG_FILE, ROWS_FILE, TRACE_DIR, LOCK_FILE = "config.yaml", "rows.jsonl", "traces", ".lock"
+_REPAIR_HINT = ("; `refinery ablate ... --repair` drops duplicate keys and garbage lines after backing the "
+                "file up")
 _HASH_LINE = re.compile(r"sha256 ([0-9a-f]{64})")
 
 
@@ -37,24 +46,94 @@ def row_key(task: str, example_id: str, label: str, budget: str, seed: int) -> s
     return json.dumps([task, example_id, label, budget, seed])
 
 
+class RunLocked(ValueError):
+    """Another live process holds the run directory's writer lock."""
+
+
+def acquire_lock(run_dir: Path) -> int:
+    """Take the exclusive writer lock on ``run_dir/.lock`` -> its file descriptor (close it to release).
+
+    ``flock`` is advisory and belongs to the open file: the kernel frees it when the holder exits or is
+    killed, so a ``.lock`` file left behind never blocks. The holder's pid, host, start time and command
+    line are written into the file so that a refused writer can name it. Raises :class:`RunLocked`."""
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        os.close(fd)
+        raise RunLocked(f"{run_dir} is being written by {_describe_holder(holder)}; wait for it to end or "
+                        "pass another --out directory") from None
+    except OSError as e:  # a file system without flock (some network mounts): go on, unprotected
+        log.warning("%s: cannot lock %s (%s); nothing stops a second writer here", run_dir, LOCK_FILE, e)
+    except BaseException:
+        os.close(fd)
+        raise
+    info = dict(pid=os.getpid(), host=socket.gethostname(), command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
+                since=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    return fd
+
+
+def _describe_holder(text: str) -> str:
+    """The lock file's JSON -> 'pid 1234 on host X since ... (command: ...)'."""
+    try:
+        info = json.loads(text)
+        return (f"pid {info['pid']} on host {info['host']} since {info['since']} "
+                f"(command: {info['command']})")
+    except (ValueError, KeyError, TypeError):  # the holder has the lock but has not written its name yet
+        return "another process (it has not named itself yet)"
+
+
 class RunStore:
     """Appends whole batches to a run directory; see the module docstring for the guarantees."""
 
-    def __init__(self, run_dir: Path, done_batches: set[str], num_rows: int):
+    def __init__(self, run_dir: Path, done_batches: set[str], num_rows: int, lock_fd: Optional[int] = None):
         self.run_dir = run_dir
         self.done_batches = done_batches  # batch ids whose rows are all stored
         self.num_rows = num_rows
+        self._lock_fd = lock_fd  # holds the flock on RUN/.lock; closing it lets the next writer in
+        self.repair: Optional[RowsRead] = None  # what ``open(..., repair=True)`` dropped
 
     @classmethod
-    def open(cls, run_dir: str | Path, config: ExperimentConfig) -> "RunStore":
-        """Create ``run_dir`` for ``config``, or verify and repair a previous run of the same config."""
+    def open(cls, run_dir: str | Path, config: ExperimentConfig, repair: bool = False) -> "RunStore":
+        """Create ``run_dir`` for ``config``, or verify and repair a previous run of the same config.
+
+        Takes the directory's writer lock first, so a second writer is refused before anything changes
+        (:class:`RunLocked`). ``repair``: drop duplicate keys, garbage lines and rows whose trace is
+        missing (after a backup, see :func:`repair_damage`) instead of refusing them."""
         run_dir = Path(run_dir)
-        (run_dir / TRACE_DIR).mkdir(parents=True, exist_ok=True)
-        _check_or_write_config(run_dir, config)
-        for stale in (run_dir / TRACE_DIR).glob("*.tmp"):
-            stale.unlink()  # a trace that was being written when the last run died
-        rows = repair_rows(run_dir / ROWS_FILE)
-        return cls(run_dir, {r["batch_id"] for r in rows}, len(rows))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = acquire_lock(run_dir)
+        try:
+            (run_dir / TRACE_DIR).mkdir(exist_ok=True)
+            _check_or_write_config(run_dir, config)
+            for stale in (run_dir / TRACE_DIR).glob("*.tmp"):
+                stale.unlink()  # a trace that was being written when the last run died
+            report = repair_damage(run_dir) if repair else None
+            rows = repair_rows(run_dir / ROWS_FILE)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        store = cls(run_dir, {r["batch_id"] for r in rows}, len(rows), lock_fd)
+        store.repair = report
+        return store
+
+    def close(self) -> None:
+        """Release the writer lock (the process ending releases it too)."""
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:  # a store dropped without close() must not keep its directory locked
+        self.close()
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def write_batch(self, batch_id: str, rows: list[dict], trace=None) -> None:
         """Store one batch: its trace first (atomically), then all its rows in one appending write."""
@@ -119,44 +198,172 @@ def _diff_note(path: Path, config: ExperimentConfig) -> str:
     return f"; differs in: {', '.join(changed)}" if changed else ""
 
 
+def _lines(raw: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """Split ``rows.jsonl`` bytes -> ([(line number, complete line)], bytes of a partial last line).
+
+    The one place that decides what a line is: a line still being written (no newline yet) is not a
+    row, and blank lines are skipped."""
+    end = raw.rfind(b"\n") + 1
+    lines = [(n, line) for n, line in enumerate(raw[:end].split(b"\n")[:-1], 1) if line.strip()]
+    return lines, len(raw[end:].strip())
+
+
+def _parse(line: bytes) -> dict:
+    """One line -> its row; ValueError (with the reason) for anything that is not a JSON object."""
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"not a JSON row ({e})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"not a JSON object but a {type(row).__name__}")
+    return row
+
+
+def _identity(row: dict) -> str:
+    """The key a row is unique by (rows written before ``key`` existed: its parts)."""
+    if "key" in row:
+        return str(row["key"])
+    return json.dumps([row.get(k) for k in ("task", "example_id", "label", "budget", "seed")], default=str)
+
+
+@dataclass
+class RowsRead:
+    """The rows of a ``rows.jsonl`` kept by a lenient read, and what was dropped on the way."""
+
+    path: Path
+    rows: list[dict]
+    torn: int = 0  # a partial last line: a run still writing, or one killed mid-line
+    garbage: list[str] = field(default_factory=list)  # "line N: why" for each complete line that is no row
+    duplicates: int = 0  # rows repeating an earlier row's key (the first is kept)
+    missing_trace: int = 0  # rows whose trace file is gone (repair only)
+    incomplete: int = 0  # rows of batches stored incompletely (repair only; the runner redoes them)
+    backup: Optional[Path] = None  # where repair copied the file before rewriting it
+
+    @property
+    def dropped(self) -> int:
+        return self.torn + len(self.garbage) + self.duplicates + self.missing_trace + self.incomplete
+
+    def summary(self) -> str:
+        """'rows read 5; dropped: 1 torn line, 3 duplicates (kept first), 0 garbage lines'."""
+        text = (f"rows read {len(self.rows)}; dropped: {self.torn} torn line{'s' * (self.torn != 1)}, "
+                f"{self.duplicates} duplicate{'s' * (self.duplicates != 1)} (kept first), "
+                f"{len(self.garbage)} garbage line{'s' * (len(self.garbage) != 1)}")
+        if self.missing_trace or self.incomplete:
+            text += (f", {self.missing_trace} with a missing trace, "
+                     f"{self.incomplete} of incompletely stored batches")
+        return text
+
+    def repair_line(self) -> str:
+        """The one line ``refinery ablate --repair`` prints."""
+        if not self.dropped:
+            return f"{self.path}: nothing to repair ({len(self.rows)} rows; no backup made)"
+        return (f"{self.path}: repaired: kept {len(self.rows)} rows; dropped {self.duplicates} duplicate keys "
+                f"(kept the first), {len(self.garbage)} garbage lines, {self.missing_trace} rows with a missing "
+                f"trace, {self.torn} torn last line, {self.incomplete} rows of incompletely stored batches "
+                f"(redone); backup: {self.backup}")
+
+
+def _scan(path: Path, store_fields: bool) -> RowsRead:
+    """Lenient read of ``path``: skips a torn tail and garbage lines, keeps the first of duplicate keys.
+    ``store_fields``: a row also needs key, batch_id and batch_rows (what the store itself writes)."""
+    lines, tail = _lines(path.read_bytes())
+    out, seen = RowsRead(path, [], torn=int(tail > 0)), set()
+    for lineno, line in lines:
+        try:
+            row = _parse(line)
+            if store_fields and not {"key", "batch_id", "batch_rows"} <= set(row):
+                raise ValueError("not a row of this store (needs key, batch_id, batch_rows)")
+        except ValueError as e:
+            out.garbage.append(f"line {lineno}: {e}")
+            continue
+        ident = _identity(row)
+        if ident in seen:
+            out.duplicates += 1
+            continue
+        seen.add(ident)
+        out.rows.append(row)
+    return out
+
+
+def read_rows(run_dir: str | Path) -> RowsRead:
+    """Every row of a run that can be trusted, and counts of what was not (for ``refinery report``:
+    a torn last line, garbage lines and later duplicates of a key are dropped and counted, never
+    silently; read-only, so safe while the run is still writing)."""
+    path = Path(run_dir) / ROWS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no rows here (not an ablation run directory?)")
+    return _scan(path, store_fields=False)
+
+
+def repair_damage(run_dir: Path) -> RowsRead:
+    """``--repair``: drop garbage lines, later duplicates of a key (the first is kept), rows whose trace
+    file is missing, a torn tail and batches left incomplete by all that; the original goes to
+    ``rows.jsonl.bak-<UTC time>`` first. Nothing to drop: the file is left alone and no backup made."""
+    path = run_dir / ROWS_FILE
+    if not path.is_file():
+        return RowsRead(path, [])
+    read = _scan(path, store_fields=True)
+    rows = [r for r in read.rows if not r.get("trace_file") or (run_dir / str(r["trace_file"])).is_file()]
+    read.missing_trace = len(read.rows) - len(rows)
+    per_batch = Counter(r["batch_id"] for r in rows)
+    read.rows = [r for r in rows if per_batch[r["batch_id"]] == r["batch_rows"]]
+    read.incomplete = len(rows) - len(read.rows)
+    if read.dropped:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        read.backup = path.with_name(f"{path.name}.bak-{stamp}")
+        n = 1
+        while read.backup.exists():  # two repairs within a second keep both backups
+            read.backup, n = path.with_name(f"{path.name}.bak-{stamp}-{n}"), n + 1
+        shutil.copy2(path, read.backup)
+        _rewrite(path, read.rows)
+    return read
+
+
 def repair_rows(path: Path) -> list[dict]:
     """Verify ``rows.jsonl`` and cut any torn tail; return the rows kept.
 
     Drops a trailing partial line and the rows of batches stored incompletely (fewer rows than
     their ``batch_rows``), rewriting the file atomically if anything was dropped. Raises
-    ValueError for damage a crash cannot cause: an unparsable complete line, a duplicate key."""
+    ValueError for damage a crash cannot cause: an unparsable complete line, a duplicate key
+    (``refinery ablate --repair`` drops those after a backup)."""
     if not path.exists():
         return []
-    raw = path.read_bytes()
-    end = raw.rfind(b"\n") + 1
-    if end < len(raw):
-        log.warning("%s: dropping a partial last line (%d bytes) left by an interrupted run", path, len(raw) - end)
+    lines, tail = _lines(path.read_bytes())
+    if tail:
+        log.warning("%s: dropping a partial last line (%d bytes) left by an interrupted run", path, tail)
     rows = []
-    for lineno, line in enumerate(raw[:end].splitlines(), 1):
+    for lineno, line in lines:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not a JSON row ({e}); the file is damaged") from None
-        if not isinstance(row, dict) or not {"key", "batch_id", "batch_rows"} <= set(row):
-            raise ValueError(f"{path}:{lineno}: not a row of this store (needs key, batch_id, batch_rows)")
+            row = _parse(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}; the file is damaged{_REPAIR_HINT}") from None
+        if not {"key", "batch_id", "batch_rows"} <= set(row):
+            raise ValueError(f"{path}:{lineno}: not a row of this store (needs key, batch_id, batch_rows)"
+                             f"{_REPAIR_HINT}")
         rows.append(row)
     keys = Counter(r["key"] for r in rows)
     dup = [k for k, c in keys.items() if c > 1]
     if dup:
-        raise ValueError(f"{path}: row key {dup[0]} appears {keys[dup[0]]} times; the file is damaged")
+        raise ValueError(f"{path}: row key {dup[0]} appears {keys[dup[0]]} times; the file is damaged (two "
+                         f"writers at once?){_REPAIR_HINT}")
     per_batch = Counter(r["batch_id"] for r in rows)
     kept = [r for r in rows if per_batch[r["batch_id"]] == r["batch_rows"]]
     if len(kept) < len(rows):
         log.warning("%s: dropping %d rows of incompletely stored batches", path, len(rows) - len(kept))
-    if end < len(raw) or len(kept) < len(rows):
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+    if tail or len(kept) < len(rows):
+        _rewrite(path, kept)
     return kept
+
+
+def _rewrite(path: Path, rows: list[dict]) -> None:
+    """Replace ``path`` with ``rows`` atomically (a crash leaves the old file or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -168,17 +375,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def load_rows(run_dir: str | Path) -> list[dict]:
-    """Every complete row of a run (read-only: safe while the run is still writing)."""
+    """Every complete row of a run, duplicates included (read-only: safe while the run is still writing).
+    Raises ValueError naming the file and line for a complete line that is not a JSON row; see
+    :func:`read_rows` for the lenient read that counts what it drops."""
     path = Path(run_dir) / ROWS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no rows here (not an ablation run directory?)")
-    raw = path.read_bytes()
-    raw = raw[: raw.rfind(b"\n") + 1]  # a line still being written is not a row yet
     rows = []
-    for lineno, line in enumerate(raw.splitlines(), 1):
+    for lineno, line in _lines(path.read_bytes())[0]:
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}:{lineno}: not a JSON row ({e})") from None
     return rows
 

@@ -17,6 +17,11 @@ def add_parser(sub) -> None:
                    help="run only these strategy entries (labels as in the tables, e.g. masked,edit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--validate-only", action="store_true", help="check the config (and paths) and stop")
+    p.add_argument("--repair", action="store_true",
+                   help="first repair a damaged run directory (e.g. two runs wrote to it at once): back up "
+                        "rows.jsonl to rows.jsonl.bak-<UTC time>, drop duplicate keys (keeping the first), "
+                        "garbage lines and rows whose trace is missing, print what was dropped, then continue "
+                        "the run (dropped batches are redone)")
     p.set_defaults(run=run)
 
 
@@ -39,7 +44,8 @@ def run(args) -> int:
     from experiments.store import load_rows
 
     out = Path(args.out) if args.out else Path("runs") / config.name
-    run_dir = run_ablation(config, out, progress=not args.no_progress)
+    run_dir = run_ablation(config, out, progress=not args.no_progress, repair=args.repair,
+                           on_repair=lambda report: print(report.repair_line(), flush=True))
     rows = load_rows(run_dir)
     print(f"{len(rows)} rows in {run_dir}")
     print(main_table_markdown(rows_frame(rows)))

@@ -83,6 +83,18 @@ def step_cost_ratio(sft_cfg, stage3_cfg, steps: int = 10, warmup: int = 3) -> di
             "rollout_passes": s3.rollout_passes, "edit_passes": s3.max_diffusion_steps}
 
 
+# Speed targets, checked here and printed, never asserted in tests/: a busy machine must not fail the suite
+# (a 2-core box shared with other jobs measured mixed_over_stage2 = 10.5 once and under 2 on the next run).
+# The draft-only worst case gets slack for Python overhead, which dominates a tiny CPU model.
+TARGETS = {"mixed_over_stage2": 2.0, "draft_over_stage2": 3.0}
+
+
+def target_report(res: dict) -> list[str]:
+    """One line per speed target: 'mixed_over_stage2 = 1.42x (target <= 2x): met' (or 'MISSED')."""
+    return [f"{key} = {res[key]:.2f}x (target <= {limit:g}x): {'met' if res[key] <= limit else 'MISSED'}"
+            for key, limit in TARGETS.items()]
+
+
 def tiny_configs(root: Path, batch: int = 8, model_config: dict | None = None):
     sys.path.insert(0, str(REPO / "tests" / "core"))
     import _train_helpers as H
@@ -140,7 +152,8 @@ def cmd_ratio(a) -> None:
         res["device"] = device_name()
     print(json.dumps(res, indent=1))
     print(f"Stage-3 draft step / Stage-2 step = {res['draft_over_stage2']:.2f}x; mixed at intermediate_ratio "
-          f"{res['intermediate_ratio']}: {res['mixed_over_stage2']:.2f}x (target <= 2x)")
+          f"{res['intermediate_ratio']}: {res['mixed_over_stage2']:.2f}x")
+    print("\n".join(target_report(res)))
 
 
 def cmd_mfu(a) -> None:
