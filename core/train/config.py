@@ -75,6 +75,7 @@ class Stage3Section:
     draft_loss_weight: Literal["none", "inverse_t"] = "none"  # inverse_t: (CE_cur + CE_next) / t (ME-DLM)
     draft_padding: Literal["cut", "strip"] = "cut"  # cut the draft at its first eos/pad, or drop them all (ME-DLM)
     ignore_deleted_gaps: bool = False  # leave the gap after a deleted draft token unlabelled (ME-DLM)
+    labels: Literal["project", "medlm"] = "project"  # label layout (core/train/stage3.py label_rows)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ medlm (ME-DLM, ``utils/edit_trainer.py`` and the README's Stage 2/3 commands):
   * Stage 3: half the micro-batches (intermediate_ratio 0.5) train on drafts; a draft comes from a
     full rollout that unmasks k in {2, 4, 8, 16} random positions per pass until no mask is left;
     every pad in the draft is dropped; the edit passes grow with the fraction of training done,
-    int(fraction * 32); the gap after a deleted token is left unlabelled; the draft loss is
+    int(fraction * 32); labels leave the final token out of the alignment (it is labelled end-of-turn) and
+    the gap after a deleted token unlabelled; the draft loss is
     (CE_cur + CE_next) / t with the t that masked the answer.
 conv-paper (Conv repo, ``finetune_tools.py``: ``q_xt_finetune_repeat`` and the R2FT loss after it,
 ``configs/config.yaml`` finetune keys, ``scripts/r2ft_*.sh``):
@@ -39,7 +40,8 @@ RECIPES: dict[str, dict] = {
         "stage3": {"intermediate_ratio": 0.5, "k_choices": [2, 4, 8, 16], "rollout_order": "random",
                    "full_rollout": True, "max_diffusion_steps": 32, "curriculum": "epoch_fraction",
                    "edit_passes_sampling": "fixed", "temperature": 0.0, "nearest_reference": False,
-                   "draft_loss_weight": "inverse_t", "draft_padding": "strip", "ignore_deleted_gaps": True},
+                   "draft_loss_weight": "inverse_t", "draft_padding": "strip", "ignore_deleted_gaps": True,
+                   "labels": "medlm"},
     },
     "conv-paper": {
         "r2ft": {"rejected": "phrase_span", "phrase_len": [1, 14], "span_len": [30, 49], "eos_prob": 1.0,

@@ -67,33 +67,59 @@ def edit_passes_at(step: int, max_steps: int, cfg: TrainConfig) -> int:
 
 
 def draft_targets(prompts: list[np.ndarray], drafts: list[np.ndarray], truths: list[np.ndarray], special: dict,
-                  ignore_deleted_gaps: bool = False):
-    """Lay out prompt + draft rows and their edit labels.
+                  ignore_deleted_gaps: bool = False, layout: str = "project"):
+    """Lay out prompt + draft rows and their edit labels (``label_rows``).
 
     Returns input_ids (B, T), attention_mask (B, T) bool, cur_targets (B, T), next_targets (B, T) with
     IGNORE (-100) wherever nothing is learned: cur_targets[b, P_b + i] = cur_labels[i], next_targets[b, P_b + i]
     = next_labels[i], next_targets[b, P_b - 1] = gap0_label."""
-    from core.edit_labels import batch_edit_labels
-
     pad, B = special["pad_token_id"], len(prompts)
-    labels = batch_edit_labels([np.asarray(d, dtype=np.int64) for d in drafts],
-                               [np.asarray(t, dtype=np.int64) for t in truths],
-                               delete_id=special["delete_token_id"], eos_id=special["eos_token_id"], ignore_index=IGNORE,
-                               ignore_deleted_gaps=ignore_deleted_gaps)
+    labels = label_rows(drafts, truths, special, ignore_deleted_gaps, layout)
     T = max(len(p) + len(d) for p, d in zip(prompts, drafts))
     ids = torch.full((B, T), pad, dtype=torch.long)
     attn = torch.zeros((B, T), dtype=torch.bool)
     cur_t = torch.full((B, T), IGNORE, dtype=torch.long)
     next_t = torch.full((B, T), IGNORE, dtype=torch.long)
-    for b, (p, d, lab) in enumerate(zip(prompts, drafts, labels)):
+    for b, (p, d, (cur, nxt, gap0)) in enumerate(zip(prompts, drafts, labels)):
         P, n = len(p), len(d)
         ids[b, :P] = torch.as_tensor(p)
         ids[b, P:P + n] = torch.as_tensor(d)
         attn[b, :P + n] = True
-        cur_t[b, P:P + n] = torch.from_numpy(lab.cur_labels)
-        next_t[b, P:P + n] = torch.from_numpy(lab.next_labels)
-        next_t[b, P - 1] = lab.gap0_label
+        cur_t[b, P:P + n] = torch.as_tensor(cur, dtype=torch.long)
+        next_t[b, P:P + n] = torch.as_tensor(nxt, dtype=torch.long)
+        next_t[b, P - 1] = int(gap0)
     return ids, attn, cur_t, next_t
+
+
+def label_rows(drafts, truths, special: dict, ignore_deleted_gaps: bool, layout: str) -> list[tuple]:
+    """Per row (cur_labels (n,), next_labels (n,), gap0_label) for a draft of n tokens.
+
+    "project": the canonical labels of the whole draft against the whole truth (past the end: eos).
+    "medlm": ME-DLM's layout - both sequences aligned without their final token; the final draft token is
+    labelled end-of-turn and its gap is not trained; the gap before it is labelled end-of-turn when nothing
+    is inserted there, even right after a deletion; an empty draft trains nothing."""
+    from core.edit_labels import batch_edit_labels
+
+    as64 = [np.asarray(x, dtype=np.int64) for x in drafts], [np.asarray(x, dtype=np.int64) for x in truths]
+    kw = dict(delete_id=special["delete_token_id"], ignore_index=IGNORE, ignore_deleted_gaps=ignore_deleted_gaps)
+    if layout == "project":
+        labs = batch_edit_labels(*as64, eos_id=special["eos_token_id"], **kw)
+        return [(lab.cur_labels, lab.next_labels, lab.gap0_label) for lab in labs]
+    eot = special.get("eot_token_id")
+    eot = special["eos_token_id"] if eot is None else eot
+    labs = batch_edit_labels([d[:-1] for d in as64[0]], [t[:-1] for t in as64[1]], eos_id=eot, **kw)
+    out = []
+    for d, lab in zip(as64[0], labs):
+        if len(d) == 0:
+            out.append((d, d, IGNORE))
+            continue
+        cur, nxt, gap0 = np.append(lab.cur_labels, eot), np.append(lab.next_labels, IGNORE), lab.gap0_label
+        if len(d) >= 2 and nxt[-2] == IGNORE:
+            nxt[-2] = eot
+        elif len(d) == 1 and gap0 == IGNORE:
+            gap0 = eot
+        out.append((cur, nxt, gap0))
+    return out
 
 
 def nearest_references(drafts: list[np.ndarray], truths: list[np.ndarray], references) -> list[np.ndarray]:
@@ -213,7 +239,7 @@ class Stage3Objective:
         (a scalar: one per micro-batch) when given, as ME-DLM weights its intermediate steps."""
         ids, attn, cur_t, next_t = (x.to(unwrap(model).device) for x in
                                     draft_targets(prompts, drafts, truths, self.special,
-                                                  self.cfg.stage3.ignore_deleted_gaps))
+                                                  self.cfg.stage3.ignore_deleted_gaps, self.cfg.stage3.labels))
         out = model(ids, attention_mask=attn, compute_next=True)
         cur, nxt = _mean_ce(out.logits, cur_t), _mean_ce(out.next_logits, next_t)
         loss = cur + self.cfg.objective.next_head_weight * nxt
