@@ -295,3 +295,41 @@ def test_conv_paper_rejected_sample_matches_the_port_and_its_distribution():
             spans.add(z)
     assert spans <= set(range(30, 50)) and len(spans) >= 15
     assert phrases <= set(range(1, 15)) and len(phrases) >= 8
+
+
+# ------------------------------------------------------------------------------- project stays as it was
+
+
+def test_project_recipe_keeps_llada_sft_loss_and_the_suffix_tile_r2ft(model):
+    """The default recipe: LLaDA's per-row t, sum of CE / t over masked tokens / padded response length,
+    averaged; R2FT: the suffix-tiling loser, per-token means, rows averaged (written out by hand here)."""
+    import torch.nn.functional as F
+
+    from core.train.objectives import SFTObjective
+    from core.train.r2ft import R2FTObjective, suffix_and_loser
+
+    batch = chat_batch(4, n_rows=3)
+    cfg = cfg_for("sft", objective={"next_head_weight": 0.0})
+    ours = SFTObjective(cfg, SPECIAL).loss(model, batch, torch.Generator().manual_seed(4), 0).loss.item()
+    gen = torch.Generator().manual_seed(4)
+    t = cfg.objective.min_t + (cfg.objective.max_t - cfg.objective.min_t) * torch.rand(3, generator=gen)
+    masked = (torch.rand(batch.input_ids.shape, generator=gen) < t[:, None]) & batch.response_mask
+    assert masked[torch.arange(3), batch.prompt_len].any()  # the first answer token can be masked here
+    xt = torch.where(masked, torch.full_like(batch.input_ids, MASK), batch.input_ids)
+    logp = F.log_softmax(model(xt, attention_mask=batch.attention_mask).logits.float(), -1)
+    ce = -logp.gather(2, batch.input_ids[..., None])[..., 0]
+    rows = [(ce[b][masked[b]] / t[b]).sum() / batch.response_mask[b].sum() for b in range(3)]
+    assert math.isclose(ours, torch.stack(rows).mean().item(), rel_tol=1e-5)
+
+    r = cfg_for("r2ft").r2ft
+    ours = R2FTObjective(cfg_for("r2ft"), SPECIAL).loss(model, batch, torch.Generator().manual_seed(4), 0).loss.item()
+    gen = torch.Generator().manual_seed(4)
+    frac = r.min_suffix_frac + (1 - r.min_suffix_frac) * torch.rand(3, generator=gen)
+    ns = torch.tensor(r.repeat_ns)[torch.randint(len(r.repeat_ns), (3,), generator=gen)]
+    suffix, loser = suffix_and_loser(batch, frac, ns)
+    xt = torch.where(suffix, torch.full_like(batch.input_ids, MASK), batch.input_ids)
+    logp = F.log_softmax(model(xt, attention_mask=batch.attention_mask).logits.float(), -1)
+    lw = [logp[b][suffix[b]].gather(1, batch.input_ids[b][suffix[b]][:, None]).mean() for b in range(3)]
+    ll = [logp[b][suffix[b]].gather(1, loser[b][suffix[b]][:, None]).mean() for b in range(3)]
+    expect = [-F.logsigmoid(r.beta_w * w - r.beta_l * lo - r.gamma) - r.beta_a * w for w, lo in zip(lw, ll)]
+    assert math.isclose(ours, torch.stack(expect).mean().item(), rel_tol=1e-5)
