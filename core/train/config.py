@@ -8,9 +8,9 @@
     engine: {out_dir: runs/stage2}
 
 An optional ``recipe: medlm | conv-paper`` (core/train/recipes.py) fills in a paper's field values under the
-explicit keys; the default ``project`` changes nothing. Relative paths are taken relative to the working directory. Every section is optional except
-``stage`` and ``data.train_files`` (and ``tokenizer`` for a fresh model). A bad key or value raises ``ValueError`` naming
-the file and the dotted key, before anything is built.
+explicit keys; the default ``project`` changes nothing. Relative paths are taken relative to the working
+directory. Every section is optional except ``stage`` and ``data.train_files`` (and ``tokenizer`` for a fresh
+model). A bad key or value raises ``ValueError`` naming the file and the dotted key, before anything is built.
 """
 
 from __future__ import annotations

@@ -151,6 +151,13 @@ class Stage3Objective:
     def __init__(self, cfg: TrainConfig, special: dict):
         self.cfg, self.special = cfg, special
         self.sft = SFTObjective(cfg, special)
+        if cfg.stage3.edit_preset is not None:  # fail before training, not at the first edit pass
+            from strategies.registry import preset_params
+
+            try:
+                preset_params("edit", cfg.stage3.edit_preset)
+            except KeyError as e:
+                raise ValueError(f"stage3.edit_preset: {e.args[0]}") from None
 
     def loss(self, model, batch: ChatBatch, gen: torch.Generator, step: int) -> LossOutput:
         if torch.rand(1, generator=gen).item() >= self.cfg.stage3.intermediate_ratio:

@@ -60,9 +60,9 @@ def test_recipe_fills_fields_and_explicit_keys_override(tmp_path):
     assert base.recipe == "project" and base == cfg_for("stage3", "project")  # project = today's behaviour
     cfg = cfg_for("stage3", "medlm", stage3={"k_choices": [2, 4]})
     s3, o = cfg.stage3, cfg.objective
-    assert (s3.intermediate_ratio, s3.rollout_order, s3.full_rollout, s3.max_diffusion_steps) == (0.5, "random", True, 32)
-    assert (s3.curriculum, s3.draft_loss_weight, s3.labels, s3.draft_padding) == ("epoch_fraction", "inverse_t", "medlm",
-                                                                                  "strip")
+    assert (s3.intermediate_ratio, s3.rollout_order, s3.full_rollout) == (0.5, "random", True)
+    assert (s3.max_diffusion_steps, s3.curriculum, s3.draft_loss_weight) == (32, "epoch_fraction", "inverse_t")
+    assert (s3.labels, s3.draft_padding, s3.ignore_deleted_gaps) == ("medlm", "strip", True)
     assert s3.k_choices == (2, 4)  # the explicit key wins over the recipe's (2, 4, 8, 16)
     assert (o.t_sampling, o.normalize, o.mask_first_response_token) == ("micro_batch", "masked", False)
     r = cfg_for("r2ft", "conv-paper", r2ft={"beta_a": 0.5}).r2ft
@@ -109,7 +109,8 @@ def test_medlm_masked_loss_equals_the_port(model, seed):
     port = medlm.mask_step_loss(model, examples, [u[b, :e] for b, e in enumerate(ends)], t, MASK).item()
     assert math.isclose(ours, port, rel_tol=1e-5), (ours, port)
     # the project's loss is a different quantity on the same stream (the test can fail)
-    project = SFTObjective(cfg_for("sft"), SPECIAL).loss(model, batch, torch.Generator().manual_seed(seed), 0).loss.item()
+    project = SFTObjective(cfg_for("sft"), SPECIAL).loss(model, batch, torch.Generator().manual_seed(seed), 0)
+    project = project.loss.item()
     assert not math.isclose(project, port, rel_tol=1e-3)
 
 
@@ -184,8 +185,8 @@ def test_medlm_rollout_runs_until_no_mask_is_left_in_random_order(model):
     hook = model.register_forward_hook(lambda *a: calls.append(1))
     try:
         for order in ("random", "confidence"):
-            cfg = cfg_for("stage3", "medlm", stage3={"k_choices": [2], "max_diffusion_steps": 0, "rollout_order": order},
-                          objective={"min_t": 0.9, "max_t": 1.0})
+            s3 = {"k_choices": [2], "max_diffusion_steps": 0, "rollout_order": order}
+            cfg = cfg_for("stage3", "medlm", stage3=s3, objective={"min_t": 0.9, "max_t": 1.0})
             obj = Stage3Objective(cfg, SPECIAL)
             gen = torch.Generator().manual_seed(3)
             calls.clear()
@@ -259,7 +260,8 @@ def test_conv_paper_r2ft_loss_equals_the_port(model, seed):
     ours = R2FTObjective(cfg_for("r2ft", "conv-paper"), SPECIAL).loss(model, batch, torch.Generator().manual_seed(seed),
                                                                         0).loss.item()
     ends = (batch.prompt_len + batch.response_mask.sum(1)).tolist()
-    examples = [(batch.input_ids[b, :e], int(batch.prompt_len[b]), int(batch.target_len[b])) for b, e in enumerate(ends)]
+    examples = [(batch.input_ids[b, :e], int(batch.prompt_len[b]), int(batch.target_len[b]))
+                for b, e in enumerate(ends)]
     port = conv_r2ft.r2ft_loss(model, examples, torch.Generator().manual_seed(seed), MASK, EOS).item()
     assert math.isclose(ours, port, rel_tol=1e-5), (ours, port)
     project = R2FTObjective(cfg_for("r2ft"), SPECIAL).loss(model, batch, torch.Generator().manual_seed(seed), 0)
@@ -333,3 +335,10 @@ def test_project_recipe_keeps_llada_sft_loss_and_the_suffix_tile_r2ft(model):
     ll = [logp[b][suffix[b]].gather(1, loser[b][suffix[b]][:, None]).mean() for b in range(3)]
     expect = [-F.logsigmoid(r.beta_w * w - r.beta_l * lo - r.gamma) - r.beta_a * w for w, lo in zip(lw, ll)]
     assert math.isclose(ours, torch.stack(expect).mean().item(), rel_tol=1e-5)
+
+
+def test_unknown_edit_preset_fails_before_training():
+    from core.train.stage3 import Stage3Objective
+
+    with pytest.raises(ValueError, match="stage3.edit_preset"):
+        Stage3Objective(cfg_for("stage3", "medlm", stage3={"edit_preset": "papr"}), SPECIAL)
