@@ -7,9 +7,10 @@
     optim: {lr: 1.0e-4, max_steps: 1000, micro_batch_size: 4}
     engine: {out_dir: runs/stage2}
 
-Relative paths are taken relative to the working directory. Every section is optional except
-``stage`` and ``data.train_files`` (and ``tokenizer`` for a fresh model). A bad key or value raises ``ValueError`` naming
-the file and the dotted key, before anything is built.
+An optional ``recipe: medlm | conv-paper`` (core/train/recipes.py) fills in a paper's field values under the
+explicit keys; the default ``project`` changes nothing. Relative paths are taken relative to the working
+directory. Every section is optional except ``stage`` and ``data.train_files`` (and ``tokenizer`` for a fresh
+model). A bad key or value raises ``ValueError`` naming the file and the dotted key, before anything is built.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class ObjectiveSection:
     max_t: float = 1.0
     normalize: Literal["tokens", "masked"] = "tokens"  # divide the 1/t-weighted sum by all (response) tokens or by masked ones
     next_head_weight: float = 1.0  # weight of the next-token head's loss (when the model has the head)
+    t_sampling: Literal["sequence", "micro_batch"] = "sequence"  # one t per row (LLaDA) or per micro-batch (ME-DLM)
+    # chat stages: may the first response token be masked? True is the project's gap-0 fix (the next-token head
+    # at the last prompt position then learns what opens the answer); ME-DLM keeps that token visible.
+    mask_first_response_token: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,15 @@ class Stage3Section:
     nearest_reference: bool = True  # label a draft against the closest of the record's valid responses
     # (its "response" and "references"): edits then move toward the surface form the draft already follows
     edit_strategy_params: dict = field(default_factory=dict)  # extra params of the "edit" strategy
+    edit_preset: Optional[str] = None  # named preset of the "edit" strategy (edit_strategy_params override it)
+    rollout_order: Literal["confidence", "random"] = "confidence"  # which masks a rollout pass unmasks first
+    full_rollout: bool = False  # unmask k per pass until no mask is left (ME-DLM) instead of rollout_passes
+    curriculum: Literal["ramp", "epoch_fraction"] = "ramp"  # ramp: reach max at curriculum_steps;
+    # epoch_fraction: int(fraction of the horizon done * max), ME-DLM's (max itself is never reached)
+    draft_loss_weight: Literal["none", "inverse_t"] = "none"  # inverse_t: (CE_cur + CE_next) / t (ME-DLM)
+    draft_padding: Literal["cut", "strip"] = "cut"  # cut the draft at its first eos/pad, or drop them all (ME-DLM)
+    ignore_deleted_gaps: bool = False  # leave the gap after a deleted draft token unlabelled (ME-DLM)
+    labels: Literal["project", "medlm"] = "project"  # label layout (core/train/stage3.py label_rows)
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,14 @@ class R2FTSection:
     beta_a: float = 0.1  # weight of the plain likelihood term on the winner
     repeat_ns: tuple = (1, 2, 3, 4)  # the loser tiles the last n context tokens, n sampled from here
     min_suffix_frac: float = 0.1  # masked suffix covers a fraction U(min_suffix_frac, 1) of the response
-    lp_reduction: Literal["mean", "sum"] = "mean"  # log-prob of a suffix: per-token mean or sum
+    lp_reduction: Literal["mean", "sum", "length"] = "mean"  # log-prob of a suffix: per-token mean or sum;
+    # length: winner summed over its masked tokens / response length, loser / span length (the Conv repo)
+    rejected: Literal["suffix_tile", "phrase_span"] = "suffix_tile"  # how the loser is built (core/train/r2ft.py)
+    phrase_len: tuple = (1, 14)  # phrase_span: repeated phrase length, inclusive range
+    span_len: tuple = (30, 49)  # phrase_span: length of the span the phrase is repeated over, inclusive range
+    eos_prob: float = 1.0  # phrase_span: probability that one eos is written into the span
+    batch_reduction: Literal["mean", "sum"] = "mean"  # per-row losses averaged or summed over the micro-batch
+    ban_mask_logit: bool = False  # drop the mask id from the softmax (the Conv repo's SUBS parameterisation)
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,7 @@ class EngineSection:
 @dataclass(frozen=True)
 class TrainConfig:
     stage: Stage
+    recipe: str = "project"  # named field values under the explicit keys (core/train/recipes.py)
     tokenizer: Optional[str] = None  # tokenizer directory; None = the one saved in model.init_from
     seed: int = 0  # model init, data order, masking, rollouts: everything random derives from it
     model: ModelSection = field(default_factory=ModelSection)
@@ -139,10 +161,22 @@ class TrainConfig:
             (self.engine.save_every < 0, "engine.save_every", "must be >= 0"),
             (self.model.init_from is not None and bool(self.model.config), "model.config",
              "give either model.init_from or model.config, not both"),
+            (s3.draft_loss_weight == "inverse_t" and o.t_sampling != "micro_batch", "stage3.draft_loss_weight",
+             "inverse_t needs objective.t_sampling: micro_batch (one t to divide by)"),
+            *range_rules("r2ft.phrase_len", self.r2ft.phrase_len, 1),
+            *range_rules("r2ft.span_len", self.r2ft.span_len, 2),
+            (not 0 <= self.r2ft.eos_prob <= 1, "r2ft.eos_prob", "must lie in [0, 1]"),
         ]
         for bad, key, why in rules:
             if bad:
                 raise ValueError(f"{where}: {key}: {why}")
+
+
+def range_rules(key: str, pair: tuple, low: int) -> list:
+    """Rules for an inclusive integer range [lo, hi] with lo >= low."""
+    ok = len(pair) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+    return [(not ok, key, "needs two integers [lo, hi]"),
+            (ok and not low <= pair[0] <= pair[1], key, f"needs {low} <= lo <= hi, got {list(pair)}")]
 
 
 def _coerce(value: Any, hint: Any, file: str, key: str) -> Any:
@@ -188,9 +222,12 @@ def _build(cls, raw: dict, file: str, prefix: str = ""):
 
 
 def config_from_dict(raw: dict, where: str = "config") -> TrainConfig:
+    """Plain dict -> checked TrainConfig; a ``recipe`` supplies field values that explicit keys override."""
+    from core.train.recipes import with_recipe
+
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: top level must be a mapping")
-    cfg = _build(TrainConfig, raw, where)
+    cfg = _build(TrainConfig, with_recipe(raw, where), where)
     cfg.check(where)
     return cfg
 

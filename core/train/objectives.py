@@ -9,6 +9,10 @@ with D, the ``normalize`` option: ``"tokens"`` divides row b by its number of el
 seq_len; SFT: the eos-padded response length, LLaDA's SFT normalisation) and averages rows; ``"masked"``
 divides the batch sum by the number of masked tokens (lower variance, no longer the ELBO's scale).
 
+``t_sampling: micro_batch`` draws one t for the whole micro-batch (ME-DLM); with ``normalize: masked`` the
+loss is then ME-DLM's: mean CE over the masked tokens / t. ``mask_first_response_token: false`` keeps the
+first answer token visible in chat stages, as ME-DLM does (the project masks it: the gap-0 fix below).
+
 The ME-DLM next-token head, when the model has one, is trained alongside with the same weights and
 normaliser: next_logits[b, i] predicts x0[b, i+1], counted where position i+1 is masked (so it learns to
 fill the gap after i from context; on unmasked successors the target is visible and teaches nothing).
@@ -38,11 +42,13 @@ class LossOutput:
     tokens: int = 0
 
 
-def sample_mask(eligible: torch.Tensor, min_t: float, max_t: float, gen: torch.Generator):
+def sample_mask(eligible: torch.Tensor, min_t: float, max_t: float, gen: torch.Generator, shared_t: bool = False):
     """eligible (B, L) bool -> masked (B, L) bool, t (B,) float32. Random numbers come from the CPU generator
-    ``gen`` whatever the device, so runs and resumes are reproducible on any hardware."""
+    ``gen`` whatever the device, so runs and resumes are reproducible on any hardware. ``shared_t``: one t
+    for every row (drawn first, then the (B, L) uniforms, as in the per-row case)."""
     B, L = eligible.shape
-    t = min_t + (max_t - min_t) * torch.rand(B, generator=gen)
+    t = min_t + (max_t - min_t) * torch.rand(1 if shared_t else B, generator=gen)
+    t = t.expand(B)
     u = torch.rand(B, L, generator=gen)
     masked = (u < t[:, None]).to(eligible.device) & eligible
     return masked, t.to(eligible.device)
@@ -66,7 +72,7 @@ def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor
 def masked_diffusion_loss(model, x0: torch.Tensor, eligible: torch.Tensor, attention_mask: Optional[torch.Tensor],
                           obj: ObjectiveSection, mask_id: int, gen: torch.Generator) -> LossOutput:
     """One LLaDA training loss on clean ids x0 (B, L); only ``eligible`` (B, L) positions may be masked."""
-    masked, t = sample_mask(eligible, obj.min_t, obj.max_t, gen)
+    masked, t = sample_mask(eligible, obj.min_t, obj.max_t, gen, shared_t=obj.t_sampling == "micro_batch")
     xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
     use_next = has_next_head(model) and obj.next_head_weight > 0
     out = model(xt, attention_mask=attention_mask, compute_next=use_next)
@@ -114,5 +120,16 @@ class SFTObjective:
         self.cfg, self.mask_id = cfg, special["mask_token_id"]
 
     def loss(self, model, batch: ChatBatch, gen: torch.Generator, step: int) -> LossOutput:
-        return masked_diffusion_loss(model, batch.input_ids, batch.response_mask, batch.attention_mask,
+        eligible = chat_eligible(batch, self.cfg.objective.mask_first_response_token)
+        return masked_diffusion_loss(model, batch.input_ids, eligible, batch.attention_mask,
                                      self.cfg.objective, self.mask_id, gen)
+
+
+def chat_eligible(batch: ChatBatch, mask_first: bool) -> torch.Tensor:
+    """(B, T) bool: the positions a chat stage may mask - the eos-padded response, without its first token
+    when ``mask_first`` is off (ME-DLM never masks it)."""
+    if mask_first:
+        return batch.response_mask
+    first = torch.zeros_like(batch.response_mask)
+    first[torch.arange(first.shape[0], device=first.device), batch.prompt_len.to(first.device)] = True
+    return batch.response_mask & ~first

@@ -11,9 +11,19 @@ the loser tiles the last n tokens before the suffix across the whole suffix, n d
 
 (``lp_reduction`` "mean" averages the per-token log-probs over the suffix, "sum" adds them.) The suffix
 covers a fraction U(min_suffix_frac, 1) of the eos-padded response; the prompt is never masked.
+
+``rejected: phrase_span`` builds the loser as the Conv repo's R2FT fine-tuning does (``recipe: conv-paper``;
+``q_xt_finetune_repeat``): per row, cut the answer (response + <|eot_id|>, n tokens) at c = P + U{0..n-1},
+mask everything from c on; the loser repeats the phrase of g ~ U{1..14} tokens that ends at c, starting at a
+random phase, over a span of z ~ U{30..49} tokens from c, and with probability ``eos_prob`` one eos is written
+at a position U{c..c+z-2}. The masked tail reaches at least c + z so the whole span is predicted. With
+``lp_reduction: length`` the winner's log-prob (its masked tokens) is divided by n and the loser's by z;
+``batch_reduction: sum`` adds the row losses; ``ban_mask_logit`` takes the mask id out of the softmax.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,36 +49,111 @@ def suffix_and_loser(batch: ChatBatch, frac: torch.Tensor, ns: torch.Tensor):
     return suffix, loser
 
 
-def suffix_logprob(logp: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, B: int, mean: bool) -> torch.Tensor:
-    """Per-row log-prob of ``targets`` (M,) under ``logp`` (M, V); ``rows`` (M,) row of each position."""
-    tok = logp.gather(1, targets[:, None]).squeeze(1)
-    out = torch.zeros(B, device=logp.device, dtype=logp.dtype).index_add_(0, rows, tok)
-    if mean:
-        out = out / torch.bincount(rows, minlength=B).clamp(min=1).to(out.dtype)
-    return out
+@dataclass
+class Pair:
+    """One R2FT forward's inputs and both candidates. xt, attention (B, W): the masked input; win, lose (B, W)
+    bool: the positions scored for the winner / loser; winner, loser (B, W): their target ids; win_len (B,):
+    the winner's length for ``lp_reduction: length``."""
+
+    xt: torch.Tensor
+    attention: torch.Tensor
+    win: torch.Tensor
+    winner: torch.Tensor
+    lose: torch.Tensor
+    loser: torch.Tensor
+    win_len: torch.Tensor
+
+
+def phrase_span_pair(batch: ChatBatch, r, mask_id: int, eos_id: int, gen: torch.Generator) -> Pair:
+    """The Conv repo's rejected sample (module docstring). Per row the draws are, in order: cut, phrase length,
+    span length, phase, eos coin, eos position (the last only when the coin says so)."""
+    ids, P, n = batch.input_ids.cpu(), batch.prompt_len.cpu(), batch.target_len.cpu()
+    B, T = ids.shape
+    ends = (P + batch.response_mask.sum(1).cpu()).tolist()
+    draws = []
+    for b in range(B):
+        c = int(P[b]) + int(torch.randint(int(n[b]), (1,), generator=gen))
+        g = min(int(torch.randint(r.phrase_len[0], r.phrase_len[1] + 1, (1,), generator=gen)), c)  # inside the row
+        z = int(torch.randint(r.span_len[0], r.span_len[1] + 1, (1,), generator=gen))
+        phase = int(torch.randint(g, (1,), generator=gen))
+        eos_at = int(torch.randint(c, c + z - 1, (1,), generator=gen)) \
+            if torch.rand(1, generator=gen).item() <= r.eos_prob else None
+        draws.append((c, g, z, phase, eos_at))
+    W = max(T, max(c + z for c, _, z, _, _ in draws))
+    x0 = torch.full((B, W), eos_id, dtype=torch.long)
+    x0[:, :T] = ids
+    pos = torch.arange(W)
+    xt, loser = x0.clone(), x0.clone()
+    attention, win, lose = (torch.zeros(B, W, dtype=torch.bool) for _ in range(3))
+    for b, (c, g, z, phase, eos_at) in enumerate(draws):
+        end = max(ends[b], c + z)
+        xt[b, c:end] = mask_id
+        attention[b, :end] = True
+        win[b, c:int(P[b] + n[b])] = True
+        lose[b, c:c + z] = True
+        span = pos[c:c + z]
+        loser[b, c:c + z] = x0[b, c - g + (span + phase) % g]  # phase counted from the row start, as the repo
+        if eos_at is not None:
+            loser[b, eos_at] = eos_id
+    dev = batch.input_ids.device
+    return Pair(xt.to(dev), attention.to(dev), win.to(dev), x0.to(dev), lose.to(dev), loser.to(dev),
+                batch.target_len.to(dev))
+
+
+def suffix_tile_pair(batch: ChatBatch, r, mask_id: int, gen: torch.Generator) -> Pair:
+    """The project's loser (module docstring): the suffix is scored for both candidates."""
+    B = batch.input_ids.shape[0]
+    frac = r.min_suffix_frac + (1 - r.min_suffix_frac) * torch.rand(B, generator=gen)
+    ns = torch.tensor(r.repeat_ns)[torch.randint(len(r.repeat_ns), (B,), generator=gen)]
+    suffix, loser = suffix_and_loser(batch, frac.to(batch.input_ids.device), ns)
+    xt = torch.where(suffix, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    return Pair(xt, batch.attention_mask, suffix, batch.input_ids, suffix, loser, batch.target_len)
+
+
+def pair_logprobs(logits: torch.Tensor, pair: Pair, reduction: str, mask_id: int = -1):
+    """Per-row log-probs (B,) of winner and loser over their positions; logits (B, W, V). mask_id >= 0 takes
+    that id out of the softmax."""
+    B = logits.shape[0]
+    scored = pair.win | pair.lose
+    sel = logits[scored].float()  # (M, V): only the scored positions
+    if mask_id >= 0:
+        sel[:, mask_id] = float("-inf")
+    logp = F.log_softmax(sel, dim=-1)
+    rows = scored.nonzero()[:, 0]
+    out = []
+    for where, target in ((pair.win, pair.winner), (pair.lose, pair.loser)):
+        keep = where[scored]
+        tok = logp[keep].gather(1, target[where][:, None]).squeeze(1)
+        out.append(row_sums(tok, rows[keep], B))
+    (lp_w, n_w), (lp_l, n_l) = out
+    if reduction == "mean":
+        return lp_w / n_w.clamp(min=1), lp_l / n_l.clamp(min=1)
+    if reduction == "length":
+        return lp_w / pair.win_len.to(lp_w.dtype).clamp(min=1), lp_l / n_l.clamp(min=1)
+    return lp_w, lp_l
+
+
+def row_sums(tok: torch.Tensor, rows: torch.Tensor, B: int):
+    """Per-row sums of the log-probs ``tok`` (M,) and the counts, both (B,)."""
+    total = torch.zeros(B, device=tok.device, dtype=tok.dtype).index_add_(0, rows, tok)
+    return total, torch.bincount(rows, minlength=B).to(tok.dtype)
 
 
 class R2FTObjective:
     kind = "chat"
 
     def __init__(self, cfg: TrainConfig, special: dict):
-        self.cfg, self.mask_id = cfg, special["mask_token_id"]
+        self.cfg, self.mask_id, self.eos_id = cfg, special["mask_token_id"], special["eos_token_id"]
 
     def loss(self, model, batch: ChatBatch, gen: torch.Generator, step: int) -> LossOutput:
         r = self.cfg.r2ft
-        B = batch.input_ids.shape[0]
-        frac = r.min_suffix_frac + (1 - r.min_suffix_frac) * torch.rand(B, generator=gen)
-        ns = torch.tensor(r.repeat_ns)[torch.randint(len(r.repeat_ns), (B,), generator=gen)]
-        suffix, loser = suffix_and_loser(batch, frac.to(batch.input_ids.device), ns)
-        xt = torch.where(suffix, torch.full_like(batch.input_ids, self.mask_id), batch.input_ids)
-        out = model(xt, attention_mask=batch.attention_mask, compute_next=False)
-        logp = F.log_softmax(out.logits[suffix].float(), dim=-1)  # (M, V): only the suffix positions
-        rows = suffix.nonzero()[:, 0]
-        mean = r.lp_reduction == "mean"
-        lp_w = suffix_logprob(logp, batch.input_ids[suffix], rows, B, mean)
-        lp_l = suffix_logprob(logp, loser[suffix], rows, B, mean)
+        pair = phrase_span_pair(batch, r, self.mask_id, self.eos_id, gen) if r.rejected == "phrase_span" \
+            else suffix_tile_pair(batch, r, self.mask_id, gen)
+        out = model(pair.xt, attention_mask=pair.attention, compute_next=False)
+        lp_w, lp_l = pair_logprobs(out.logits, pair, r.lp_reduction, self.mask_id if r.ban_mask_logit else -1)
         pref = -F.logsigmoid(r.beta_w * lp_w - r.beta_l * lp_l - r.gamma)
-        loss = (pref - r.beta_a * lp_w).mean()
+        rows = pref - r.beta_a * lp_w
+        loss = rows.sum() if r.batch_reduction == "sum" else rows.mean()
         metrics = {"lp_w": lp_w.mean().item(), "lp_l": lp_l.mean().item(), "loss_pref": pref.mean().item(),
-                   "suffix_tokens": float(suffix.sum())}
-        return LossOutput(loss, metrics, int(batch.attention_mask.sum()))
+                   "suffix_tokens": float(pair.win.sum())}
+        return LossOutput(loss, metrics, int(pair.attention.sum()))
