@@ -53,9 +53,10 @@ def _libc():
     return libc, mount, check
 
 def _python_dirs():
-    # Every directory this interpreter reads from, bound at the same path inside.
+    # The interpreter's own prefixes (stdlib, site-packages, a venv and its base), bound at the same
+    # paths inside. Not sys.path as such: a .pth file (an editable install) may point into the user's
+    # source tree, which must stay invisible.
     dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
-    dirs |= {p for p in sys.path if os.path.isdir(p)}
     dirs |= {os.path.realpath(d) for d in dirs}
     covered = [d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
     keep = []
@@ -89,6 +90,14 @@ def _private_root(fs):
     root = fs["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for d in ("/tmp", "/proc", "/dev"):
+        os.mkdir(root + d, 0o755)
+    # /tmp first: an interpreter living under the host's /tmp is then bound on top of it, not hidden
+    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=1777" % fs["tmp_mb"])
+    for name in DEVICES:
+        _bind(mount, "/dev/" + name, root + "/dev/" + name, rw=True)
+    for name, target in DEV_LINKS.items():
+        os.symlink(target, root + "/dev/" + name)
     for d in SYSTEM_DIRS:
         if os.path.lexists(d):
             _bind(mount, d, root + d)
@@ -97,14 +106,6 @@ def _private_root(fs):
     for name in ETC_FILES:
         if os.path.lexists("/etc/" + name):
             _bind(mount, "/etc/" + name, root + "/etc/" + name)
-    os.makedirs(root + "/dev", 0o755, exist_ok=True)
-    for name in DEVICES:
-        _bind(mount, "/dev/" + name, root + "/dev/" + name, rw=True)
-    for name, target in DEV_LINKS.items():
-        os.symlink(target, root + "/dev/" + name)
-    for d in ("/tmp", "/proc"):
-        os.mkdir(root + d, 0o755)
-    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=1777" % fs["tmp_mb"])
     _bind(mount, fs["work"], root + "/sandbox", rw=True)
     try:
         mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -137,6 +138,9 @@ def _drop(cfg, libc):
             raise OSError(ctypes.get_errno(), "sandbox: capset")
     if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: setuid binaries stay powerless
         raise OSError("sandbox: no_new_privs")
+    # PR_SET_DUMPABLE 0 (the uid change already did it): /proc/self/* then belongs to root, so even a
+    # route past the guard's /proc check (a dir fd of "/") cannot open /proc/self/mem as nobody.
+    libc.prctl(4, 0, 0, 0, 0)
 
 def _init(marker_fd):
     # PID 1 of the namespace ignores every signal it has no handler for (so a program there

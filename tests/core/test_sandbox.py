@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -107,6 +109,22 @@ def test_whole_stdlib_imports_and_works(guard):
     """, guard=guard, timeout=20)
     assert r.passed, r
     assert "logged" in r.stderr
+
+
+@needs_fs
+def test_venv_under_an_unreadable_directory_gets_its_stdlib(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)  # like /root: nobody may not even traverse it
+    venv = home / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    r = run("""
+        import sys, os, shutil, tempfile, subprocess
+        print(sys.prefix)
+        print(os.listdir(os.path.dirname(sys.prefix)))
+        assert subprocess.run([sys.executable, "-c", "import difflib"]).returncode == 0
+    """, python=str(venv / "bin" / "python"), timeout=20)
+    assert r.passed, r
+    assert r.stdout.splitlines() == [str(venv), "['venv']"]  # the venv, and nothing else of the home
 
 
 def test_run_many_preserves_order():
@@ -229,6 +247,18 @@ def test_routes_to_the_marker_hook_are_refused(route):
     assert not r.passed and r.status == "failed", r
     assert "sandbox:" in r.stderr and "RuntimeError" in r.stderr
     assert "ImportError" not in r.stderr and "ModuleNotFoundError" not in r.stderr
+
+
+@needs_fs
+@needs_drop
+@pytest.mark.parametrize("guard", [True, False])
+def test_own_memory_is_unreadable_past_the_guard(guard):
+    # The guard checks open() paths, but a relative path on a dir fd of "/" slips past it: the OS
+    # layer (non-dumpable process, so /proc/self/mem belongs to root) must still refuse.
+    r = run(_STEAL.format(route="root = os.open('/', os.O_RDONLY)\nos.open('proc/self/mem', os.O_RDONLY, dir_fd=root)"),
+            guard=guard)
+    assert not r.passed and r.status == "failed", r
+    assert "PermissionError" in r.stderr
 
 
 # ---------------------------------------------------------------- containment
