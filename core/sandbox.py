@@ -274,8 +274,11 @@ def run_program(
 
     timeout: wall-clock seconds (interpreter start-up included); the CPU limit is ceil(timeout)+1.
     memory_mb: address-space limit (None: none). max_procs: process/thread limit (enforced when the
-    program runs as ``nobody``). max_file_mb: largest file (stdout/stderr included) it may write.
-    max_output: characters of stdout/stderr kept. guard: install the audit hook (module docstring).
+    program runs as ``nobody`` or without capabilities in a user namespace, where it counts every
+    process of the calling user). max_file_mb: largest file (stdout/stderr included) it may write;
+    the private ``/tmp`` holds 4x that. max_output: characters of stdout/stderr kept. guard: install
+    the audit hook (module docstring). python: the interpreter to run (default: this one); its own
+    prefixes are what the private root binds.
     """
     return _run(code, _isolation(), timeout=timeout, memory_mb=memory_mb, max_procs=max_procs,
                 max_file_mb=max_file_mb, max_output=max_output, guard=guard, python=python)
