@@ -3,6 +3,8 @@ test_sandbox_hostile.py)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +103,45 @@ def test_missing_layers_degrade_with_a_warning_and_are_reported(monkeypatch, cap
         assert "--no-such-flag" in caplog.text and "no namespaces available" in caplog.text
     finally:
         core.sandbox._isolation_cached.cache_clear()  # the next test probes this machine again
+
+
+_AS_USER = '''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from core.sandbox import run_program, sandbox_info
+r = run_program("""
+import os, shutil, subprocess
+status = open("/proc/self/status").read()
+print([line.split()[1] for line in status.splitlines() if line.startswith(("CapEff", "CapBnd", "NoNewPrivs"))])
+for target in ("/x", "/usr/x", "../x"):
+    try:
+        open(target, "w")
+        print("wrote", target)
+    except OSError:
+        pass
+print(subprocess.run(["mount", "-o", "remount,rw", "/usr"], capture_output=True).returncode != 0)
+""", guard=False)
+print(json.dumps({"info": sandbox_info(), "passed": r.passed, "stdout": r.stdout, "stderr": r.stderr}))
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become an ordinary user) and a system python3")
+def test_ordinary_user_gets_a_user_namespace_without_capabilities():
+    repo = Path(__file__).resolve().parents[2]
+    cmd = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-I", "-c",
+           _AS_USER, str(repo)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/",
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/"})
+    if done.returncode != 0 and "Permission denied" in done.stderr:
+        pytest.skip(f"{repo} is not readable by nobody")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    if not report["info"]["user_namespace"]:
+        pytest.skip("this kernel refuses unprivileged user namespaces")
+    assert report["info"]["mount_namespace"] and report["info"]["capabilities_dropped"], report["info"]
+    assert report["passed"], report
+    assert report["stdout"].splitlines() == ["['0000000000000000', '0000000000000000', '1']", "True"], report
 
 
 def test_run_many_preserves_order():
