@@ -9,9 +9,10 @@ is SIGKILLed. Layers, strongest first (``sandbox_info()`` says which ones this m
    - mount: the program sees a private root built on a tmpfs (``core.sandbox_bootstrap``): the
      system directories, a few ``/etc`` files and the interpreter's own prefixes bound read-only
      at their usual paths (so the whole stdlib imports wherever Python lives, even under a 0700
-     home), its working directory read-write at ``/sandbox``, a private ``/tmp`` tmpfs that
-     vanishes with the namespace, a fresh ``/proc`` and a minimal ``/dev``. Nothing else of the
-     host (home directories, the repository, the shared ``/tmp``) exists for it.
+     home), its working directory ``/sandbox`` and a private ``/tmp``, both size-capped tmpfs
+     that vanish with the namespace (so no program fills the host's disk), a fresh ``/proc`` and
+     a minimal ``/dev``. Nothing else of the host (home directories, the repository, the shared
+     ``/tmp``) exists for it.
    - net: no interfaces but a down loopback.
    - pid: our bootstrap is PID 1, so every descendant (even one that called ``setsid`` or
      double-forked) dies with it, and no process outside can be seen or signalled.
@@ -289,7 +290,8 @@ def _config(iso: _Isolation, base: str, write_fd: int, guard: bool, limits: dict
     workdir = os.path.join(base, "work")
     fs = None
     if iso.private_root:
-        fs = {"root": os.path.join(base, "root"), "work": workdir, "tmp_mb": 4 * max_file_mb}
+        fs = {"root": os.path.join(base, "root"), "work": workdir, "tmp_mb": 4 * max_file_mb,
+              "uid": NOBODY if iso.drop else None}
         os.mkdir(fs["root"], 0o755)
     return dict(
         fd=write_fd, uid=NOBODY if iso.drop else None, guard=guard, fs=fs, limits=limits,

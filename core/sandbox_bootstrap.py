@@ -10,8 +10,8 @@ What it does, in order (see ``core.sandbox`` for the threat model):
    builds a minimal root on a tmpfs in the new mount namespace (read-only binds of ``/usr``,
    ``/lib*``, a few ``/etc`` files and the interpreter's own prefixes, at the same paths, with the
    directories above them created 0755 so ``nobody`` can traverse them; a fresh ``/tmp`` tmpfs; the
-   working directory bound read-write at ``/sandbox``; a fresh ``/proc``; ``/dev/{null,zero,
-   random,urandom}``), pivots into it and detaches the old root. Then it forks: PID 1 stays a tiny
+   working directory ``/sandbox``, a tmpfs owned by the program holding a copy of ``main.py``; a
+   fresh ``/proc``; ``/dev/{null,zero,random,urandom}``), pivots into it and detaches the old root. Then it forks: PID 1 stays a tiny
    root-owned init that reaps and reports the program's exit status.
 2. In the program's process: reads the pass nonce from stdin, sets the resource limits, drops to
    ``nobody`` (or, in a user namespace, drops every capability), sets no_new_privs, arms the audit
@@ -84,6 +84,18 @@ def _bind(mount, src, dst, rw=False):
     flags = MS_REMOUNT | MS_BIND | MS_NOSUID | _locked_flags(src) | (0 if rw else MS_RDONLY)
     mount(None, dst, None, flags)
 
+def _private_workdir(mount, fs, dst):
+    # The working directory is a size-capped tmpfs too, so no program can fill the host's disk
+    # (the file-size limit caps each file, not how many); only main.py comes from the host.
+    os.mkdir(dst, 0o755)
+    uid = fs["uid"]
+    owner = "" if uid is None else "uid=%d,gid=%d," % (uid, uid)
+    mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, owner + "size=%dm,mode=0700" % fs["tmp_mb"])
+    with open(fs["work"] + "/main.py", "rb") as src, open(dst + "/main.py", "wb") as out:
+        out.write(src.read())
+    if uid is not None:
+        os.chown(dst + "/main.py", uid, uid)
+
 def _private_root(fs):
     libc, mount, check = _libc()
     os.umask(0o022)
@@ -106,7 +118,7 @@ def _private_root(fs):
     for name in ETC_FILES:
         if os.path.lexists("/etc/" + name):
             _bind(mount, "/etc/" + name, root + "/etc/" + name)
-    _bind(mount, fs["work"], root + "/sandbox", rw=True)
+    _private_workdir(mount, fs, root + "/sandbox")
     try:
         mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:

@@ -270,3 +270,16 @@ def test_writes_and_reads_outside_the_workdir_reach_nothing(guard, made_dirs):
         for f in visible.iterdir():
             f.unlink()
         visible.rmdir()
+
+
+@needs_fs
+@pytest.mark.parametrize("where", [".", "/tmp"])
+def test_many_files_cannot_fill_the_disk(where):
+    r = run(f"""
+        import os
+        for i in range(1000):   # each file is under the file-size limit; together 8 GB
+            with open(os.path.join({where!r}, f"f{{i}}"), "wb") as f:
+                f.write(b"x" * (8 << 20))
+    """, max_file_mb=8, timeout=20)
+    contained(r, "failed")
+    assert "No space left on device" in r.stderr
