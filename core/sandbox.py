@@ -1,43 +1,49 @@
 """Run untrusted Python programs (model-written code + hidden tests) in an isolated subprocess.
 
-Each program runs as ``python -I`` in its own session, in a fresh temporary working directory
-that is removed afterwards, with a wall-clock timeout after which the whole process group is
-SIGKILLed. Layers, strongest first (``sandbox_info()`` says which ones this machine gives):
+Each program runs as ``python -I`` in its own session, in a fresh working directory that is
+removed afterwards, with a wall-clock timeout after which the whole namespace (or process group)
+is SIGKILLed. Layers, strongest first (``sandbox_info()`` says which ones this machine gives):
 
-1. Linux namespaces through ``unshare --net --pid --fork --kill-child`` (root, or an
-   unprivileged user namespace when allowed): no network interfaces but a down loopback, and
-   a private PID namespace whose init is our bootstrap, so every descendant (even one that
-   called ``setsid``) dies with it and no process outside the sandbox can be seen or signalled.
-2. When the harness runs as root, the bootstrap drops to ``nobody`` (uid/gid 65534, no
-   supplementary groups) before running the program: files outside the working directory are
-   read-only or unreadable, the parent cannot be signalled, and ``RLIMIT_NPROC`` is actually
-   enforced (the kernel ignores it for root). Our interpreter may live under a directory
-   ``nobody`` cannot read (e.g. ``/root/.pyenv``), so the stdlib modules that benchmark code
-   commonly imports are imported *before* the drop (``PRELOAD``); other imports may then fail.
+1. Linux namespaces through ``unshare --mount --net --pid --fork --kill-child`` (as root; else in
+   an unprivileged user namespace, ``--user --map-root-user``, when the kernel allows it):
+   - mount: the program sees a private root built on a tmpfs (``core.sandbox_bootstrap``): the
+     system directories, a few ``/etc`` files and the interpreter's own prefixes bound read-only
+     at their usual paths (so the whole stdlib imports wherever Python lives, even under a 0700
+     home), its working directory ``/sandbox`` and a private ``/tmp``, both size-capped tmpfs
+     that vanish with the namespace (so no program fills the host's disk), a fresh ``/proc`` and
+     a minimal ``/dev``. Nothing else of the host (home directories, the repository, the shared
+     ``/tmp``) exists for it.
+   - net: no interfaces but a down loopback.
+   - pid: our bootstrap is PID 1, so every descendant (even one that called ``setsid`` or
+     double-forked) dies with it, and no process outside can be seen or signalled.
+2. As root, the program runs as ``nobody`` (uid/gid 65534, no groups, no_new_privs); in a user
+   namespace it keeps uid 0 there but loses every capability. Then ``RLIMIT_NPROC`` is enforced
+   and the read-only binds cannot be remounted.
 3. Resource limits set by the bootstrap with ``resource.setrlimit`` before the program runs:
-   CPU seconds, address space, processes, file size (a flood of stdout, which goes to a file,
-   is cut by SIGXFSZ), open files, no core dumps. (They are set in the child's first trusted
-   code rather than in ``preexec_fn``: preexec_fn is unsafe in a threaded parent and forces a
-   full fork() of a possibly large parent, where the bootstrap costs nothing extra.)
-4. A Python audit hook (``guard=True``) refuses sockets, ctypes, ``gc`` object walks, frame
-   introspection (``sys._getframe``, ``tb_frame``/``gi_frame``, tracing) and opening ``/proc``.
+   CPU seconds, address space, processes/threads, file size (a flood of stdout, which goes to a
+   file, is cut), open files, no core dumps. (They are set in the child's first trusted code
+   rather than in ``preexec_fn``, which is unsafe in a threaded parent.)
+4. A Python audit hook (``guard=True``) refuses sockets, ctypes calls and memory access, ``gc``
+   object walks, tracing, ``os.symlink``/``os.link`` and opening ``/proc``.
+
+Without the mount namespace (no ``unshare``, no privileges) the harness falls back to the old
+layout: the working directory under the host's temp dir and, as root, ``PRELOAD`` imported before
+the drop to ``nobody`` (whose other imports may then fail when the interpreter is unreadable).
 
 Pass criterion and threat model. A program passes only if its last statement was reached: the
-bootstrap reads a random nonce from stdin (then points fd 0 at /dev/null), runs the program
-with ``exec`` and afterwards writes the nonce to a dedicated pipe whose read end only the
-harness holds; passed = (pipe content == nonce) and exit status 0 and no timeout. So
-``exit(0)``, ``os._exit(0)``, ``raise SystemExit``, re-exec'ing the interpreter (e.g. with
-``-O`` to strip asserts), killing itself, patching ``builtins``/``AssertionError``/``os.write``
-or writing junk to the marker fd all give a fail, never a pass. The nonce lives only in a
-local of the bootstrap's frame; the audit hook blocks the in-process routes to it (frames,
-gc, ctypes, /proc/self/mem) and, after the uid change, the process is not dumpable, so other
-processes cannot read its memory either. Limits: CPython audit hooks are not a security
-boundary (a determined attacker targeting this harness could find another route); code that
-games the *tests* (e.g. returns an object whose ``__eq__`` is always True) passes, as it would
-anywhere; files written to world-writable places outside the working directory (/tmp,
-/dev/shm) are not cleaned up (each is capped by the file-size limit). Without root or user
-namespaces only layers 3-4 remain: the program can then delete the user's files and signal
-the harness, so do not evaluate untrusted code that way.
+bootstrap reads a random nonce from stdin (then points fd 0 at /dev/null), runs the program with
+``exec`` and, only if that returns, raises an audit event on which a marker hook writes the nonce
+to a pipe whose read end only the harness holds; passed = (pipe content == nonce) and exit status
+0 and no timeout. So ``exit(0)``, ``os._exit(0)``, ``raise SystemExit``, re-exec'ing the
+interpreter, killing itself, patching ``builtins``/``AssertionError``/``os.write``/``sys.audit``,
+raising the event itself or writing junk to the marker fd all give a fail, never a pass. The nonce
+is in no frame and no reachable object, only in the constants of the marker hook's code, which the
+guard keeps out of reach (``core.sandbox_bootstrap`` explains why frame introspection can then
+stay allowed, as ``namedtuple`` needs). Limits: CPython audit hooks are not a security boundary,
+and with ``guard=False`` the marker is protected by nothing but obscurity; code that games the
+*tests* (an ``__eq__`` that is always True) passes, as it would anywhere. Without namespaces only
+layers 3-4 remain: the program can then delete the user's files and signal the harness, so do not
+evaluate untrusted code that way.
 """
 
 from __future__ import annotations
@@ -52,94 +58,37 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Sequence
 
+from core.sandbox_bootstrap import BOOTSTRAP
+
 log = logging.getLogger(__name__)
 
 NOBODY = 65534
-# Imported before dropping privileges: everything HumanEval/MBPP solutions import, plus the
-# stdlib modules small generated programs are likely to use.
+# Fallback only (no mount namespace, running as root): imported before dropping privileges, since
+# the interpreter may then be unreadable for ``nobody``. Everything HumanEval/MBPP solutions import,
+# plus the stdlib modules small generated programs are likely to use.
 PRELOAD = (
     "math", "cmath", "re", "heapq", "bisect", "collections", "collections.abc", "itertools",
     "functools", "operator", "array", "copy", "datetime", "typing", "string", "random",
     "statistics", "fractions", "decimal", "hashlib", "json", "sys", "numbers", "textwrap",
     "unicodedata", "struct", "enum", "dataclasses", "contextlib", "traceback", "linecache",
 )
-
-# The child's first (trusted) code. Kept free of f-strings the host fills in: its whole
-# configuration comes as one JSON argument.
-_BOOTSTRAP = r'''
-import json, os, resource, sys
-
-def _guard(blocked, prefixes, attrs):
-    realpath = os.path.realpath
-    def hook(event, args):
-        if event in blocked or event.startswith(prefixes):
-            raise RuntimeError("sandbox: " + event + " is not allowed")
-        if event == "object.__getattr__" and len(args) > 1 and args[1] in attrs:
-            raise RuntimeError("sandbox: frame introspection is not allowed")
-        if event == "open" and isinstance(args[0], (str, bytes)):
-            path = realpath(os.fsdecode(args[0]))
-            if path == "/proc" or path.startswith("/proc/"):
-                raise RuntimeError("sandbox: /proc is not accessible")
-    return hook
-
-def _init(marker_fd):
-    # PID 1 of the namespace ignores every signal it has no handler for (so a program there
-    # could not even kill itself) and inherits orphans. So PID 1 stays this small root-owned
-    # init: it reaps, and exits with the program's status (128 + n for signal n).
-    child = os.fork()
-    if child == 0:
-        return
-    os.close(0)
-    os.close(marker_fd)
-    while True:
-        pid, status = os.wait()
-        if pid == child:
-            code = os.waitstatus_to_exitcode(status)
-            os._exit(code if code >= 0 else 128 - code)
-
-def _main():
-    cfg = json.loads(sys.argv[1])
-    if os.getpid() == 1:
-        _init(cfg["fd"])
-    nonce = os.read(0, 256)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    for name, value in cfg["limits"].items():
-        resource.setrlimit(getattr(resource, name), (value, value))
-    for mod in cfg["preload"]:
-        try:
-            __import__(mod)
-        except Exception:
-            pass
-    path = os.path.join(os.getcwd(), "main.py")
-    with open(path, encoding="utf-8") as f:
-        code = compile(f.read(), path, "exec")
-    if cfg["uid"] is not None:
-        os.setgroups([])
-        os.setgid(cfg["uid"])
-        os.setuid(cfg["uid"])
-    write, fd = os.write, cfg["fd"]
-    if cfg["guard"]:
-        sys.addaudithook(_guard(frozenset(cfg["blocked"]), tuple(cfg["prefixes"]), frozenset(cfg["attrs"])))
-    exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
-    write(fd, nonce)
-
-_main()
-'''
+# The working directory's path inside the private root (see core.sandbox_bootstrap).
+INSIDE_WORKDIR = "/sandbox"
+_NS_FLAGS = ("--net", "--pid", "--fork", "--kill-child")
 
 _BLOCKED_EVENTS = (
-    "sys._getframe", "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
+    "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
     "gc.get_objects", "gc.get_referrers", "gc.get_referents", "os.symlink", "os.link",
 )
 _BLOCKED_PREFIXES = ("ctypes.", "socket.")
-_BLOCKED_ATTRS = ("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back")
+_ALLOWED_EVENTS = ("ctypes.dlopen",)  # `import ctypes` loads libraries; calls and memory access stay refused
 
 
 @dataclass(frozen=True)
@@ -159,30 +108,68 @@ class SandboxResult:
     duration: float
 
 
+@dataclass(frozen=True)
+class _Isolation:
+    """How programs are wrapped on this machine: the ``unshare`` prefix and what the bootstrap does."""
+
+    prefix: tuple[str, ...] = ()
+    private_root: bool = False  # mount namespace with the tmpfs root of core.sandbox_bootstrap
+    drop: bool = False  # run as nobody (harness is root)
+    user_ns: bool = False  # unprivileged user namespace: capabilities dropped instead of the uid
+
+
+_PROBE_PLAIN = "pass\n"
+_PROBE = "import shutil, tempfile, os\nassert os.getcwd() == %r\n" % INSIDE_WORKDIR
+_isolation_lock = threading.Lock()
+
+
+def _candidates(root: bool) -> list[_Isolation]:
+    if not shutil.which("unshare"):
+        return []
+    if root:
+        return [_Isolation(("unshare", "--mount", *_NS_FLAGS), True, True),
+                _Isolation(("unshare", *_NS_FLAGS), False, True)]
+    userns = ("unshare", "--user", "--map-root-user")
+    return [_Isolation((*userns, "--mount", *_NS_FLAGS), True, False, True),
+            _Isolation((*userns, *_NS_FLAGS), False, False, True)]
+
+
 @lru_cache(maxsize=None)
-def _isolation() -> tuple[tuple[str, ...], bool]:
-    """(command prefix, drop privileges) for the strongest isolation this machine supports."""
+def _isolation_cached() -> _Isolation:
     root = os.geteuid() == 0
-    candidates = []
-    if shutil.which("unshare"):
-        base = ("unshare", "--net", "--pid", "--fork", "--kill-child")
-        candidates = [base] if root else [(base[0], "--user", "--map-root-user") + base[1:]]
-    for prefix in candidates:
-        try:
-            done = subprocess.run([*prefix, sys.executable, "-I", "-c", "pass"], capture_output=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if done.returncode == 0:
-            return prefix, root
-        log.warning("sandbox: %s unavailable: %s", " ".join(prefix), done.stderr.decode(errors="replace")[:200])
-    log.warning("sandbox: no namespaces available; programs can reach the network and other processes")
-    return (), root
+    for iso in _candidates(root):
+        probe = _PROBE_PLAIN if not iso.private_root else _PROBE
+        r = _run(probe, iso, timeout=30, memory_mb=None, max_procs=64, max_file_mb=16, max_output=4096,
+                 guard=True, python=None)
+        if r.passed:
+            return iso
+        why = (r.stderr.strip().splitlines() or [r.status])[-1]
+        log.warning("sandbox: %s unavailable (%s); trying a weaker isolation", " ".join(iso.prefix), why[:200])
+    log.warning("sandbox: no namespaces available; programs can reach the network, other processes and "
+                "every file the user can")
+    return _Isolation(drop=root)
+
+
+def _isolation() -> _Isolation:
+    """The strongest isolation this machine supports (probed once by running a program through it)."""
+    with _isolation_lock:
+        return _isolation_cached()
 
 
 def sandbox_info() -> dict:
-    """Which isolation layers are active here: {"namespaces": bool, "drop_privileges": bool}."""
-    prefix, drop = _isolation()
-    return {"namespaces": bool(prefix), "drop_privileges": drop, "prefix": " ".join(prefix)}
+    """Which isolation layers are active on this machine.
+
+    Keys: backend ("unshare" | "none"), prefix (the command prefix), namespaces (net + pid),
+    mount_namespace (private root, private /tmp), user_namespace, drop_privileges (runs as nobody),
+    capabilities_dropped, rlimits, audit_hook (available; used unless ``guard=False``).
+    """
+    iso = _isolation()
+    return {
+        "backend": "unshare" if iso.prefix else "none", "prefix": " ".join(iso.prefix),
+        "namespaces": bool(iso.prefix), "mount_namespace": iso.private_root, "network_namespace": bool(iso.prefix),
+        "pid_namespace": bool(iso.prefix), "user_namespace": iso.user_ns, "drop_privileges": iso.drop,
+        "capabilities_dropped": iso.drop or (iso.user_ns and iso.private_root), "rlimits": True, "audit_hook": True,
+    }
 
 
 def _limits(timeout: float, memory_mb: Optional[int], max_procs: int, max_file_mb: int) -> dict:
@@ -288,39 +275,65 @@ def run_program(
 
     timeout: wall-clock seconds (interpreter start-up included); the CPU limit is ceil(timeout)+1.
     memory_mb: address-space limit (None: none). max_procs: process/thread limit (enforced when the
-    program runs as ``nobody``). max_file_mb: largest file (stdout/stderr included) it may write.
-    max_output: characters of stdout/stderr kept. guard: install the audit hook (module docstring).
+    program runs as ``nobody`` or without capabilities in a user namespace, where it counts every
+    process of the calling user). max_file_mb: largest file (stdout/stderr included) it may write;
+    the private ``/tmp`` holds 4x that. max_output: characters of stdout/stderr kept. guard: install
+    the audit hook (module docstring). python: the interpreter to run (default: this one); its own
+    prefixes are what the private root binds.
     """
+    return _run(code, _isolation(), timeout=timeout, memory_mb=memory_mb, max_procs=max_procs,
+                max_file_mb=max_file_mb, max_output=max_output, guard=guard, python=python)
+
+
+def _config(iso: _Isolation, base: str, write_fd: int, guard: bool, limits: dict, max_file_mb: int) -> dict:
+    """The bootstrap's JSON configuration (core.sandbox_bootstrap reads every key)."""
+    workdir = os.path.join(base, "work")
+    fs = None
+    if iso.private_root:
+        fs = {"root": os.path.join(base, "root"), "work": workdir, "tmp_mb": 4 * max_file_mb,
+              "uid": NOBODY if iso.drop else None}
+        os.mkdir(fs["root"], 0o755)
+    return dict(
+        fd=write_fd, uid=NOBODY if iso.drop else None, guard=guard, fs=fs, limits=limits,
+        preload=list(PRELOAD) if iso.drop and not iso.private_root else [],
+        blocked=list(_BLOCKED_EVENTS), prefixes=list(_BLOCKED_PREFIXES), allowed=list(_ALLOWED_EVENTS),
+    )
+
+
+def _run(code: str, iso: _Isolation, *, timeout, memory_mb, max_procs, max_file_mb, max_output, guard,
+         python) -> SandboxResult:
     start = time.monotonic()
-    prefix, drop = _isolation()
-    workdir = tempfile.mkdtemp(prefix="refinery-sbx-")
-    outdir = tempfile.mkdtemp(prefix="refinery-sbx-out-")  # outside the program's working dir
+    # base/work: the program's working dir; base/root: mount point of its private root; base/out:
+    # its captured output (0700 root, out of reach even in the fallback without a private root).
+    base = tempfile.mkdtemp(prefix="refinery-sbx-")
+    os.chmod(base, 0o711)
+    workdir, outdir = os.path.join(base, "work"), os.path.join(base, "out")
     read_fd, write_fd = os.pipe()
     fds = {"read": read_fd, "write": write_fd}  # _spawn_and_wait pops "write" once it closed it
     try:
+        os.mkdir(workdir, 0o700)
+        os.mkdir(outdir, 0o700)
         with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as f:
             f.write(code)
-        if drop:
+        if iso.drop:
             for p in (workdir, os.path.join(workdir, "main.py")):
                 os.chown(p, NOBODY, NOBODY)
-        cfg = dict(
-            fd=write_fd, uid=NOBODY if drop else None, guard=guard, preload=list(PRELOAD) if drop else [],
-            limits=_limits(timeout, memory_mb, max_procs, max_file_mb), blocked=list(_BLOCKED_EVENTS),
-            prefixes=list(_BLOCKED_PREFIXES), attrs=list(_BLOCKED_ATTRS),
-        )
-        cmd = [*prefix, python or sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(cfg)]
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
+        limits = _limits(timeout, memory_mb, max_procs, max_file_mb)
+        cfg = _config(iso, base, write_fd, guard, limits, max_file_mb)
+        cmd = [*iso.prefix, python or sys.executable, "-I", "-c", BOOTSTRAP, json.dumps(cfg)]
+        inside = INSIDE_WORKDIR if iso.private_root else workdir
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": inside,
+               "TMPDIR": "/tmp" if iso.private_root else workdir}
         out_path, err_path = os.path.join(outdir, "stdout"), os.path.join(outdir, "stderr")
         return _spawn_and_wait(cmd, env, workdir, (out_path, err_path), fds, timeout, max_output, start,
-                               namespaced=bool(prefix))
+                               namespaced=bool(iso.prefix))
     except Exception as exc:  # a harness failure is reported per program, never raised
         log.exception("sandbox: could not run program")
         return SandboxResult(False, "error", "", f"sandbox error: {exc!r}", None, time.monotonic() - start)
     finally:
         for fd in fds.values():
             os.close(fd)
-        _remove_tree(workdir)
-        shutil.rmtree(outdir, ignore_errors=True)
+        _remove_tree(base)
 
 
 def _spawn_and_wait(cmd, env, workdir, out_paths, fds, timeout, max_output, start, namespaced) -> SandboxResult:

@@ -1,39 +1,21 @@
-"""The sandbox: honest programs pass, failures fail, hostile programs are contained and never pass."""
+"""The sandbox: honest programs pass, failures fail, nothing fakes a pass (hostile programs:
+test_sandbox_hostile.py)."""
 
 from __future__ import annotations
 
+import json
 import os
-import socket
-import tempfile
-import textwrap
-import threading
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from core.sandbox import run_many, run_program, sandbox_info
+import core.sandbox
+from core.sandbox import run_many, sandbox_info
 
-INFO = sandbox_info()
-needs_drop = pytest.mark.skipif(not INFO["drop_privileges"], reason="needs root to drop to nobody")
-needs_ns = pytest.mark.skipif(not INFO["namespaces"], reason="needs unshare (net/pid namespaces)")
-SLACK = 3.0  # seconds of start-up / kill latency allowed beyond a timeout on a loaded 2-core box
-
-
-def run(code: str, **kw):
-    return run_program(textwrap.dedent(code), **kw)
-
-
-def _nobody_pids() -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == 65534:
-                    pids.add(int(entry.name))
-            except OSError:
-                pass
-    return pids
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sandbox_helpers import made_dirs, needs_drop, needs_fs, run  # noqa: E402,F401 (made_dirs: a fixture)
 
 
 # ---------------------------------------------------------------- honest programs
@@ -59,6 +41,107 @@ def test_preloaded_stdlib_usable_and_workdir_writable():
         assert open("scratch.txt").read() == "ok"
     """)
     assert r.passed, r.stderr
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_whole_stdlib_imports_and_works(guard):
+    r = run("""
+        import shutil, tempfile, threading, signal, subprocess, difflib, pathlib, urllib.parse, sys
+        import collections, logging, traceback
+        Point = collections.namedtuple("Point", "x y")    # sys._getframe at call time
+        assert Point(1, 2).y == 2 and Point.__module__ == "__main__"
+        with tempfile.TemporaryDirectory() as d:
+            p = pathlib.Path(d) / "a.txt"
+            p.write_text("abc")
+            shutil.copy(p, pathlib.Path(d) / "b.txt")
+            assert (pathlib.Path(d) / "b.txt").read_text() == "abc"
+        out = []
+        t = threading.Thread(target=out.append, args=(1,))
+        t.start(); t.join()
+        assert out == [1]
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        done = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True, timeout=20)
+        assert done.stdout.strip() == "42", done
+        assert difflib.SequenceMatcher(None, "abcd", "abce").ratio() == 0.75
+        assert urllib.parse.urlparse("http://x.org/a?b=1").query == "b=1"
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            assert "ZeroDivisionError" in traceback.format_exc()
+        logging.getLogger("program").warning("logged")
+    """, guard=guard, timeout=20)
+    assert r.passed, r
+    assert "logged" in r.stderr
+
+
+@needs_fs
+def test_venv_under_an_unreadable_directory_gets_its_stdlib(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)  # like /root: nobody may not even traverse it
+    venv = home / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    r = run("""
+        import sys, os, shutil, tempfile, subprocess
+        print(sys.prefix)
+        print(os.listdir(os.path.dirname(sys.prefix)))
+        assert subprocess.run([sys.executable, "-c", "import difflib"]).returncode == 0
+    """, python=str(venv / "bin" / "python"), timeout=20)
+    assert r.passed, r
+    assert r.stdout.splitlines() == [str(venv), "['venv']"]  # the venv, and nothing else of the home
+
+
+def test_missing_layers_degrade_with_a_warning_and_are_reported(monkeypatch, caplog):
+    broken = core.sandbox._Isolation(("unshare", "--no-such-flag"), private_root=True, drop=False)
+    monkeypatch.setattr(core.sandbox, "_candidates", lambda root: [broken])
+    core.sandbox._isolation_cached.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="core.sandbox"):
+            info = sandbox_info()
+            r = run("import math\nassert math.gcd(4, 6) == 2")
+        assert r.passed, r
+        assert not info["namespaces"] and not info["mount_namespace"] and info["backend"] == "none"
+        assert "--no-such-flag" in caplog.text and "no namespaces available" in caplog.text
+    finally:
+        core.sandbox._isolation_cached.cache_clear()  # the next test probes this machine again
+
+
+_AS_USER = '''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from core.sandbox import run_program, sandbox_info
+r = run_program("""
+import os, shutil, subprocess
+status = open("/proc/self/status").read()
+print([line.split()[1] for line in status.splitlines() if line.startswith(("CapEff", "CapBnd", "NoNewPrivs"))])
+for target in ("/x", "/usr/x", "../x"):
+    try:
+        open(target, "w")
+        print("wrote", target)
+    except OSError:
+        pass
+print(subprocess.run(["mount", "-o", "remount,rw", "/usr"], capture_output=True).returncode != 0)
+""", guard=False)
+print(json.dumps({"info": sandbox_info(), "passed": r.passed, "stdout": r.stdout, "stderr": r.stderr}))
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become an ordinary user) and a system python3")
+def test_ordinary_user_gets_a_user_namespace_without_capabilities():
+    repo = Path(__file__).resolve().parents[2]
+    cmd = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-I", "-c",
+           _AS_USER, str(repo)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/",
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/"})
+    if done.returncode != 0 and "Permission denied" in done.stderr:
+        pytest.skip(f"{repo} is not readable by nobody")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    if not report["info"]["user_namespace"]:
+        pytest.skip("this kernel refuses unprivileged user namespaces")
+    assert report["info"]["mount_namespace"] and report["info"]["capabilities_dropped"], report["info"]
+    assert report["passed"], report
+    assert report["stdout"].splitlines() == ["['0000000000000000', '0000000000000000', '1']", "True"], report
 
 
 def test_run_many_preserves_order():
@@ -112,175 +195,108 @@ def test_writing_junk_to_every_fd_is_not_a_pass():
     assert not r.passed and r.status == "early_exit"  # ran to the end, but the marker is spoiled
 
 
-def test_stealing_the_nonce_from_the_bootstrap_frame_is_blocked():
-    steal = """
-        import os, sys
-        try:
-            {route}
-        except RuntimeError as exc:
-            print("blocked:", exc)
-            raise
-        loc = frame.f_locals
-        os.write(loc["fd"], loc["nonce"])
-        os._exit(0)
-    """
-    for route in ("frame = sys._getframe(1)",
-                  "try:\n                1/0\n            except ZeroDivisionError as e:\n"
-                  "                frame = e.__traceback__.tb_frame.f_back",
-                  "import gc; frame = [o for o in gc.get_objects() if type(o).__name__ == 'frame'][0]"):
-        r = run(steal.format(route=route))
-        assert not r.passed and "blocked" in r.stdout, (route, r)
+# Every attack reads the marker fd from the bootstrap's argv, gathers candidate nonces by one route,
+# writes each one to the marker and exits 0 at once: passing would mean the route found the nonce.
+_STEAL = """
+import json, os, sys
+fd = json.loads(sys.argv[1])["fd"]
+found = set()
+def keep(value):
+    if isinstance(value, str):
+        value = value.encode()
+    if isinstance(value, bytes) and len(value) == 32:
+        found.add(value)
+{route}
+print("candidates:", len(found))
+for value in found:
+    os.write(fd, value)
+os._exit(0)
+"""
+_ROUTES = {
+    "frame locals and globals": """
+f = sys._getframe()
+while f is not None:
+    for space in (f.f_locals, f.f_globals):
+        for value in list(space.values()):
+            keep(value)
+            if isinstance(value, dict):
+                for inner in list(value.values()):
+                    keep(inner)
+    f = f.f_back
+""",
+    "raising the done event": "import sys; sys.audit('refinery.sandbox.done')",
+}
+_GUARDED_ROUTES = {
+    "gc walk": "import gc; [keep(o) for o in gc.get_objects()]",
+    "ctypes memory": "import ctypes; keep(ctypes.string_at(id(sys), 4096))",
+    "/proc/self/mem": "open('/proc/self/mem', 'rb')",
+    "tracing": "sys.settrace(lambda frame, event, arg: None)",
+    "code of the hook's frame": """
+import signal
+def grab(signum, frame):
+    while frame is not None:
+        if frame.f_code.co_name == "hook":
+            for const in frame.f_code.co_consts:
+                keep(const)
+        frame = frame.f_back
+signal.signal(signal.SIGALRM, grab)
+signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+try:
+    for _ in range(20000):
+        open(os.devnull).close()   # every open runs the audit hooks
+finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+""",
+}
 
 
-# ---------------------------------------------------------------- containment
-
-def test_infinite_loop_times_out():
-    t0 = time.monotonic()
-    r = run("while True:\n    pass\n", timeout=1.5)
-    assert r.status == "timeout" and not r.passed and time.monotonic() - t0 < 1.5 + SLACK
-
-
-def test_huge_allocation_fails_fast():
-    r = run("x = bytearray(10 * 1024 ** 3)\n", memory_mb=512)
-    assert not r.passed and "MemoryError" in r.stderr and r.duration < 3
+@pytest.mark.parametrize("route", sorted(_ROUTES))
+@pytest.mark.parametrize("guard", [True, False])
+def test_stealing_the_nonce_finds_nothing(route, guard):
+    r = run(_STEAL.format(route=_ROUTES[route]), guard=guard)
+    assert not r.passed and r.status == "early_exit", r
+    assert "Error" not in r.stderr  # the route ran to its end: it simply found no nonce
 
 
-def test_huge_file_is_cut_by_file_size_limit():
-    r = run("""
-        with open("big.bin", "wb") as f:
-            for _ in range(1024):
-                f.write(b"x" * (1 << 20))
-    """, max_file_mb=8, timeout=10)
-    # Python ignores SIGXFSZ, so the write fails with EFBIG instead of the process being killed
-    assert not r.passed and r.status in ("failed", "killed") and r.duration < 10
-    assert r.status == "killed" or "File too large" in r.stderr
+@pytest.mark.parametrize("route", sorted(_GUARDED_ROUTES))
+def test_routes_to_the_marker_hook_are_refused(route):
+    r = run(_STEAL.format(route=_GUARDED_ROUTES[route]), timeout=30)  # room for the 20,000 opens on a busy box
+    assert not r.passed and r.status == "failed", r
+    assert "sandbox:" in r.stderr and "RuntimeError" in r.stderr
+    assert "ImportError" not in r.stderr and "ModuleNotFoundError" not in r.stderr
 
 
-def test_stdout_flood_is_capped():
-    r = run("while True:\n    print('y' * 1000)\n", max_output=4096, max_file_mb=4, timeout=5)
-    assert not r.passed and r.status in ("failed", "killed", "timeout") and r.duration < 5 + SLACK
-    assert len(r.stdout) < 4096 + 100 and r.stdout.startswith("y" * 100)
-
-
+@needs_fs
 @needs_drop
 @pytest.mark.parametrize("guard", [True, False])
-def test_fork_bomb_is_contained(guard):
-    before = _nobody_pids()
-    t0 = time.monotonic()
-    r = run("""
-        import os
-        while True:
-            try:
-                os.fork()
-            except OSError:
-                pass
-    """, timeout=2, guard=guard)
-    assert not r.passed and time.monotonic() - t0 < 2 + SLACK
-    time.sleep(0.2)
-    assert _nobody_pids() <= before  # every forked process died with the sandbox
+def test_own_memory_is_unreadable_past_the_guard(guard):
+    # The guard checks open() paths, but a relative path on a dir fd of "/" slips past it: the OS
+    # layer (non-dumpable process, so /proc/self/mem belongs to root) must still refuse.
+    r = run(_STEAL.format(route="root = os.open('/', os.O_RDONLY)\nos.open('proc/self/mem', os.O_RDONLY, dir_fd=root)"),
+            guard=guard)
+    assert not r.passed and r.status == "failed", r
+    assert "PermissionError" in r.stderr
 
 
-@needs_drop
-@pytest.mark.parametrize("guard", [True, False])
-def test_canary_outside_sandbox_survives(guard, tmp_path):
-    canary = Path(tempfile.mkdtemp(prefix="refinery-canary-"))  # world-readable, owned by root
-    try:
-        canary.chmod(0o755)
-        (canary / "keep.txt").write_text("alive")
-        r = run(f"""
-            import shutil, os
-            for target in ({str(canary)!r}, {str(tmp_path)!r}):
-                try:
-                    shutil.rmtree(target)
-                except OSError as exc:
-                    print("refused", exc)
-            os.remove({str(canary / 'keep.txt')!r})
-        """, guard=guard)
-        assert not r.passed and "refused" in r.stdout
-        assert (canary / "keep.txt").read_text() == "alive" and tmp_path.exists()
-    finally:
-        (canary / "keep.txt").unlink(missing_ok=True)
-        canary.rmdir()
+@needs_fs
+def test_private_tmp_is_fresh_each_run():
+    first = run("open('/tmp/leftover', 'w').write('1')\nimport os\nprint(os.listdir('/tmp'))")
+    second = run("import os\nprint(os.listdir('/tmp'))")
+    assert first.passed and second.passed, (first, second)
+    assert "leftover" in first.stdout and second.stdout.strip() == "[]"
+    assert not Path("/tmp/leftover").exists() or Path("/tmp/leftover").read_text() != "1"
 
 
-@needs_drop
-@pytest.mark.parametrize("guard", [True, False])
-def test_killing_the_parent_fails(guard):
-    r = run(f"""
-        import os, signal
-        for pid in (os.getppid(), {os.getpid()}, -1):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError as exc:
-                print("refused", pid, exc)
-        assert False, "still here"
-    """, guard=guard)
-    assert not r.passed  # and we are still alive to assert it
-
-
-@needs_ns
-@pytest.mark.parametrize("guard", [True, False])
-def test_no_network(guard):
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.2)
-    port = server.getsockname()[1]
-    got = []
-
-    def accept():
-        try:
-            got.append(server.accept())
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=accept)
-    try:
-        r = run(f"""
-            import socket
-            s = socket.create_connection(("127.0.0.1", {port}), timeout=1)
-            s.sendall(b"exfiltrate")
-        """, guard=guard)
-        thread.start()
-        thread.join()
-        assert not r.passed and not got
-    finally:
-        server.close()
-
-
-@needs_ns
-def test_setsid_daemon_dies_with_the_sandbox():
-    drop = Path(tempfile.mkdtemp(prefix="refinery-drop-"))
-    drop.chmod(0o777)
-    try:
-        r = run(f"""
-            import os, time
-            if os.fork() == 0:
-                os.setsid()
-                time.sleep(1.0)
-                open({str(drop / 'late.txt')!r}, "w").write("escaped")
-                os._exit(0)
-        """, guard=False)
-        assert r.passed  # the program itself ran to the end
-        time.sleep(1.5)
-        assert not (drop / "late.txt").exists()
-    finally:
-        for f in drop.iterdir():
-            f.unlink()
-        drop.rmdir()
-
-
-def test_chmod_tricks_do_not_break_cleanup():
+def test_chmod_tricks_do_not_break_cleanup(made_dirs):
     r = run("""
         import os
         os.makedirs("a/b")
         open("a/b/f", "w").write("x")
         os.chmod("a/b", 0)
         os.chmod("a", 0)
-        print(os.getcwd())
     """)
     assert r.passed, r.stderr
-    assert not Path(r.stdout.strip()).exists()
+    assert made_dirs and all(not Path(d).exists() for d in made_dirs)
 
 
 def test_harness_keeps_going_after_hostile_programs():

@@ -1,0 +1,58 @@
+"""Shared helpers of the sandbox tests (test_sandbox.py, test_sandbox_hostile.py): what this machine
+isolates, a runner for dedented programs, and checks that a run was contained and left nothing behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import core.sandbox
+from core.sandbox import SandboxResult, run_program, sandbox_info
+
+INFO = sandbox_info()
+needs_drop = pytest.mark.skipif(not INFO["drop_privileges"], reason="needs root to drop to nobody")
+needs_ns = pytest.mark.skipif(not INFO["namespaces"], reason="needs unshare (net/pid namespaces)")
+needs_fs = pytest.mark.skipif(not INFO["mount_namespace"], reason="needs a mount namespace (private root)")
+
+
+def run(code: str, **kw) -> SandboxResult:
+    return run_program(textwrap.dedent(code), **kw)
+
+
+def processes_with(token: str) -> list[int]:
+    """Host PIDs whose command line contains ``token`` (hostile programs exec ``sleep <token>``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and token.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.fixture
+def made_dirs(monkeypatch) -> list[str]:
+    """The temporary directories the harness creates during the test (to check they are gone)."""
+    made, mkdtemp = [], tempfile.mkdtemp
+
+    def recording(*args, **kwargs):
+        path = mkdtemp(*args, **kwargs)
+        if os.path.basename(path).startswith("refinery-sbx-"):
+            made.append(path)
+        return path
+
+    monkeypatch.setattr(core.sandbox.tempfile, "mkdtemp", recording)
+    return made
+
+
+def contained(r: SandboxResult, *statuses: str) -> None:
+    """Not passed, stopped by a limit or isolation (never by an ImportError), with one of ``statuses``."""
+    assert not r.passed, r
+    assert "ImportError" not in r.stderr and "ModuleNotFoundError" not in r.stderr, r.stderr
+    if statuses:
+        assert r.status in statuses, r
