@@ -15,7 +15,7 @@ import core.sandbox
 from core.sandbox import run_many, sandbox_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sandbox_helpers import made_dirs, needs_drop, needs_fs, run  # noqa: E402,F401 (made_dirs: a fixture)
+from _sandbox_helpers import INFO, REQUIRE_ISOLATION, made_dirs, needs_drop, needs_fs, run  # noqa: E402,F401 (made_dirs: a fixture)
 
 
 # ---------------------------------------------------------------- honest programs
@@ -311,3 +311,10 @@ def test_workdir_is_private_and_fresh():
     second = run("import os; print(sorted(os.listdir('.')))")
     assert first.passed and second.passed
     assert "leftover" not in second.stdout and "main.py" in second.stdout
+
+
+@pytest.mark.skipif(not REQUIRE_ISOLATION, reason="REFINERY_REQUIRE_ISOLATION=1 is set by .ci/run (root)")
+def test_ci_machine_gives_every_layer():
+    missing = [k for k in ("mount_namespace", "network_namespace", "pid_namespace", "drop_privileges", "rlimits",
+                           "audit_hook") if not INFO[k]]
+    assert not missing, f"sandbox layers missing on a root CI machine: {missing} ({INFO})"
