@@ -26,6 +26,8 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from core.fused import KernelSet, attention_priority, kernel_set
+
 
 class LLaDAConfig(PretrainedConfig):
     """Shape and special tokens of a LLaDA-architecture model.
@@ -49,6 +51,7 @@ class LLaDAConfig(PretrainedConfig):
         init_std: float = 0.02,  # normal init of linear and embedding weights
         next_token_head: bool = False,  # add the ME-DLM next-token head
         attn_backend: str = "sdpa",  # key into ATTENTION_BACKENDS
+        kernels: str = "eager",  # key into core.fused.KERNELS (fused training paths); a run-time choice, not saved
         mask_token_id: int = 0,  # [MASK]; LLaDA-8B: 126336
         delete_token_id: Optional[int] = None,  # ME-DLM <|del|>; LLaDA-8B reserved 126084
         eos_token_id: int = 1,  # end of text; LLaDA-8B: 126081
@@ -66,6 +69,7 @@ class LLaDAConfig(PretrainedConfig):
             raise ValueError(f"n_heads ({n_heads}) must be divisible by n_kv_heads ({n_kv_heads})")
         if attn_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attn_backend {attn_backend!r} unknown; available: {sorted(ATTENTION_BACKENDS)}")
+        kernel_set(kernels)  # unknown names fail here, with the list
         for name, value in (("mask_token_id", mask_token_id), ("eos_token_id", eos_token_id), ("delete_token_id", delete_token_id)):
             if value is not None and not 0 <= value < vocab_size:
                 raise ValueError(f"{name}={value} is outside the vocabulary (size {vocab_size})")
@@ -81,6 +85,7 @@ class LLaDAConfig(PretrainedConfig):
         self.init_std = init_std
         self.next_token_head = next_token_head
         self.attn_backend = attn_backend
+        self.kernels = kernels
         self.mask_token_id = mask_token_id
         self.delete_token_id = delete_token_id
         self.eot_token_id = eot_token_id
@@ -89,6 +94,12 @@ class LLaDAConfig(PretrainedConfig):
         pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
         kwargs["tie_word_embeddings"] = False  # LLaDA's output head is untied
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+
+    def to_dict(self) -> dict:
+        # Which kernels trained a model says nothing about the weights: a saved config loads eager.
+        out = super().to_dict()
+        out.pop("kernels", None)
+        return out
 
     @property
     def head_dim(self) -> int:
@@ -114,8 +125,12 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.kernels = KernelSet()  # set by LLaDAModel.set_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.kernels.rms_norm is not None and not torch.compiler.is_compiling()  # Inductor fuses the eager math
+        if fused and (y := self.kernels.rms_norm(x, self.weight, self.eps)) is not None:
+            return y
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -176,13 +191,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, config.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_heads * self.head_dim, config.d_model, bias=False)
         self.backend = ATTENTION_BACKENDS[config.attn_backend]
+        self.kernels = KernelSet()  # set by LLaDAModel.set_kernels
 
     def forward(self, x, cos, sin, key_mask):
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        fused = self.kernels.rope is not None and not torch.compiler.is_compiling()
+        rotated = self.kernels.rope(q, k, cos, sin) if fused else None
+        q, k = rotated if rotated is not None else (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin))
         if self.n_kv_heads != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -198,8 +216,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=False)
         self.up_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=False)
         self.down_proj = nn.Linear(config.mlp_hidden_size, config.d_model, bias=False)
+        self.kernels = KernelSet()  # set by LLaDAModel.set_kernels
 
     def forward(self, x):
+        if self.kernels.swiglu is not None and not torch.compiler.is_compiling():
+            y = self.kernels.swiglu(self.gate_proj(x), self.up_proj(x))
+            if y is not None:
+                return self.down_proj(y)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -212,8 +235,20 @@ class Block(GradientCheckpointingLayer):
         self.attn = Attention(config)
         self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps)
         self.mlp = MLP(config)
+        self.compiled: Optional[Callable] = None  # torch.compile of eager_forward (kernels "compile")
+        self.compiled_shape: Optional[torch.Size] = None  # the one input shape it runs (no recompiles)
 
     def forward(self, x, cos, sin, key_mask):
+        if self.compiled is not None and x.is_cuda and torch.is_grad_enabled():
+            # Training batches share one shape; the rare random-length crop and every decoding call run
+            # eager instead of paying a recompile (tens of seconds) for a shape seen once.
+            if self.compiled_shape is None:
+                self.compiled_shape = x.shape
+            if x.shape == self.compiled_shape:
+                return self.compiled(x, cos, sin, key_mask)
+        return self.eager_forward(x, cos, sin, key_mask)
+
+    def eager_forward(self, x, cos, sin, key_mask):
         x = x + self.attn(self.attn_norm(x), cos, sin, key_mask)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -265,6 +300,18 @@ class LLaDAModel(LLaDAPreTrainedModel):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.next_token_head = nn.Linear(config.d_model, config.vocab_size, bias=False) if config.next_token_head else None
         self.post_init()
+        self.set_kernels(config.kernels)
+
+    def set_kernels(self, name: str) -> None:
+        """Switch every module to the kernel set ``name`` of core.fused.KERNELS ("eager" restores the reference)."""
+        ks = kernel_set(name)
+        self.config.kernels = name
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, Attention, MLP)):
+                module.kernels = ks
+            elif isinstance(module, Block):
+                module.compiled = torch.compile(module.eager_forward, dynamic=False) if ks.compile_blocks else None
+                module.compiled_shape = None
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -291,12 +338,14 @@ class LLaDAModel(LLaDAPreTrainedModel):
         position_ids: Optional[torch.LongTensor] = None,
         compute_next: bool = True,
         logits_from: int = 0,
+        compute_logits: bool = True,
         **kwargs,
     ) -> MaskPredictorOutput:
         """input_ids (B, L); attention_mask (B, L), 1 = real token, 0 = padding (keys only: padded query rows
         produce values nobody should read); position_ids (B, L), by default counted over real tokens so that
         a left- or right-padded row sees the same positions as the unpadded row. ``logits_from``: evaluate the heads
-        only on positions >= it (generation skips the prompt's logits); hidden_states are always full length."""
+        only on positions >= it (generation skips the prompt's logits); hidden_states are always full length.
+        ``compute_logits=False`` skips both heads (a trainer with a fused linear cross-entropy reads hidden_states)."""
         if position_ids is None:
             if attention_mask is None:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
@@ -305,9 +354,12 @@ class LLaDAModel(LLaDAPreTrainedModel):
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, key_mask)
+        with attention_priority(kernel_set(self.config.kernels).cudnn_attention, x.device):
+            for layer in self.layers:
+                x = layer(x, cos, sin, key_mask)
         h = self.norm(x)
+        if not compute_logits:
+            return MaskPredictorOutput(hidden_states=h)
         hh = h[:, logits_from:] if logits_from else h
         next_logits = self.next_token_head(hh) if (self.next_token_head is not None and compute_next) else None
         return MaskPredictorOutput(logits=self.lm_head(hh), next_logits=next_logits, hidden_states=h)

@@ -55,7 +55,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
             (decay if p.dim() >= 2 else no_decay).append(p)
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    # One fused kernel instead of the foreach passes (about 15 ms a step at 1B): with the fused training
+    # kernels only, so eager runs keep their exact optimiser arithmetic.
+    fused = decay[0].is_cuda and getattr(model.config, "kernels", "eager") != "eager" if decay else False
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
 
 
 class Trainer:

@@ -66,6 +66,14 @@ def build_model(cfg: TrainConfig, tokenizer, where: str, resume_dir: Optional[Pa
             raise ValueError(f"{where}: model.config: {e}") from None
         model = LLaDAModel(config)
     _check_tokenizer_matches(model.config, tokenizer, where)
+    kernels = cfg.model.config.get("kernels")
+    if kernels is not None and kernels != model.config.kernels:  # a saved model loads eager: apply the run's choice
+        try:
+            model.set_kernels(kernels)
+        except ValueError as e:
+            raise ValueError(f"{where}: model.config.kernels: {e}") from None
+    if model.config.kernels != "eager":
+        log.info("training kernels: %s", model.config.kernels)
     mode = cfg.model.add_next_token_head
     if mode != "none" and model.next_token_head is None:
         model.add_next_token_head(copy_output_head=(mode == "copy"))

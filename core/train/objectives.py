@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from core.fused import head_weight, linear_cross_entropy, uses_fused_ce
 from core.train.config import ObjectiveSection, TrainConfig
 from core.train.data import ChatBatch
 
@@ -62,7 +63,22 @@ def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor
                 denom: torch.Tensor, normalize: str) -> torch.Tensor:
     """sum over ``where`` of CE * weight, normalised per row by ``denom`` then averaged ("tokens"), or divided
     by the number of counted positions ("masked"). logits (B, L, V); targets, where, weight (B, L); denom (B,)."""
-    ce = F.cross_entropy(logits[where].float(), targets[where], reduction="none") * weight[where]
+    ce = F.cross_entropy(logits[where].float(), targets[where], reduction="none")
+    return reduce_ce(ce, where, weight, denom, normalize)
+
+
+def weighted_linear_ce(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, where: torch.Tensor,
+                       weight: torch.Tensor, denom: torch.Tensor, normalize: str) -> torch.Tensor:
+    """:func:`weighted_ce` of the logits ``hidden @ head.T`` without building them: hidden (B, L, D), head (V, D);
+    only the counted rows are projected, through the fused linear cross-entropy where it runs."""
+    ce = linear_cross_entropy(hidden[where], head, targets[where], fused=True)
+    return reduce_ce(ce, where, weight, denom, normalize)
+
+
+def reduce_ce(ce: torch.Tensor, where: torch.Tensor, weight: torch.Tensor, denom: torch.Tensor,
+              normalize: str) -> torch.Tensor:
+    """ce (N,): the CE of the N positions where ``where`` (B, L) holds, in row-major order -> the scalar loss."""
+    ce = ce * weight[where]
     if normalize == "masked":
         return ce.sum() / where.sum().clamp(min=1)
     rows = torch.zeros(where.shape[0], device=ce.device, dtype=ce.dtype).index_add_(0, where.nonzero()[:, 0], ce)
@@ -75,10 +91,18 @@ def masked_diffusion_loss(model, x0: torch.Tensor, eligible: torch.Tensor, atten
     masked, t = sample_mask(eligible, obj.min_t, obj.max_t, gen, shared_t=obj.t_sampling == "micro_batch")
     xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
     use_next = has_next_head(model) and obj.next_head_weight > 0
-    out = model(xt, attention_mask=attention_mask, compute_next=use_next)
+    fused = uses_fused_ce(model)  # the heads' logits are never built: CE straight from the hidden states
+    out = model(xt, attention_mask=attention_mask, compute_next=use_next, compute_logits=not fused)
     weight = (1.0 / t)[:, None].expand_as(masked)
     denom = eligible.sum(1)
-    cur = weighted_ce(out.logits, x0, masked, weight, denom, obj.normalize)
+
+    def head_ce(logits, head: str, targets, where):
+        if fused:
+            return weighted_linear_ce(out.hidden_states, head_weight(model, head), targets, where, weight, denom,
+                                      obj.normalize)
+        return weighted_ce(logits, targets, where, weight, denom, obj.normalize)
+
+    cur = head_ce(out.logits, "lm_head", x0, masked)
     metrics = {"loss_cur": cur.item(), "mask_frac": (masked.sum() / eligible.sum().clamp(min=1)).item()}
     loss = cur
     if use_next:
@@ -86,7 +110,7 @@ def masked_diffusion_loss(model, x0: torch.Tensor, eligible: torch.Tensor, atten
         nxt_where[:, :-1] = masked[:, 1:]
         nxt_targets = torch.zeros_like(x0)
         nxt_targets[:, :-1] = x0[:, 1:]
-        nxt = weighted_ce(out.next_logits, nxt_targets, nxt_where, weight, denom, obj.normalize)
+        nxt = head_ce(out.next_logits, "next_token_head", nxt_targets, nxt_where)
         loss = loss + obj.next_head_weight * nxt
         metrics["loss_next"] = nxt.item()
     n_tok = int(eligible.numel() if attention_mask is None else attention_mask.sum())

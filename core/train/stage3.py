@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.fused import head_weight, linear_cross_entropy, uses_fused_ce
 from core.train.config import TrainConfig
 from core.train.data import ChatBatch
 from core.train.objectives import LossOutput, SFTObjective
@@ -145,6 +146,12 @@ def _mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return ce / where.sum().clamp(min=1)
 
 
+def _mean_linear_ce(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`_mean_ce` of ``hidden @ head.T`` (hidden (B, T, D), head (V, D)) through the fused linear CE."""
+    where = targets != IGNORE
+    return linear_cross_entropy(hidden[where], head, targets[where], fused=True).sum() / where.sum().clamp(min=1)
+
+
 class Stage3Objective:
     kind = "chat"
 
@@ -247,8 +254,13 @@ class Stage3Objective:
         ids, attn, cur_t, next_t = (x.to(unwrap(model).device) for x in
                                     draft_targets(prompts, drafts, truths, self.special,
                                                   self.cfg.stage3.ignore_deleted_gaps, self.cfg.stage3.labels))
-        out = model(ids, attention_mask=attn, compute_next=True)
-        cur, nxt = _mean_ce(out.logits, cur_t), _mean_ce(out.next_logits, next_t)
+        if uses_fused_ce(model):  # neither head's (B, T, V) logits are built
+            h = model(ids, attention_mask=attn, compute_next=True, compute_logits=False).hidden_states
+            cur = _mean_linear_ce(h, head_weight(model, "lm_head"), cur_t)
+            nxt = _mean_linear_ce(h, head_weight(model, "next_token_head"), next_t)
+        else:
+            out = model(ids, attention_mask=attn, compute_next=True)
+            cur, nxt = _mean_ce(out.logits, cur_t), _mean_ce(out.next_logits, next_t)
         loss = cur + self.cfg.objective.next_head_weight * nxt
         if t is not None:
             loss = loss / float(t)

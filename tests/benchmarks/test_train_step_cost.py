@@ -93,4 +93,13 @@ def test_mfu_command_dry_run_on_a_tiny_shape(tmp_path, monkeypatch, capsys):
     T.cmd_mfu(a)
     res = json.loads((tmp_path / "mfu.json").read_text())
     assert res["steps"] == 3 and res["tokens_per_s"] > 0 and 0 < res["mfu"] < 1
-    assert "MFU = 6*N*tokens/s / peak" in capsys.readouterr().out
+    # attention adds 12 * layers * seq * width FLOPs per token to the 6 N of the plain definition
+    extra = 12 * 1 * 16 * 32 * res["tokens_per_s"] / res["peak_flops"]
+    assert abs(res["mfu_with_attention"] - (res["mfu"] + extra)) < 1e-9 * res["mfu"] + 1e-15
+    assert res["kernels"] == "eager"
+    out = capsys.readouterr().out
+    assert "MFU = 6*N*tokens/s / peak" in out and "with attention" in out
+
+
+def test_attention_flops_of_the_1b_shape():
+    assert T.attention_flops_per_token(20, 2048, 2048) == 12 * 20 * 2048 * 2048  # ~1.01 GFLOP per token

@@ -156,6 +156,12 @@ def cmd_ratio(a) -> None:
     print("\n".join(target_report(res)))
 
 
+def attention_flops_per_token(n_layers: int, seq_len: int, width: int) -> float:
+    """Training FLOPs per token of the attention scores and weighted sum, which 6*N leaves out: QK^T and AV
+    are 2*seq*width multiply-adds each per token and layer (4*seq*width FLOPs), times 3 for forward + backward."""
+    return 12.0 * n_layers * seq_len * width
+
+
 def cmd_mfu(a) -> None:
     from core.train.config import load_config
     from core.train.engine import Trainer
@@ -174,6 +180,7 @@ def cmd_mfu(a) -> None:
     tr = Trainer(cfg)
     tr.train()
     n_params = sum(p.numel() for p in tr.model.parameters())
+    mc = tr.model.config
     all_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = all_rows[a.warmup:]
     tps = statistics.median(r["tokens_per_s"] for r in rows)
@@ -183,9 +190,14 @@ def cmd_mfu(a) -> None:
           f"{len(all_rows)} steps, median step {statistics.median(r['seconds'] for r in rows):.3f} s")
     print(f"params N = {n_params / 1e9:.3f} B; tokens/s (median of steps > {a.warmup}) = {tps:,.0f}")
     print(f"peak bf16 dense H100/H200 = {H100_BF16_PEAK / 1e12:.0f} TFLOP/s; MFU = 6*N*tokens/s / peak = {mfu:.1%}")
+    attn = attention_flops_per_token(mc.n_layers, cfg.data.seq_len, mc.n_heads * mc.head_dim)
+    mfu_attn = (6 * n_params + attn) * tps / H100_BF16_PEAK
+    print(f"with attention (+12*layers*seq*d = {attn / 1e9:.2f} GFLOP/token): MFU = {mfu_attn:.1%}; "
+          f"kernels: {mc.kernels}")
     print(f"loss: first {all_rows[0]['loss']:.3f} -> last {all_rows[-1]['loss']:.3f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"device": gpu, "params": n_params, "tokens_per_s": tps, "mfu": mfu,
+                                            "mfu_with_attention": mfu_attn, "kernels": mc.kernels,
                                             "peak_flops": H100_BF16_PEAK, "steps": len(all_rows),
                                             "warmup": a.warmup, "metrics": all_rows}, indent=1))
 
