@@ -310,7 +310,10 @@ class LLaDAModel(LLaDAPreTrainedModel):
             if isinstance(module, (RMSNorm, Attention, MLP)):
                 module.kernels = ks
             elif isinstance(module, Block):
-                module.compiled = torch.compile(module.eager_forward, dynamic=False) if ks.compile_blocks else None
+                # Only CUDA blocks ever run compiled (see Block.forward): on a CPU-only machine, skip even
+                # building the wrapper, which would import Inductor for nothing.
+                compiled = ks.compile_blocks and torch.cuda.is_available()
+                module.compiled = torch.compile(module.eager_forward, dynamic=False) if compiled else None
                 module.compiled_shape = None
 
     def get_input_embeddings(self) -> nn.Embedding:
