@@ -159,8 +159,9 @@ class TrainConfig:
             (self.optim.micro_batch_size < 1, "optim.micro_batch_size", "must be >= 1"),
             (self.optim.grad_accum < 1, "optim.grad_accum", "must be >= 1"),
             (self.engine.save_every < 0, "engine.save_every", "must be >= 0"),
-            (self.model.init_from is not None and bool(self.model.config), "model.config",
-             "give either model.init_from or model.config, not both"),
+            (self.model.init_from is not None and bool(set(self.model.config) - {"kernels"}), "model.config",
+             "give either model.init_from or a model shape in model.config, not both (model.config.kernels "
+             "alone may go with init_from)"),
             (s3.draft_loss_weight == "inverse_t" and o.t_sampling != "micro_batch", "stage3.draft_loss_weight",
              "inverse_t needs objective.t_sampling: micro_batch (one t to divide by)"),
             *range_rules("r2ft.phrase_len", self.r2ft.phrase_len, 1),

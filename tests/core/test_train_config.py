@@ -100,3 +100,12 @@ def test_deepspeed_conflicting_value_is_refused(tmp_path):
                                       f"optim: {{micro_batch_size: 3}}\nengine: {{deepspeed: {bad}}}\n"))
     with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu"):
         deepspeed_config(cfg, "cfg.yaml")
+
+
+def test_init_from_takes_kernels_but_no_shape(tmp_path):
+    head = "stage: sft\ntokenizer: t\ndata: {train_files: [a]}\n"
+    cfg = load_config(write(tmp_path, head + "model: {init_from: ckpt, config: {kernels: liger}}\n"))
+    assert cfg.model.init_from == "ckpt" and cfg.model.config == {"kernels": "liger"}
+    p = write(tmp_path, head + "model: {init_from: ckpt, config: {kernels: liger, d_model: 8}}\n")
+    with pytest.raises(ValueError, match="model.config"):
+        load_config(p)
