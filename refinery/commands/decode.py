@@ -8,7 +8,8 @@ import os
 from refinery.helpformat import DefaultsFormatter
 
 GENERATED_TASKS = ("arith", "pycode")  # the prompt forms the embedded model was trained on
-DEFAULT_PRESET = "project"  # the preset a strategy runs with when --preset is not given (if it has one)
+DEFAULT_PRESET = "project"
+SMALL_MODEL = 100_000_000  # parameters: below this a CPU decode of one prompt runs fastest on one thread  # the preset a strategy runs with when --preset is not given (if it has one)
 
 
 def add_parser(sub) -> None:
@@ -42,6 +43,10 @@ def add_parser(sub) -> None:
     p.add_argument("--gen-length", type=int, default=48, help="tokens to generate (48: as in the results table)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice of the strategy")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: 1 for models under 100M parameters, whose one-prompt matrix "
+                        "products are too small to share out and whose threads spin idle on a busy machine; "
+                        "else torch's default)")
     p.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: fp32 on a CPU, as stored on a GPU)")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
     p.add_argument("--quiet", action="store_true", help="print only the output (no passes, no loading bar)")
@@ -72,6 +77,7 @@ def run(args) -> int:
     if choice is None and args.prompt is None:
         raise ValueError("decode: give a PROMPT or --task NAME (e.g. --task arith --example 0)")
     model, tok = load_model_and_tokenizer(args.model, args.device, parse_dtype(args.dtype))
+    _set_threads(model, args.threads)
     if choice is not None:
         ids = render_prompt(tok, choice.example.messages())
     else:
@@ -107,6 +113,19 @@ def _quiet_start(quiet: bool) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+def _set_threads(model, threads: int | None) -> None:
+    import torch
+
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: must be >= 1")
+    if next(model.parameters()).device.type != "cpu":
+        return
+    if threads is None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def build_strategy(name: str, preset: str | None, params: dict):

@@ -108,3 +108,19 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "Train one stage of the recipe" in capsys.readouterr().out
+
+
+def test_the_readme_tour_shows_edit_fixing_the_mask_only_draft(capsys):
+    """The README's first two commands on the shipped model: masked at 1/8 is wrong, edit fixes it."""
+    from core.checkpoint import EMBEDDED
+
+    if not (EMBEDDED["embedded"] / "config.json").is_file():
+        pytest.skip("the shipped embedded checkpoint is not in this checkout")
+    readme = (REPO / "README.md").read_text()
+    for strategy, verdict in (("masked", "output [wrong: step 2: '4 + 4 = 11'"), ("edit", "output [correct]:")):
+        cmd = f"refinery decode --task arith --example 0 --strategy {strategy} --budget 1/8"
+        assert cmd in readme
+        assert main(cmd.split()[1:]) == 0
+        out = capsys.readouterr().out
+        assert verdict in out, out
+    assert "6 - 2 = 4. 4 + 7 = 11. 11 + 13 = 24\n#### 24" in out
