@@ -10,8 +10,9 @@ Crash safety, in write order: a batch's trace goes to a temporary name, is fsync
 complete lines followed by ``fsync``. So a row never points at a missing trace, and a crash
 can leave at most a torn tail of ``rows.jsonl``. :meth:`RunStore.open` repairs that tail
 (drops a trailing partial line, and the rows of any batch that did not land whole), checks
-every row parses and every key is unique, and refuses a directory written under another
-config. The runner then skips the batches already stored.
+every row parses and every key is unique, and refuses a directory written under a config that
+would alter its cells (a config that only adds cells extends it: :mod:`experiments.extend`). The
+runner then skips the rows already stored.
 """
 
 from __future__ import annotations
