@@ -106,10 +106,14 @@ def run(args) -> int:
 def _quiet_start(quiet: bool) -> None:
     """Before transformers is imported: never ask a hub (checkpoints load from local directories
     only), and under --quiet no loading bar and no advisory logging."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import sys
+
+    if "huggingface_hub" not in sys.modules:  # read at import; a process that has it already (tests) is left alone
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if quiet:
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if quiet:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
