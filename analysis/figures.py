@@ -57,14 +57,23 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _dodge(k: int) -> np.ndarray:
+    """Per-entry x factors around each budget (log2 axis: budgets are 1 apart), so that the error bars
+    of entries at one budget sit side by side instead of on top of each other."""
+    step = min(0.08, 0.7 / max(k, 1))
+    return 2.0 ** ((np.arange(k) - (k - 1) / 2) * step)
+
+
 def accuracy_vs_budget(df: pd.DataFrame, path: str | Path) -> Path:
     table = accuracy_table(df)
     fig, axes = _panels(sorted(table["task"].unique()), "Strict accuracy vs budget (95% Wilson intervals)")
     for task, ax in axes.items():
         t = table[table["task"] == task]
-        for entry, g in t.groupby("entry", sort=False):
+        groups = list(t.groupby("entry", sort=False))
+        for (entry, g), shift in zip(groups, _dodge(len(groups))):
             err = np.vstack([g["acc"] - g["ci_lo"], g["ci_hi"] - g["acc"]]) * 100
-            ax.errorbar(g["budget_value"], g["acc"] * 100, yerr=err, marker="o", capsize=3, label=entry)
+            ax.errorbar(g["budget_value"] * shift, g["acc"] * 100, yerr=err, marker="o", ms=4, capsize=2,
+                        elinewidth=1, label=entry)
         _budget_axis(ax, t)
         ax.set_title(task)
         ax.set_ylabel("accuracy (%)")
@@ -101,13 +110,26 @@ def accuracy_vs_walltime(df: pd.DataFrame, path: str | Path) -> Path:
             ax.plot(g["wall_s"], g["acc"] * 100, marker="o", label=entry)
         log = t["wall_s"].nunique() > 1  # one distinct time has no range to put on a log axis
         if log:
-            ax.set_xscale("log")
+            _seconds_log_axis(ax, t["wall_s"])
         ax.set_xlabel("seconds per output" + (" (log)" if log else ""))
         ax.set_ylabel("accuracy (%)")
         ax.set_title(task)
         ax.grid(alpha=0.3)
     _legend(axes)
     return _save(fig, Path(path))
+
+
+def _seconds_log_axis(ax, seconds: pd.Series) -> None:
+    """A log axis whose labels never collide: major ticks only at 1-2-5 (or at powers of ten over
+    more than two decades), labelled plainly ('0.05'), no labels on minor ticks."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = seconds[seconds > 0]
+    decades = np.log10(positive.max() / positive.min()) if len(positive) else 0.0
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2 else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def edit_op_counts(df: pd.DataFrame) -> pd.DataFrame:
@@ -146,10 +168,13 @@ def edit_ops_histogram(df: pd.DataFrame, path: str | Path, counts: Optional[pd.D
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     top = int(counts[list(EDIT_KINDS)].to_numpy().max())
     bins = np.arange(0, top + 2) - 0.5 if top < 40 else 40
-    for kind in EDIT_KINDS:
-        ax.hist(counts[kind], bins=bins, alpha=0.55, label=f"{kind} (mean {counts[kind].mean():.2f})")
+    # outlines, not filled bars: three overlapping filled histograms blend into colours no legend names
+    for kind, style in zip(EDIT_KINDS, ("-", "--", ":")):
+        ax.hist(counts[kind], bins=bins, histtype="step", linewidth=2, linestyle=style,
+                label=f"{kind} (mean {counts[kind].mean():.2f})")
     ax.set_xlabel("operations in one edit pass of one output")
     ax.set_ylabel("(output, pass) pairs")
     ax.set_title(f"Edit operations per pass ({len(counts)} edit passes)")
-    ax.legend()
+    ax.legend(handles=[plt.Line2D([], [], color=p.get_edgecolor(), linestyle=p.get_linestyle(), linewidth=2)
+                       for p in ax.patches], labels=[f"{k} (mean {counts[k].mean():.2f})" for k in EDIT_KINDS])
     return _save(fig, Path(path))

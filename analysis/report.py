@@ -61,14 +61,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
                         "(pycode: whether the problem's function family and argument name occur together in "
                         "training).\n\n" + main_table_markdown(by_subset.assign(
                             task=by_subset["task"] + ", " + by_subset["subset"])))
-    acc = accuracy_table(df)
-    detail = acc[["task", "entry", "budget", "n", "acc", "ci_lo", "ci_hi", "answer_acc", "nfe_mean", "max_nfe",
-                  "wall_s", "tokens_per_s"]].copy()
-    for col in ("acc", "ci_lo", "ci_hi", "answer_acc"):
-        detail[col] *= 100
     sections.append("## Details\n\nacc / ci (Wilson 95%) / answer_acc in %, NFE actually used (mean) vs the "
-                    "budget's maximum, decode seconds per output, generated tokens per decode second.\n\n"
-                    + to_markdown(detail, floatfmt=".4g", index=False))
+                    "budget's maximum, decode seconds per output, generated tokens per decode second; n: rows "
+                    "in the cell.\n\n" + to_markdown(details_table(accuracy_table(df)), index=False))
     hist = figures.edit_ops_histogram(df, fig_dir / "edit_ops_per_pass.png", ops)
     if hist is not None:
         made["Edit operations per edit pass"] = hist
@@ -77,6 +72,21 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: 
     report = out_dir / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report
+
+
+# One format per column of the Details table (percentages and NFE to 0.1, seconds to 0.001, tokens/s to 0.1).
+DETAIL_FORMATS = {"n": "d", "acc": ".1f", "ci_lo": ".1f", "ci_hi": ".1f", "answer_acc": ".1f", "nfe_mean": ".1f",
+                  "max_nfe": "d", "wall_s": ".3f", "tokens_per_s": ".1f"}
+
+
+def details_table(acc):
+    """:func:`accuracy_table` -> the Details columns as strings, each column in one number format."""
+    detail = acc[["task", "entry", "budget", *DETAIL_FORMATS]].copy()
+    for col in ("acc", "ci_lo", "ci_hi", "answer_acc"):
+        detail[col] = detail[col] * 100
+    for col, fmt in DETAIL_FORMATS.items():
+        detail[col] = [format(int(v) if fmt == "d" else float(v), fmt) if v == v else "" for v in detail[col]]
+    return detail
 
 
 def _rows_read_markdown(run_dirs: Sequence[str | Path], reads) -> str:

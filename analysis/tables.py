@@ -151,20 +151,33 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f", index: bool = True) -> 
 
 
 def main_table_markdown(df: pd.DataFrame) -> str:
-    """The table ``refinery ablate`` prints: strict accuracy (%) per strategy entry x budget, per task."""
+    """The table ``refinery ablate`` prints: strict accuracy (%) per strategy entry x budget, per task.
+    Where the cells of a task hold different numbers of rows (a run still writing, a grown run, a dropped
+    row), each cell short of the task's most says its own n: '50.0 (n=4)'."""
     table = main_table(df)
     if not len(table):
         return "(no rows)"
     n = df.groupby("task")["example_id"].nunique()
-    # a cell short of examples (a run still writing, a dropped row) must not hide under the task's n
-    per_cell = df.groupby(["task", "entry", "budget"]).size().groupby(level="task")
-    fewest, most = per_cell.min(), per_cell.max()
+    per_cell = df.groupby(["task", "entry", "budget"]).size()
     parts = []
     for task in table.index.get_level_values("task").unique():
         sub = table.loc[task]
         sub.index.name = "strategy"
+        cells = per_cell.loc[task]
         count = f"n={int(n[task])} examples"
-        if fewest[task] < most[task]:
-            count += f"; cells differ: {int(fewest[task])} to {int(most[task])} rows"
+        if cells.min() < cells.max():
+            count += f"; cells differ: {int(cells.min())} to {int(cells.max())} rows, fewer marked (n=...)"
+            sub = _with_cell_n(sub, cells, int(cells.max()))
         parts.append(f"{task} (strict accuracy %, {count})\n\n{to_markdown(sub)}")
     return "\n\n".join(parts)
+
+
+def _with_cell_n(sub: pd.DataFrame, cells: pd.Series, most: int) -> pd.DataFrame:
+    """Accuracy cells as text, '(n=k)' after those with fewer than ``most`` rows (cells: (entry, budget) -> rows)."""
+    out = sub.astype(object)
+    for entry in sub.index:
+        for budget in sub.columns:
+            v = sub.loc[entry, budget]
+            k = int(cells.get((entry, budget), 0))
+            out.loc[entry, budget] = "" if v != v else f"{v:.1f}" + (f" (n={k})" if k < most else "")
+    return out

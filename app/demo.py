@@ -11,9 +11,12 @@ are read as they are, never recomputed.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Optional, Sequence
 
-import gradio as gr
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio reads it: no usage pings by default
+
+import gradio as gr  # noqa: E402
 
 from app import backend
 from app.params import FieldSpec, changed_params, field_specs, short_label, widget_value
@@ -67,7 +70,7 @@ def build_demo(model: str = "embedded", runs_dir: Optional[str] = None, data_dir
     specs = [spec for name, cls in classes.items() for spec in field_specs(name, cls.config_class)]
     views = list(views or [])
 
-    with gr.Blocks(title="refinery: decoding traces") as demo:
+    with gr.Blocks(title="refinery: decoding traces", analytics_enabled=False) as demo:
         gr.Markdown("## refinery — what each decoding strategy does, pass by pass")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):

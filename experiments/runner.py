@@ -10,6 +10,7 @@ running the same command again (see :mod:`experiments.store`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -37,6 +38,7 @@ class Cell:
     seed: int
     batch_index: int
     examples: tuple  # core.tasks Example objects
+    part: str = ""  # "" = the whole planned batch; else a hash of the examples left to run in it (grown runs)
 
     @property
     def batch_id(self) -> str:
@@ -44,7 +46,8 @@ class Cell:
         ident = f"{self.task.name}|{self.task.split}|{self.strategy.label}|{self.budget}|{self.seed}|{self.batch_index}"
         readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.task.name}.{self.strategy.label}."
                                                     f"{self.budget.replace('/', '-')}.s{self.seed}.b{self.batch_index}")
-        return f"{readable}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
+        part = f"-p{self.part}" if self.part else ""
+        return f"{readable}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}{part}"
 
 
 def load_examples(config: ExperimentConfig) -> dict[int, tuple[object, list]]:
@@ -152,7 +155,7 @@ def _run_cells(config: ExperimentConfig, examples: dict, store: RunStore, progre
                on_batch: Optional[Callable[[Cell, list[dict]], None]]) -> None:
     """Generate and store every cell of ``config`` not yet in ``store``."""
     cells = plan_cells(config, examples)
-    todo = [c for c in cells if c.batch_id not in store.done_batches]
+    todo = [c for c in (_pending(c, store) for c in cells) if c is not None]
     log.info("%s: %d cells, %d already stored, %d to run", store.run_dir, len(cells), len(cells) - len(todo),
              len(todo))
     if not todo:
@@ -169,6 +172,25 @@ def _run_cells(config: ExperimentConfig, examples: dict, store: RunStore, progre
             bar.update(1)
     finally:
         bar.close()
+
+
+def _pending(cell: Cell, store: RunStore) -> Optional[Cell]:
+    """``cell``, the part of it still to run, or None when all its rows are stored.
+
+    A fresh or resumed run stores whole batches, so a batch is either done or not. A grown run (a
+    larger ``--limit``) plans batches that hold stored examples and new ones: only the new ones run,
+    as a batch of their own whose id names them (every row gets the same seed and budget either way)."""
+    keys = [row_key(cell.task.name, ex.id, cell.strategy.label, cell.budget, cell.seed) for ex in cell.examples]
+    missing = tuple(ex for ex, k in zip(cell.examples, keys) if k not in store.done_keys)
+    if not missing:
+        return None
+    if len(missing) == len(cell.examples):
+        return cell
+    return dataclasses.replace(cell, examples=missing, part=_part_id(missing))
+
+
+def _part_id(examples: tuple) -> str:
+    return hashlib.sha1("|".join(ex.id for ex in examples).encode()).hexdigest()[:8]
 
 
 def load_model_for(config: ExperimentConfig):

@@ -10,8 +10,9 @@ Crash safety, in write order: a batch's trace goes to a temporary name, is fsync
 complete lines followed by ``fsync``. So a row never points at a missing trace, and a crash
 can leave at most a torn tail of ``rows.jsonl``. :meth:`RunStore.open` repairs that tail
 (drops a trailing partial line, and the rows of any batch that did not land whole), checks
-every row parses and every key is unique, and refuses a directory written under another
-config. The runner then skips the batches already stored.
+every row parses and every key is unique, and refuses a directory written under a config that
+would alter its cells (a config that only adds cells extends it: :mod:`experiments.extend`). The
+runner then skips the rows already stored.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from experiments.config import ExperimentConfig, dump_config
+from experiments.extend import merge_configs
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class RunStore:
     def __init__(self, run_dir: Path, done_batches: set[str], num_rows: int, lock_fd: Optional[int] = None):
         self.run_dir = run_dir
         self.done_batches = done_batches  # batch ids whose rows are all stored
+        self.done_keys: set[str] = set()  # row keys stored (a grown run fills batches stored in part)
         self.num_rows = num_rows
         self._lock_fd = lock_fd  # holds the flock on RUN/.lock; closing it lets the next writer in
         self.repair: Optional[RowsRead] = None  # what ``open(..., repair=True)`` dropped
@@ -117,6 +120,7 @@ class RunStore:
             os.close(lock_fd)
             raise
         store = cls(run_dir, {r["batch_id"] for r in rows}, len(rows), lock_fd)
+        store.done_keys = {str(r["key"]) for r in rows}
         store.repair = report
         return store
 
@@ -161,32 +165,64 @@ class RunStore:
         finally:
             os.close(fd)
         self.done_batches.add(batch_id)
+        self.done_keys.update(str(r["key"]) for r in rows if "key" in r)
         self.num_rows += len(rows)
 
 
 def _check_or_write_config(run_dir: Path, config: ExperimentConfig) -> None:
+    """Write ``config.yaml`` for a new run; for an existing one, extend it or refuse (see
+    :mod:`experiments.extend`): the stored file becomes the union of both configs."""
     path = run_dir / CONFIG_FILE
-    new_hash = config.hash()
     if path.is_file():
-        first = path.read_text().splitlines()[:1]
-        m = _HASH_LINE.search(first[0]) if first else None
-        old_hash = m.group(1) if m else None
-        if old_hash != new_hash:
+        stored = _stored_config(path)
+        if stored is None or stored.hash() == config.hash():
+            return  # same config; a file this code cannot read is checked by hash alone
+        union, problems = merge_configs(stored, config)
+        if problems:
             raise ValueError(
-                f"{run_dir}: holds a run of a different config (stored sha256 {str(old_hash)[:12]}, "
-                f"this config {new_hash[:12]}{_diff_note(path, config)}); resume needs the same config: "
-                "pass another --out directory or remove this one")
+                f"{run_dir}: holds a run of a different config that this one would alter "
+                f"({'; '.join(problems)}{_diff_note(path, config)}); a larger --limit or new tasks, "
+                "entries, budgets or seeds extend a run, a change to existing cells needs another --out "
+                "directory (or remove this one)")
+        if union.hash() != stored.hash():
+            log.info("%s: extending the stored config (%s)", run_dir, _diff_note(path, config).lstrip("; "))
+            _write_config(path, union)
         return
     if (run_dir / ROWS_FILE).exists() and (run_dir / ROWS_FILE).stat().st_size:
         raise ValueError(f"{run_dir}: has {ROWS_FILE} but no {CONFIG_FILE}; refusing to mix runs")
+    _write_config(path, config)
+
+
+def _stored_config(path: Path) -> Optional[ExperimentConfig]:
+    """The config a run directory holds, or None when it cannot be read back (then only its hash line
+    is compared, as before configs could grow)."""
+    import yaml
+
+    from experiments.config import config_from_dict
+
+    first = path.read_text().splitlines()[:1]
+    m = _HASH_LINE.search(first[0]) if first else None
+    try:
+        stored = config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
+    except (ValueError, yaml.YAMLError):
+        if m is None:
+            raise ValueError(f"{path}: cannot be read back as a config and has no sha256 line") from None
+        return None
+    if m is not None and m.group(1) != stored.hash():
+        raise ValueError(f"{path}: edited by hand (its sha256 line does not match its content); "
+                         "restore it or pass another --out directory")
+    return stored
+
+
+def _write_config(path: Path, config: ExperimentConfig) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(dump_config(config))
     os.replace(tmp, path)
-    _fsync_dir(run_dir)
+    _fsync_dir(path.parent)
 
 
 def _diff_note(path: Path, config: ExperimentConfig) -> str:
-    """'; differs in: budgets, tasks' - which top-level keys changed, to make the refusal actionable."""
+    """'; differs in: budgets, tasks' - which top-level keys changed, to make the message actionable."""
     import yaml
 
     try:

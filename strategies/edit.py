@@ -43,7 +43,8 @@ from typing import Literal, Optional
 import torch
 
 from core.trace import StepRecord
-from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig
+from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy,
+                             StrategyConfig)
 from strategies.masked import MaskedConfig, MaskedStrategy
 from strategies.registry import register
 from strategies.sampling import ban_tokens, log_probability_from_top, predict, probability_from_top
@@ -95,6 +96,12 @@ class EditConfig(StrategyConfig):
 class EditStrategy(Strategy):
     description = "ME-DLM: mask phase, then parallel replace / delete / insert passes with a next-token head"
     config_class = EditConfig
+    presets = {
+        "project": Preset(
+            {"edit_passes": 4, "keep_threshold": 0.5, "revert_margin": 0.5, "revert_to": "best"},
+            "this project's tuned edit entry (experiments/ablations/embedded_default.yaml, chosen on the dev "
+            "split): 4 edit passes, edits only where the head doubts the text, back to the best text"),
+    }
 
     def min_passes(self, gen_length: int) -> int:
         blocks = self.config.mask_config().num_blocks(gen_length)

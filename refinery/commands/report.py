@@ -4,11 +4,18 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="write report.md with tables and figures for ablation run directories")
+    from refinery.helpformat import DefaultsFormatter
+
+    p = sub.add_parser("report", help="write report.md with tables and figures for ablation run directories",
+                       formatter_class=DefaultsFormatter,
+                       description="Write report.md (accuracy with Wilson intervals, answer-only accuracy, paired "
+                                   "gains over the baseline with an exact McNemar p-value, drafts fixed and broken "
+                                   "by edit passes, accuracy by subset, NFE, tokens/s) and its figures (PNG) for "
+                                   "one or more run directories of `refinery ablate`.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `refinery ablate`")
     p.add_argument("--out", default=None, help="output directory (default: the first RUN_DIR)")
     p.add_argument("--baseline", default=None,
-                   help="label of the baseline strategy entry for gains (default: masked low_confidence)")
+                   help="label of the baseline strategy entry for gains (default: the masked low_confidence entry)")
     p.set_defaults(run=run)
 
 

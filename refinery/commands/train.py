@@ -4,12 +4,22 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a stage (pretrain / sft / stage3 / r2ft) from a YAML config")
+    from refinery.helpformat import DefaultsFormatter
+
+    p = sub.add_parser(
+        "train", help="train a stage (pretrain / sft / stage3 / r2ft) from a YAML config",
+        formatter_class=DefaultsFormatter,
+        description="Train one stage of the recipe from a YAML config (experiments/train/*.yaml): Stage 1 "
+                    "pretraining (masked diffusion loss), Stage 2 SFT (loss on the response only), Stage 3 "
+                    "mask-and-edit (ME-DLM: the mask head plus the next-token edit head on drafts), or R2FT. "
+                    "One process on a CPU or GPU, or several under torchrun / the deepspeed launcher (the "
+                    "config's engine section). Checkpoints and metrics go to engine.out_dir; --resume "
+                    "continues from the newest checkpoint there.")
     p.add_argument("config", help="YAML training config (see experiments/train/)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
-    p.add_argument("--out", default=None, help="output directory (overrides engine.out_dir)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (overrides optim.max_steps)")
-    p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (overrides engine.device)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output directory")
+    p.add_argument("--out", default=None, help="output directory (default: the config's engine.out_dir)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default: the config's optim.max_steps)")
+    p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: the config's engine.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key (dotted; VALUE read as YAML), e.g. --set optim.lr=3e-4")

@@ -90,3 +90,77 @@ def test_report_breaks_accuracy_down_by_the_tasks_subsets(tmp_path):
     assert f"pycode, pair unseen in training (strict accuracy %, n={sum(unseen)} examples)" in section
     assert f"pycode, pair seen in training (strict accuracy %, n={6 - sum(unseen)} examples)" in section
     assert section.count("| masked | 100.0 |") == 1 and section.count("| masked | 0.0 |") == 1
+
+
+def test_error_bars_of_entries_at_one_budget_are_dodged(run_dir, tmp_path):
+    import matplotlib.pyplot as plt
+
+    df = load_runs([run_dir])
+    seen = []
+    real = plt.Axes.errorbar
+
+    def spy(self, x, y, *a, **k):
+        seen.append((k.get("label"), np.asarray(x, float)))
+        return real(self, x, y, *a, **k)
+
+    plt.Axes.errorbar = spy
+    try:
+        figures.accuracy_vs_budget(df, tmp_path / "a.png")
+    finally:
+        plt.Axes.errorbar = real
+    firsts = [x[0] for _, x in seen]
+    assert len(seen) == df["entry"].nunique() and len(set(firsts)) == len(firsts)  # no two on one x
+    budget = df["budget_value"].max()
+    assert all(abs(np.log2(x / budget)) < 0.36 for x in firsts)  # each stays nearer its budget than the next
+
+
+def test_walltime_tick_labels_never_collide(tmp_path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    for seconds in ([0.021, 0.034, 0.048, 0.09], [0.003, 0.9, 40.0]):
+        ax.clear()
+        ax.plot(seconds, range(len(seconds)))
+        figures._seconds_log_axis(ax, pd.Series(seconds))
+        fig.canvas.draw()
+        boxes = [t.get_window_extent() for t in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
+                 if t.get_text() and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        assert len(boxes) >= 2
+        boxes.sort(key=lambda b: b.x0)
+        assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
+
+
+def test_edit_histogram_is_outlines_with_a_matching_legend(run_dir, tmp_path):
+    import matplotlib.pyplot as plt
+
+    made = []
+    real = plt.Figure.savefig
+
+    def keep(self, *a, **k):
+        made.append(self)
+        return real(self, *a, **k)
+
+    plt.Figure.savefig = keep
+    try:
+        figures.edit_ops_histogram(load_runs([run_dir]), tmp_path / "e.png")
+    finally:
+        plt.Figure.savefig = real
+    ax = made[0].axes[0]
+    assert len(ax.patches) == 3 and not any(p.get_fill() for p in ax.patches)
+    handles = ax.get_legend().legend_handles
+    assert [h.get_color() for h in handles] == [p.get_edgecolor() for p in ax.patches]
+    assert [t.get_text().split()[0] for t in ax.get_legend().get_texts()] == list(figures.EDIT_KINDS)
+
+
+def test_details_table_has_one_format_per_column(run_dir, tmp_path):
+    text = write_report([run_dir], tmp_path / "out").read_text()
+    rows = [line.split(" | ") for line in text[text.index("## Details"):].split("## Figures")[0].splitlines()
+            if line.startswith("| arith |")]
+    assert rows
+    for cells in rows:
+        n, acc, lo, hi, answer, nfe, max_nfe, wall = cells[3:11]
+        assert n.isdigit() and max_nfe.isdigit()
+        for v in (acc, lo, hi, answer, nfe):
+            assert v.split(".")[1].__len__() == 1, cells  # 0.1 everywhere

@@ -30,8 +30,8 @@ def test_a_torn_last_line_is_counted_not_hidden_under_n(run_dir, tmp_path, caplo
         assert main(["report", str(run_dir), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     assert "rows read 11; dropped: 1 torn line, 0 duplicates (kept first), 0 garbage lines" in text
-    assert "arith (strict accuracy %, n=2 examples; cells differ: 1 to 2 rows)" in text
-    assert "| masked | 100.0 | 100.0 |" in text  # the one complete 1/4 row, now flagged by the two lines above
+    assert "arith (strict accuracy %, n=2 examples; cells differ: 1 to 2 rows, fewer marked (n=...))" in text
+    assert "| masked | 100.0 | 100.0 (n=1) |" in text  # the one complete 1/4 row, flagged in the cell itself
     assert any("rows.jsonl: rows read 11; dropped: 1 torn line" in r.getMessage() for r in caplog.records)
 
 
@@ -45,7 +45,7 @@ def test_duplicates_never_double_n_and_garbage_is_counted(run_dir, tmp_path, cap
     assert "rows read 24; dropped: 0 torn lines, 4 duplicates (kept first), 2 garbage lines" in text
     details = text[text.index("## Details"):]
     edit_row = next(line for line in details.splitlines() if line.startswith("| arith | edit | 1/1 |"))
-    assert edit_row.startswith("| arith | edit | 1/1 | 4 | 100 |")  # n=4, not 8
+    assert edit_row.startswith("| arith | edit | 1/1 | 4 | 100.0 |")  # n=4, not 8
     assert "n=4 examples)" in text and "cells differ" not in text
     warning = " ".join(r.getMessage() for r in caplog.records)
     assert "garbage: line 25: not a JSON row" in warning and "line 30: not a JSON object but a list" in warning

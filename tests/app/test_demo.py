@@ -43,6 +43,14 @@ def test_build_demo_from_a_fixture_trace(tiny_checkpoint, fixture_view):
     assert k == fixture_view.num_passes and f"pass {k}/{k}" in page
 
 
+def test_analytics_are_off_by_default(tiny_checkpoint):
+    import os
+
+    demo = build_demo(model=str(tiny_checkpoint))
+    assert demo.analytics_enabled is False and demo.get_config_file()["analytics_enabled"] is False
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"  # set before gradio was imported by app.demo
+
+
 def test_run_handler_streams_to_done(tiny_checkpoint):
     demo = build_demo(model=str(tiny_checkpoint), stream_interval=0.01)
     on_run = _fn(demo, "on_run")

@@ -43,10 +43,6 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60)
     pytest.fail(f"refinery app did not answer on {url} within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-# An embedded pycode prompt: in distribution for the shipped model, harmless text for a random one.
-PROMPT = "Write a Python function count_above(nums) that returns how many numbers in nums are greater than 3."
-
-
 @pytest.fixture
 def app_server(tmp_path):
     """The app on a free loopback port, serving the shipped embedded model or a tiny one made here."""
@@ -92,15 +88,21 @@ def test_decode_in_a_real_browser(app_server, chromium, tmp_path):
         try:
             page = ctx.new_page()
             page.goto(app_server)
-            page.locator("#rf-prompt textarea").fill(PROMPT)
-            for name in available_strategies():  # a remasking strategy, plus ME-DLM edits when registered
-                page.get_by_label(name, exact=True).set_checked(name in ("remdm", "edit"))
+            # The README's row: arith test example 0, where mask-only decoding at 1/8 writes "24 + 24 = 35".
+            page.get_by_label("Prompt source").click()
+            page.get_by_role("option", name="arith", exact=True).click()
+            page.get_by_role("button", name="Draw example").click()
+            expect(page.locator("#rf-prompt textarea")).not_to_have_value("", timeout=20_000)
+            page.get_by_label("Budget (passes per token)").fill("1/8")
+            page.get_by_label("Generation length").fill("48")
+            for name in available_strategies():  # mask-only, plus ME-DLM edits when registered
+                page.get_by_label(name, exact=True).set_checked(name in ("masked", "edit"))
             page.locator("#rf-run").click()
             print(f"page ready after {time.monotonic() - t0:.1f}s")
             expect(page.locator("#rf-status")).to_contain_text("Done.", timeout=45_000)
 
             board = page.locator("#rf-board")
-            first = board.locator(".rf-col", has=page.locator(".rf-head", has_text="remdm"))
+            first = board.locator(".rf-col", has=page.locator(".rf-head", has_text="masked"))
             expect(first).to_have_count(1)
             expect(first.locator(".rf-final")).to_have_text(re.compile(r"\S"))  # retried until rendered
             meta = first.locator(".rf-meta").first
@@ -121,10 +123,22 @@ def test_decode_in_a_real_browser(app_server, chromium, tmp_path):
             page.get_by_role("button", name="Pause").click()
             print(f"checks done after {time.monotonic() - t0:.1f}s")
 
-            # For the picture: the last pass, where ME-DLM (when registered) shows its edit diff.
-            number.fill(str(total))
-            number.press("Enter")
-            expect(meta).to_contain_text(f"pass {total}/{total}")
+            # For the picture: the first pass where ME-DLM (when registered) edits its draft, shown as a diff.
+            edit = board.locator(".rf-col", has=page.locator(".rf-head", has_text="edit"))
+            pick = total
+            if edit.count():
+                edit_meta = edit.locator(".rf-meta").first
+                for k in range(1, total + 1):
+                    number.fill(str(k))
+                    number.press("Enter")
+                    expect(edit_meta).to_contain_text(f"pass {k}/")
+                    if "phase edit" in edit_meta.inner_text():
+                        pick = k
+                        break
+            if pick == total:  # no edit column (or it never edited): the last pass, as before
+                number.fill(str(total))
+                number.press("Enter")
+                expect(meta).to_contain_text(f"pass {total}/{total}")
             page.evaluate("window.scrollTo(0, 0)")
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot))

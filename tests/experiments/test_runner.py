@@ -101,9 +101,32 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_rows(reference_run,
 
 def test_changed_config_is_refused_on_resume(reference_run, tmp_path, tiny_checkpoint):
     cfg_path, run_dir, _ = reference_run
-    other = config_from_dict(small_config(tiny_checkpoint, budgets=["1/1", "1/2"]), source="other.yaml")
-    with pytest.raises(ValueError, match="different config.*budgets"):
+    other = config_from_dict(small_config(tiny_checkpoint, gen_length=8), source="other.yaml")
+    with pytest.raises(ValueError, match="would alter.*gen_length: 16 -> 8"):
         run_ablation(other, run_dir, progress=False)
+
+
+_STORE_FIELDS = ("batch_id", "batch_rows", "trace_file", "trace_row")
+
+
+def test_a_larger_limit_and_an_added_entry_extend_a_run_to_the_uninterrupted_rows(reference_run, tmp_path):
+    cfg_path, _, reference = reference_run
+    full = load_config(cfg_path)
+    with single_thread():
+        run_ablation(full.with_overrides(limit=3, only=["masked"]), tmp_path / "grown", progress=False)
+        first = load_rows(tmp_path / "grown")
+        run_ablation(full, tmp_path / "grown", progress=False)
+    grown = load_rows(tmp_path / "grown")
+    assert len(first) == 3 * 2 and len(grown) == len(reference)
+    assert grown[: len(first)] == first  # stored rows are never rewritten
+    by_key = {r["key"]: r for r in _strip(reference)}
+    for r in _strip(grown):
+        assert {k: v for k, v in r.items() if k not in _STORE_FIELDS} == \
+            {k: v for k, v in by_key[r["key"]].items() if k not in _STORE_FIELDS}
+    for r in grown:  # every row still points at its own batch's trace
+        trace, i = load_trace(tmp_path / "grown", r)
+        assert int(trace.active[:, i].sum()) == r["nfe"]
+    assert load_config(tmp_path / "grown" / "config.yaml").hash() == full.hash()
 
 
 def test_invalid_config_fails_before_any_work(tmp_path, tiny_checkpoint):

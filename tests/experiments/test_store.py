@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from core.trace import CompactTrace
-from experiments.config import config_from_dict
+from experiments.config import config_from_dict, load_config
 from experiments.store import RunLocked, RunStore, load_rows, load_trace, read_rows, repair_rows, row_key
 
 from ablation_helpers import one_torch_thread, small_config, write_yaml  # noqa: F401 (fixture)
@@ -106,13 +107,39 @@ def test_damage_a_crash_cannot_cause_is_refused(tmp_path, config):
         RunStore.open(tmp_path / "run", config)
 
 
-def test_a_run_directory_refuses_another_config(tmp_path, config):
+def test_a_run_directory_refuses_a_config_that_alters_its_cells(tmp_path, config):
     with RunStore.open(tmp_path / "run", config) as store:
         store.write_batch("b0", _rows("b0", 1))
-    other = config.with_overrides(limit=1)
-    with pytest.raises(ValueError, match=r"different config.*differs in: tasks"):
-        RunStore.open(tmp_path / "run", other)
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    changed = dataclasses.replace(config, gen_length=config.gen_length * 2)
+    with pytest.raises(ValueError, match=r"would alter \(gen_length: 16 -> 32; differs in: gen_length\)"):
+        RunStore.open(tmp_path / "run", changed)
+    params = dataclasses.replace(config.strategies[0], params={"remasking": "random"})
+    with pytest.raises(ValueError, match=r"strategies: masked\.params: \{'remasking': 'low_confidence'\} -> "):
+        RunStore.open(tmp_path / "run", dataclasses.replace(config, strategies=(params,)))
+    split = dataclasses.replace(config.tasks[0], split="dev")
+    with pytest.raises(ValueError, match=r"tasks: arith\.split: 'test' -> 'dev'"):
+        RunStore.open(tmp_path / "run", dataclasses.replace(config, tasks=(split,)))
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
     assert RunStore.open(tmp_path / "run", config).done_batches == {"b0"}
+
+
+def test_a_grown_config_extends_the_run_and_the_stored_config_is_the_union(tmp_path, config):
+    with RunStore.open(tmp_path / "run", config.with_overrides(limit=2, only=["masked"])) as store:
+        store.write_batch("b0", _rows("b0", 2))
+    extra = dataclasses.replace(config.strategies[0], label="masked-semiar", params={"block_length": 8})
+    grown = dataclasses.replace(config, strategies=config.strategies + (extra,), budgets=("1/1", "1/8"))
+    with RunStore.open(tmp_path / "run", grown) as store:
+        assert store.done_batches == {"b0"} and len(store.done_keys) == 2
+    stored = load_config(tmp_path / "run" / "config.yaml")
+    assert [t.n for t in stored.tasks] == [5]
+    assert [s.label for s in stored.strategies] == ["masked", "masked-random", "masked-semiar"]
+    assert stored.budgets == ("1/1", "1/4", "1/8")
+    assert stored.hash() in (tmp_path / "run" / "config.yaml").read_text().splitlines()[0]
+    # a subset of what is stored (--only, a smaller --limit) reuses it and leaves the file alone
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    RunStore.open(tmp_path / "run", config.with_overrides(limit=1, only=["masked-random"])).close()
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
 
 
 _HOLDER = """

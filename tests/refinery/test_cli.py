@@ -41,7 +41,7 @@ def test_decode_on_a_tiny_checkpoint(tmp_path, capsys):
     tok.save_pretrained(tmp_path)
     code = main(["decode", "Tom has 3 apples", "--model", str(tmp_path), "--budget", "1/4", "--gen-length", "8"])
     out = capsys.readouterr().out
-    assert code == 0 and "NFE 2/2" in out and "pass   2 [mask] unmasked=4" in out
+    assert code == 0 and "NFE 2/2" in out and "passes 1-2 [mask] unmasked=4" in out
 
 
 def test_bad_input_is_one_clear_line(tmp_path):

@@ -1,0 +1,90 @@
+"""Growing a run directory: which config changes add cells (extend) and which alter stored ones (refuse).
+
+A run directory holds rows keyed by (task, example, strategy label, budget, seed). A new config may
+reuse the directory when every cell it shares with the stored config means the same thing:
+
+- extends: more examples of a task (a larger ``n`` / ``--limit``: examples are a fixed-order prefix),
+  another task, another strategy entry (a new label), another budget or seed; and any subset of the
+  stored config (``--only``, a smaller ``--limit``) is simply a part of it;
+- refuses: a different model, tokenizer, gen_length, batch_size, dtype, device or trace setting, a
+  task whose split, seed or options changed, an existing label with other params, strategy or budgets.
+
+The stored ``config.yaml`` then describes the union of every config that wrote rows, so ``report``
+and a later resume see all entries; :func:`merge_configs` builds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from experiments.config import ExperimentConfig, StrategySpec, TaskSpec
+
+# Keys that only change how a run is carried out, never a row's content.
+FREE_KEYS = ("name", "score_workers")
+# Keys whose every value defines the cells; the collections below are compared entry by entry.
+GROWING_KEYS = ("tasks", "strategies", "budgets", "seeds")
+
+
+def merge_configs(stored: ExperimentConfig, new: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
+    """-> (the union of both configs, the reasons the new one alters stored cells; empty = compatible).
+
+    The union keeps the stored order and appends what is new; a task's ``n`` becomes the larger
+    (None, the whole split, is largest)."""
+    problems = _fixed_key_changes(stored, new)
+    tasks, task_problems = _merge_tasks(stored.tasks, new.tasks)
+    strategies, strat_problems = _merge_strategies(stored.strategies, new.strategies)
+    problems += task_problems + strat_problems
+    union = dataclasses.replace(
+        stored, tasks=tasks, strategies=strategies,
+        budgets=stored.budgets + tuple(b for b in new.budgets if b not in stored.budgets),
+        seeds=stored.seeds + tuple(s for s in new.seeds if s not in stored.seeds))
+    return union, problems
+
+
+def _fixed_key_changes(stored: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    old_d, new_d = stored.to_dict(), new.to_dict()
+    return [f"{key}: {old_d.get(key)!r} -> {new_d.get(key)!r}" for key in old_d
+            if key not in FREE_KEYS + GROWING_KEYS and old_d.get(key) != new_d.get(key)]
+
+
+def _merge_tasks(stored: tuple[TaskSpec, ...], new: tuple[TaskSpec, ...]) -> tuple[tuple[TaskSpec, ...], list[str]]:
+    by_name = {t.name: t for t in stored}
+    merged, problems = dict(by_name), []
+    for t in new:
+        old = by_name.get(t.name)
+        if old is None:
+            merged[t.name] = t
+            continue
+        for field in ("split", "seed", "kwargs"):
+            if _plain(getattr(old, field)) != _plain(getattr(t, field)):
+                problems.append(f"tasks: {t.name}.{field}: {_plain(getattr(old, field))!r} -> "
+                                f"{_plain(getattr(t, field))!r}")
+        n = None if old.n is None or t.n is None else max(old.n, t.n)
+        merged[t.name] = dataclasses.replace(old, n=n)
+    return tuple(merged.values()), problems
+
+
+def _merge_strategies(stored: tuple[StrategySpec, ...],
+                      new: tuple[StrategySpec, ...]) -> tuple[tuple[StrategySpec, ...], list[str]]:
+    by_label = {s.label: s for s in stored}
+    merged, problems = dict(by_label), []
+    for s in new:
+        old = by_label.get(s.label)
+        if old is None:
+            merged[s.label] = s
+            continue
+        for field in ("name", "params", "budgets"):
+            if _plain(getattr(old, field)) != _plain(getattr(s, field)):
+                problems.append(f"strategies: {s.label}.{field}: {_plain(getattr(old, field))!r} -> "
+                                f"{_plain(getattr(s, field))!r}")
+    return tuple(merged.values()), problems
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and tuples as dicts and lists, so that a config read back from YAML compares equal."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in dict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
