@@ -32,7 +32,8 @@ EVENT_KINDS = ("unmasked", "remasked", "replaced", "deleted", "inserted")
 class StepRecord:
     """What one pass did. Masks are (B, L) bool over the pre-pass region, ``inserted`` is (B, L+1) over gaps.
 
-    ``values`` (B, L) holds the new token of each replaced position; ``inserted_tokens`` (B, L+1) the
+    ``values`` (B, L) holds the new token of each replaced position (and, in a mask pass that also moves
+    tokens, of each unmasked one, in pre-pass coordinates); ``inserted_tokens`` (B, L+1) the
     token put in each gap; ``scores`` (B, L) the per-position score the strategy ranked by.
     """
 
@@ -216,8 +217,8 @@ class Trace:
 
 
 def _event_values(kind: str, rec: StepRecord, b, p, mask_id: int, prev: np.ndarray) -> np.ndarray:
-    if kind == "unmasked":
-        return rec.tokens.numpy()[b, p]
+    if kind == "unmasked":  # ``values`` when the pass also moved tokens (a draft compacted at its end)
+        return (rec.values if rec.values is not None else rec.tokens).numpy()[b, p]
     if kind == "replaced":
         return rec.values.numpy()[b, p]
     if kind == "inserted":
