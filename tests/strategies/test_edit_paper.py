@@ -10,12 +10,11 @@ import yaml
 from torch import nn
 
 from conftest import DELETE, EOS, EOT, MASK, VOCAB
-from core.decode import generate
+from core.decode import generate, parse_budget
 from core.edit_labels import apply_edits, apply_edits_reference
 from ports.medlm_infer import medlm_infer
 from strategies import get_strategy
 from strategies.sampling import passes_for_budget
-from core.decode import parse_budget
 
 BIG = 10.0
 PAD = EOS  # the tiny models pad with end-of-text, as LLaDA does
@@ -239,8 +238,10 @@ def test_tiny_models_exercise_the_rules(tiny_model):
 # ----------------------------------------------------------------------------- apply_edits in ME-DLM mode
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_apply_edits_medlm_mode_matches_reference(seed):
+@pytest.mark.parametrize("gaps,specials", [("before_kept", True), ("before_kept", False), ("all", True), ("all", False)])
+@pytest.mark.parametrize("seed", range(3))
+def test_apply_edits_modes_match_reference(seed, gaps, specials):
+    """apply_edits with ME-DLM's gaps, special-token insertions and the length cap, against its plain twin."""
     g = torch.Generator().manual_seed(seed)
     B, W = 6, 9
     lengths = torch.randint(0, W + 1, (B,), generator=g)
@@ -248,11 +249,11 @@ def test_apply_edits_medlm_mode_matches_reference(seed):
     tokens, cur, nxt, gap0 = pick(B, W), pick(B, W), pick(B, W), pick(B)
     room = lengths + torch.randint(-1, 3, (B,), generator=g).clamp(min=0)
     res = apply_edits(tokens, lengths, cur, nxt, gap0, delete_id=DELETE, eos_id=EOS, pad_id=PAD,
-                      gaps="before_kept", insert_specials=True, room=room)
+                      gaps=gaps, insert_specials=specials, room=room)
     for b in range(B):
         ref = apply_edits_reference(tokens[b].tolist(), int(lengths[b]), cur[b].tolist(), nxt[b].tolist(),
                                     int(gap0[b]), delete_id=DELETE, eos_id=EOS, pad_id=PAD, width=W,
-                                    gaps="before_kept", insert_specials=True, room=int(room[b]))
+                                    gaps=gaps, insert_specials=specials, room=int(room[b]))
         assert res.tokens[b, : int(res.lengths[b])].tolist() == ref["tokens"]
         assert {int(i): int(res.inserted_tokens[b, i]) for i in res.inserted[b].nonzero()[:, 0]} == ref["inserted"]
 
