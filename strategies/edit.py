@@ -52,7 +52,7 @@ import torch
 
 from core.trace import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy, StrategyConfig
-from strategies.edit_rules import finish_draft, medlm_mask_begin, medlm_mask_step, widen_canvas
+from strategies.edit_rules import apply_with_room, finish_draft, medlm_mask_begin, medlm_mask_step, plan_room
 from strategies.masked import MaskedConfig, MaskedStrategy
 from strategies.registry import register
 from strategies.sampling import ban_tokens, log_probability_from_top, predict, probability_from_top
@@ -137,7 +137,7 @@ class EditStrategy(Strategy):
         if ctx.delete_id is None:
             raise ValueError("the edit strategy needs a delete token (config.delete_token_id)")
         if self.config.max_length is not None:
-            widen_canvas(ctx, state, self.config.max_length)
+            plan_room(ctx, state, self.config.max_length)
         has_masks = bool((state.x[:, ctx.prompt_width:] == ctx.mask_id).any())
         self._mask = MaskedStrategy(self.config.mask_config())
         self._mask_ctx = DecodeContext(**{**ctx.__dict__, "max_nfe": M})
@@ -206,9 +206,13 @@ class EditStrategy(Strategy):
             may_insert &= probability_from_top(next_logits, following, ntop, nconf) < rho_insert
         from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
 
-        res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
-                          eos_id=ctx.eos_id, pad_id=ctx.pad_id, gaps=cfg.insert_gaps, insert_specials=cfg.any_token,
-                          allowed=may_insert, room=state.extra.get("room"))
+        rule = dict(gaps=cfg.insert_gaps, insert_specials=cfg.any_token)
+        if cfg.max_length is not None:  # the canvas may widen here
+            res = apply_with_room(ctx, state, cur, nxt, may_insert, **rule)
+            region = state.x[:, P:]
+        else:
+            res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
+                              eos_id=ctx.eos_id, pad_id=ctx.pad_id, allowed=may_insert, **rule)
         accept = _accepted(self.config, state, res, active)
         rows = accept[:, None]
         replaced, deleted, inserted = res.replaced & rows, res.deleted & rows, res.inserted & rows
@@ -243,6 +247,10 @@ def _revert_worse(config: EditConfig, ctx: DecodeContext, state: DecodeState, lo
     if kept is None:
         state.extra["kept"] = (region.clone(), state.lengths.clone(), score, now)
         return torch.full_like(now, -1)
+    if kept[0].shape[1] < region.shape[1]:  # the canvas grew (max_length) since that text was kept
+        wider = torch.full_like(region, ctx.pad_id)
+        wider[:, : kept[0].shape[1]] = kept[0]
+        kept = (wider, *kept[1:])
     back = state.active & (score < kept[2] - config.revert_margin)
     region.copy_(torch.where(back[:, None], kept[0], region))
     state.set_lengths(P, torch.where(back, kept[1], state.lengths))

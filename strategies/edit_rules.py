@@ -10,8 +10,8 @@ project's defaults the edit strategy takes the rule from here:
 * draft (:func:`finish_draft`): ``draft_rule="strip_pads"`` removes pad tokens wherever they are (not
   only from the first one on); ``final_eot`` overwrites the draft's last token with end-of-turn when
   edit passes follow, so that ME-DLM's insertions (only ever *before* a token) can append before it.
-* growth room (:func:`widen_canvas`): ``max_length`` caps prompt + answer per row (ME-DLM: 6144 for a
-  whole packed batch); the canvas is widened at the start to hold the longest row allowed.
+* growth room (:func:`plan_room`, :func:`apply_with_room`): ``max_length`` caps prompt + answer per row
+  (ME-DLM: 6144 for a whole packed batch); the canvas widens pass by pass as far as the rows grow.
 """
 
 from __future__ import annotations
@@ -25,22 +25,56 @@ from strategies.base import DecodeContext, DecodeState, ForwardOutput
 from strategies.sampling import NEG_INF, ban_tokens, select_topk, token_probability, transfer_counts
 
 
-def widen_canvas(ctx: DecodeContext, state: DecodeState, max_length: int) -> None:
-    """Give every row room to grow to ``max_length`` tokens (its prompt included): pad columns are added to
-    the region (outside attention) and ``state.extra["room"]`` (B,) holds each row's longest answer."""
-    P = ctx.prompt_width
-    prompt_len = state.attention_mask[:, :P].sum(1)
+def plan_room(ctx: DecodeContext, state: DecodeState, max_length: int) -> None:
+    """Each row's longest answer under ``max_length`` (its prompt counted), kept in ``state.extra["room"]`` (B,).
+    The canvas is not widened here: :func:`apply_with_room` widens it when a pass needs the columns."""
+    prompt_len = state.attention_mask[:, : ctx.prompt_width].sum(1)
     room = max_length - prompt_len
     if bool((room < state.lengths).any()):
         raise ValueError(f"max_length={max_length} leaves no room for gen_length={ctx.gen_length} after a prompt "
                          f"of {int(prompt_len.max())} tokens")
-    extra = int(room.max()) - state.x.shape[1] + P
-    if extra > 0:
-        B = state.x.shape[0]
-        state.x = torch.cat([state.x, torch.full((B, extra), ctx.pad_id, dtype=state.x.dtype, device=state.x.device)], 1)
-        state.attention_mask = torch.cat([state.attention_mask, state.attention_mask.new_zeros(B, extra)], 1)
-        state.set_lengths(P, state.lengths)
     state.extra["room"] = room
+
+
+def grow_canvas(ctx: DecodeContext, state: DecodeState, width: int) -> None:
+    """Widen the generation region to ``width`` columns of pad (outside attention); never narrows it."""
+    extra = width - (state.x.shape[1] - ctx.prompt_width)
+    if extra <= 0:
+        return
+    B = state.x.shape[0]
+    state.x = torch.cat([state.x, torch.full((B, extra), ctx.pad_id, dtype=state.x.dtype, device=state.x.device)], 1)
+    state.attention_mask = torch.cat([state.attention_mask, state.attention_mask.new_zeros(B, extra)], 1)
+    state.set_lengths(ctx.prompt_width, state.lengths)
+
+
+def apply_with_room(ctx: DecodeContext, state: DecodeState, cur: torch.Tensor, nxt: torch.Tensor,
+                    allowed: torch.Tensor, **rule):
+    """``apply_edits`` under the ``max_length`` cap, on a canvas that grows only as far as the rows do.
+
+    cur (B, W), nxt and allowed (B, W+1) over the present canvas. A pass can at most double a row (plus
+    one), so the edit is computed on 2W+1 columns (capped by the room); the canvas is then widened to the
+    longest row and the result's masks are cut back to the pre-pass width W. The forward passes stay as
+    wide as the texts, not as wide as the cap (ME-DLM: 6144)."""
+    from core.edit_labels import apply_edits
+
+    room = state.extra["room"]
+    region = state.x[:, ctx.prompt_width:]
+    W = region.shape[1]
+    wide = max(W, min(int(room.max()), 2 * W + 1))
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:  # (B, W + k) -> (B, wide + k)
+        more = torch.full((t.shape[0], wide - W), value, dtype=t.dtype, device=t.device)
+        return torch.cat([t, more], 1)
+
+    res = apply_edits(pad(region, ctx.pad_id), state.lengths, pad(cur, ctx.pad_id), pad(nxt[:, 1:], ctx.pad_id),
+                      nxt[:, 0], allowed=pad(allowed, False), room=room, delete_id=ctx.delete_id, eos_id=ctx.eos_id,
+                      pad_id=ctx.pad_id, **rule)
+    grow_canvas(ctx, state, int(res.lengths.max()))
+    new_w = state.x.shape[1] - ctx.prompt_width
+    res.tokens = res.tokens[:, :new_w]
+    res.replaced, res.deleted = res.replaced[:, :W], res.deleted[:, :W]
+    res.inserted, res.inserted_tokens = res.inserted[:, : W + 1], res.inserted_tokens[:, : W + 1]
+    return res
 
 
 def medlm_mask_begin(ctx: DecodeContext, state: DecodeState, passes: int) -> None:

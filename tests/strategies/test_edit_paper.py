@@ -213,6 +213,29 @@ def test_paper_preset_equals_port_on_tiny_models(random_model, gen_length, budge
     assert_same(res, ports, M, E)
 
 
+def test_paper_preset_cap_of_6144_keeps_the_canvas_small(random_model):
+    """With the preset's own cap the canvas widens only as far as the rows grow (here a few dozen columns)."""
+    model, fn = random_model
+    prompts = [[5, 6, 7], [8]]
+    res = generate(model, prompts, 8, get_strategy("edit", preset="paper"), "1/1")
+    ports = [medlm_infer(fn, p, 8, 6, 2, mask_id=MASK, pad_id=PAD, del_id=DELETE, eot_id=EOT) for p in prompts]
+    assert_same(res, ports, 6, 2)
+    assert int(res.lengths.max()) <= res.tokens.shape[1] <= 2 * (2 * 8 + 1) + 1  # two passes, each at most 2W + 1
+
+
+def test_project_rules_with_growth_room(tiny_model):
+    """max_length also lifts the gen_length cut for the project's rules (undo rule included): the trace replays
+    and rows may end longer than gen_length."""
+    strategy = get_strategy("edit", preset="project", max_length=30)
+    prompts = [[5, 6, 7], [8]]
+    res = generate(tiny_model, prompts, 8, strategy, "1/1")
+    final = res.trace.compact().replay()
+    for b, prompt in enumerate(prompts):
+        n = int(res.lengths[b])
+        assert final[b, :n].tolist() == res.tokens[b, :n].tolist() and len(prompt) + n <= 30
+    assert int(res.lengths.max()) > 8  # the random heads insert more than they delete
+
+
 def test_tiny_models_exercise_the_rules(tiny_model):
     """Guard against a vacuous comparison: the port meets deletions, pads inside the draft, inserted special
     tokens and a binding cap on the models the equality test uses."""
