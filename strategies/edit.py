@@ -39,8 +39,16 @@ default; the ``paper`` preset turns them on, rules in :mod:`strategies.edit_rule
 ``mask_phase="medlm"`` (pad predictions rank last, only delete banned), ``draft_rule="strip_pads"`` and
 ``final_eot`` (pads removed anywhere, the last token forced to end-of-turn), ``insert_gaps="before_kept"``
 (no gap before a deleted token nor after the last one), ``any_token`` (no bans in the edit passes: eos,
-pad and delete can be inserted), ``max_length`` (growth cap per row, prompt included, with the canvas
-widened to it), and the 3:1 split ``edit_fraction=0.25`` at every budget.
+pad and delete can be inserted), ``max_length`` (growth cap per row, prompt included), and the 3:1 split
+``edit_fraction=0.25`` at every budget.
+
+Growth room: without ``max_length`` a row is cut at ``gen_length`` tokens (the canvas never changes). With
+it, the canvas widens pass by pass as far as the longest row grows (never to the cap itself, so a cap of
+6144 costs nothing until rows get long), ``GenerationResult.tokens`` may be wider than ``gen_length``
+(read ``lengths``), and traces pad earlier passes to the final width. ME-DLM's cap counts a whole packed
+batch (its packs start at <= 4096 tokens); here it counts each row, which is what ME-DLM does for a pack of
+one, and keeps a row's result independent of its batch. The model's ``max_sequence_length`` is not
+enforced (rotary positions extrapolate, as in ME-DLM on LLaDA's 4096): rows past it leave the trained range.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def apply_with_room(ctx: DecodeContext, state: DecodeState, cur: torch.Tensor, n
     res = apply_edits(pad(region, ctx.pad_id), state.lengths, pad(cur, ctx.pad_id), pad(nxt[:, 1:], ctx.pad_id),
                       nxt[:, 0], allowed=pad(allowed, False), room=room, delete_id=ctx.delete_id, eos_id=ctx.eos_id,
                       pad_id=ctx.pad_id, **rule)
-    grow_canvas(ctx, state, int(res.lengths.max()))
+    grow_canvas(ctx, state, int(torch.where(state.active, res.lengths, state.lengths).max()))  # stopped rows stay
     new_w = state.x.shape[1] - ctx.prompt_width
     res.tokens = res.tokens[:, :new_w]
     res.replaced, res.deleted = res.replaced[:, :W], res.deleted[:, :W]
