@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -285,7 +286,7 @@ def test_apply_edits_modes_match_reference(seed, gaps, specials):
 
 
 def test_project_preset_is_the_shipped_entry():
-    with open("experiments/ablations/embedded_default.yaml") as f:
+    with open(Path(__file__).parents[2] / "experiments" / "ablations" / "embedded_default.yaml") as f:
         entry = next(s for s in yaml.safe_load(f)["strategies"] if s["name"] == "edit")
     assert get_strategy("edit", preset="project").config == get_strategy("edit", **entry["params"]).config
 
