@@ -10,6 +10,11 @@ token, what should be inserted there. At inference (:func:`apply_edits`) one pas
     end) and is not eos / pad / delete; the gap before position 0 is predicted by the next-token
     head at the last prompt position (``gap0``). At most one token enters a gap per pass.
 
+  ME-DLM's own rule (``gaps="before_kept", insert_specials=True``, its ``test.py``): a gap exists only
+  before each surviving token (none before a deleted one, none after the last token), a token enters
+  it iff it differs from that token's new value, and any token may enter (eos, pad, delete included).
+  ``room`` caps each row's length: the insertions past it are dropped, rightmost first.
+
 Labels (what :func:`edit_labels` trains towards), from the canonical alignment of
 :mod:`core.align` (``amap[i] = j`` survives as truth token j, ``-1`` deleted):
 
@@ -162,6 +167,7 @@ class EditResult:
     deleted: torch.BoolTensor  # (B, W) pre-edit positions deleted
     inserted: torch.BoolTensor  # (B, W+1) pre-edit gaps that received a token; gap g is before position g
     inserted_tokens: torch.LongTensor  # (B, W+1) the token inserted in each gap (pad_id where none)
+    capped: Optional[torch.BoolTensor] = None  # (B,) rows that lost insertions to ``room`` (None: no room given)
 
 
 def _following(cur_pred: torch.Tensor, keep: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -177,13 +183,19 @@ def _following(cur_pred: torch.Tensor, keep: torch.Tensor, eos_id: int) -> torch
 
 
 def apply_edits(tokens: torch.Tensor, lengths: torch.Tensor, cur_pred: torch.Tensor, next_pred: torch.Tensor,
-                gap0_pred: Optional[torch.Tensor] = None, *, delete_id: int, eos_id: int, pad_id: int) -> EditResult:
+                gap0_pred: Optional[torch.Tensor] = None, *, delete_id: int, eos_id: int, pad_id: int,
+                gaps: str = "all", insert_specials: bool = False, allowed: Optional[torch.Tensor] = None,
+                room: Optional[torch.Tensor] = None) -> EditResult:
     """One parallel replace / delete / insert pass (rule in the module docstring); pure tensor ops.
 
     tokens, cur_pred, next_pred: (B, W) int64; lengths: (B,); gap0_pred: (B,) or None (no
     insertion before position 0). Positions >= lengths[b] are padding and ignored. A row that
     grows past W is truncated to its first W tokens (``lengths`` clipped to W); the masks still
     describe every edit of the pass in pre-edit coordinates.
+    gaps: "all" (this project's rule) or "before_kept" (ME-DLM's); insert_specials: eos / pad / delete
+    may be inserted (ME-DLM); allowed: (B, W+1) bool, gaps that may receive a token at all (None = every
+    gap); room: (B,) longest each row may become, the first insertions from the left kept (ME-DLM's
+    length cap) and ``capped`` set for rows that lost some.
     """
     if tokens.dim() != 2 or cur_pred.shape != tokens.shape or next_pred.shape != tokens.shape:
         raise ValueError(f"tokens, cur_pred and next_pred must share one (B, W) shape; got {tuple(tokens.shape)}, "
@@ -198,10 +210,25 @@ def apply_edits(tokens: torch.Tensor, lengths: torch.Tensor, cur_pred: torch.Ten
 
     gap_pred = torch.cat([torch.full_like(tokens[:, :1], pad_id) if gap0_pred is None
                           else gap0_pred.to(dev, torch.long).view(bsz, 1), next_pred], dim=1)  # (B, W+1)
-    gap_valid = torch.arange(width + 1, device=dev) <= lengths[:, None]
-    inserted = gap_valid & (gap_pred != _following(cur_pred, keep, eos_id))
-    for special in (eos_id, pad_id, delete_id):
-        inserted &= gap_pred != special
+    if gaps == "all":
+        gap_valid = torch.arange(width + 1, device=dev) <= lengths[:, None]
+        inserted = gap_valid & (gap_pred != _following(cur_pred, keep, eos_id))
+    elif gaps == "before_kept":  # ME-DLM: gap g exists iff token g survives, and is compared with its new value
+        no_gap = torch.zeros_like(keep[:, :1])
+        inserted = torch.cat([keep, no_gap], 1) & (gap_pred != torch.cat([cur_pred, gap_pred[:, -1:]], 1))
+    else:
+        raise ValueError(f"gaps={gaps!r} must be 'all' or 'before_kept'")
+    if not insert_specials:
+        for special in (eos_id, pad_id, delete_id):
+            inserted &= gap_pred != special
+    if gap0_pred is None:  # no prediction for the gap before position 0: nothing enters it
+        inserted[:, 0] = False
+    if allowed is not None:
+        inserted &= allowed
+    capped = None
+    if room is not None:  # keep the first (room - survivors) insertions of each row, as ME-DLM's cap does
+        over = inserted & (torch.cumsum(inserted.long(), 1) > (room.to(dev) - keep.sum(1))[:, None])
+        capped, inserted = over.any(1), inserted & ~over
     inserted_tokens = torch.where(inserted, gap_pred, torch.full_like(gap_pred, pad_id))
 
     # Interleave gap g and position g into one stream of 2W+1 slots, then compact it with a
@@ -217,12 +244,13 @@ def apply_edits(tokens: torch.Tensor, lengths: torch.Tensor, cur_pred: torch.Ten
     out = torch.full((bsz, width + 1), pad_id, dtype=torch.long, device=dev)
     out.scatter_(1, pos, torch.where(present, stream, torch.full_like(stream, pad_id)))
     new_len = present.sum(dim=1).clamp(max=width)
-    return EditResult(out[:, :width], new_len, replaced, deleted, inserted, inserted_tokens)
+    return EditResult(out[:, :width], new_len, replaced, deleted, inserted, inserted_tokens, capped)
 
 
 def apply_edits_reference(row: Sequence[int], length: int, cur_pred: Sequence[int], next_pred: Sequence[int],
                           gap0_pred: Optional[int], *, delete_id: int, eos_id: int, pad_id: int,
-                          width: int) -> dict:
+                          width: int, gaps: str = "all", insert_specials: bool = False,
+                          room: Optional[int] = None) -> dict:
     """Plain-Python twin of :func:`apply_edits` for one row (used by the tests).
 
     Returns a dict with ``tokens`` (list, unpadded, truncated to width), ``replaced``, ``deleted``
@@ -230,10 +258,19 @@ def apply_edits_reference(row: Sequence[int], length: int, cur_pred: Sequence[in
     """
     keep = [i for i in range(length) if cur_pred[i] != delete_id]
     out, inserted = [], {}
+    left = None if room is None else room - len(keep)  # insertions the length cap still allows
     for g in range(length + 1):
         tok = gap0_pred if g == 0 else next_pred[g - 1]
-        following = next((cur_pred[i] for i in keep if i >= g), eos_id)
-        if tok is not None and tok != following and tok not in (eos_id, pad_id, delete_id):
+        if gaps == "all":
+            following = next((cur_pred[i] for i in keep if i >= g), eos_id)
+        else:  # only the gap before a surviving token, compared with that token
+            following = cur_pred[g] if g < length and cur_pred[g] != delete_id else None
+        fires = tok is not None and (gaps == "all" or following is not None) and tok != following
+        if fires and not insert_specials:
+            fires = tok not in (eos_id, pad_id, delete_id)
+        if fires and left is not None:
+            fires, left = left > 0, left - 1
+        if fires:
             inserted[g] = int(tok)
             out.append(int(tok))
         if g < length and cur_pred[g] != delete_id:

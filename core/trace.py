@@ -32,7 +32,8 @@ EVENT_KINDS = ("unmasked", "remasked", "replaced", "deleted", "inserted")
 class StepRecord:
     """What one pass did. Masks are (B, L) bool over the pre-pass region, ``inserted`` is (B, L+1) over gaps.
 
-    ``values`` (B, L) holds the new token of each replaced position; ``inserted_tokens`` (B, L+1) the
+    ``values`` (B, L) holds the new token of each replaced position (and, in a mask pass that also moves
+    tokens, of each unmasked one, in pre-pass coordinates); ``inserted_tokens`` (B, L+1) the
     token put in each gap; ``scores`` (B, L) the per-position score the strategy ranked by.
     """
 
@@ -182,9 +183,11 @@ class Trace:
 
     def compact(self) -> CompactTrace:
         recs = [r.detach_to("cpu") for r in self.records]
-        B, L = self.initial.shape
+        B = self.initial.shape[0]
+        L = max([self.initial.shape[1]] + [r.tokens.shape[1] for r in recs])  # a canvas that grew: pad to its width
         S = len(recs)
-        tokens = np.stack([r.tokens.numpy() for r in recs]) if S else np.zeros((0, B, L), np.int32)
+        initial = _widen(self.initial.numpy(), L, self.pad_id)
+        tokens = np.stack([_widen(r.tokens.numpy(), L, self.pad_id) for r in recs]) if S else np.zeros((0, B, L), np.int32)
         lengths = np.stack([r.lengths.numpy().astype(np.int32) for r in recs]) if S else np.zeros((0, B), np.int32)
         active = np.stack([r.active.numpy().astype(bool) for r in recs]) if S else np.zeros((0, B), bool)
         events, scores = {}, []
@@ -195,7 +198,7 @@ class Trace:
                 if m is None:
                     continue
                 b, p = np.nonzero(m.numpy())
-                vals = _event_values(kind, r, b, p, self.mask_id, tokens[s - 1] if s else self.initial.numpy())
+                vals = _event_values(kind, r, b, p, self.mask_id, tokens[s - 1] if s else initial)
                 rows.append(np.stack([np.full_like(b, s), b, p, vals], 1).astype(np.int32))
                 if kind == "unmasked":
                     sc = r.scores.float().numpy()[b, p] if r.scores is not None else np.full(len(b), np.nan)
@@ -209,15 +212,24 @@ class Trace:
         if reverts:
             events["reverted"] = np.concatenate(reverts).astype(np.int32)
         return CompactTrace(
-            self.initial.numpy(), self.initial_lengths.numpy(), tokens, lengths, active,
+            initial, self.initial_lengths.numpy(), tokens, lengths, active,
             np.array([r.phase for r in recs]), events,
             np.concatenate(scores) if scores else np.zeros(0, np.float32), self.mask_id, self.pad_id, self.eos_id,
         )
 
 
+def _widen(tokens: np.ndarray, width: int, pad_id: int) -> np.ndarray:
+    """(B, W) -> (B, width) with pad_id columns on the right (W <= width)."""
+    if tokens.shape[1] == width:
+        return tokens
+    out = np.full((tokens.shape[0], width), pad_id, tokens.dtype)
+    out[:, : tokens.shape[1]] = tokens
+    return out
+
+
 def _event_values(kind: str, rec: StepRecord, b, p, mask_id: int, prev: np.ndarray) -> np.ndarray:
-    if kind == "unmasked":
-        return rec.tokens.numpy()[b, p]
+    if kind == "unmasked":  # ``values`` when the pass also moved tokens (a draft compacted at its end)
+        return (rec.values if rec.values is not None else rec.tokens).numpy()[b, p]
     if kind == "replaced":
         return rec.values.numpy()[b, p]
     if kind == "inserted":

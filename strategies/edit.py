@@ -33,6 +33,22 @@
 
 The budget split is a parameter: ``edit_passes`` fixed, or ``edit_fraction`` of the passes
 (ME-DLM's 1/8 setting on 512 tokens was 48 mask + 16 edit passes, i.e. a quarter).
+
+ME-DLM's own inference differs from the defaults above in six places, each behind an option (all off by
+default; the ``paper`` preset turns them on, rules in :mod:`strategies.edit_rules`):
+``mask_phase="medlm"`` (pad predictions rank last, only delete banned), ``draft_rule="strip_pads"`` and
+``final_eot`` (pads removed anywhere, the last token forced to end-of-turn), ``insert_gaps="before_kept"``
+(no gap before a deleted token nor after the last one), ``any_token`` (no bans in the edit passes: eos,
+pad and delete can be inserted), ``max_length`` (growth cap per row, prompt included), and the 3:1 split
+``edit_fraction=0.25`` at every budget.
+
+Growth room: without ``max_length`` a row is cut at ``gen_length`` tokens (the canvas never changes). With
+it, the canvas widens pass by pass as far as the longest row grows (never to the cap itself, so a cap of
+6144 costs nothing until rows get long), ``GenerationResult.tokens`` may be wider than ``gen_length``
+(read ``lengths``), and traces pad earlier passes to the final width. ME-DLM's cap counts a whole packed
+batch (its packs start at <= 4096 tokens); here it counts each row, which is what ME-DLM does for a pack of
+one, and keeps a row's result independent of its batch. The model's ``max_sequence_length`` is not
+enforced (rotary positions extrapolate, as in ME-DLM on LLaDA's 4096): rows past it leave the trained range.
 """
 
 from __future__ import annotations
@@ -45,6 +61,7 @@ import torch
 from core.trace import StepRecord
 from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy,
                              StrategyConfig)
+from strategies.edit_rules import apply_with_room, finish_draft, medlm_mask_begin, medlm_mask_step, plan_room
 from strategies.masked import MaskedConfig, MaskedStrategy
 from strategies.registry import register
 from strategies.sampling import ban_tokens, log_probability_from_top, predict, probability_from_top
@@ -64,6 +81,12 @@ class EditConfig(StrategyConfig):
     insert_keep_threshold: Optional[float] = None  # the same bar for insertions only; None = keep_threshold
     revert_margin: Optional[float] = None  # go back (and stop) when the text scores lower than before by more
     revert_to: Literal["previous", "best"] = "previous"  # the earlier text compared and gone back to
+    mask_phase: Literal["llada", "medlm"] = "llada"  # medlm: ME-DLM's mask phase (pad ranks last, mask id allowed)
+    draft_rule: Literal["cut", "strip_pads"] = "cut"  # draft ends at the first eos/pad, or loses every pad
+    final_eot: bool = False  # the draft's last token becomes end-of-turn when edit passes follow (ME-DLM)
+    insert_gaps: Literal["all", "before_kept"] = "all"  # before_kept: ME-DLM's gaps (before surviving tokens)
+    any_token: bool = False  # edit heads unbanned and any token insertable, eos / pad / delete too (ME-DLM)
+    max_length: Optional[int] = None  # rows grow to this many tokens, prompt included (None: cut at gen_length)
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.edit_passes is not None and self.edit_passes < 0:
@@ -80,6 +103,11 @@ class EditConfig(StrategyConfig):
                 raise ValueError(f"{name}={value} must lie in (0, 1]")
         if self.revert_margin is not None and self.revert_margin < 0.0:
             raise ValueError(f"revert_margin={self.revert_margin} must be >= 0")
+        if self.mask_phase == "medlm" and (self.block_length is not None or self.temperature != 0.0):
+            raise ValueError("mask_phase='medlm' is ME-DLM's greedy one-block mask phase: "
+                             "block_length must be None and temperature 0")
+        if self.max_length is not None and self.max_length <= gen_length:
+            raise ValueError(f"max_length={self.max_length} must exceed gen_length={gen_length} (prompt included)")
         self.mask_config().check(gen_length, max_nfe)
 
     def mask_config(self) -> MaskedConfig:
@@ -97,6 +125,12 @@ class EditStrategy(Strategy):
     description = "ME-DLM: mask phase, then parallel replace / delete / insert passes with a next-token head"
     config_class = EditConfig
     presets = {
+        "paper": Preset(
+            {"edit_fraction": 0.25, "edit_passes": None, "mask_phase": "medlm", "draft_rule": "strip_pads",
+             "final_eot": True, "insert_gaps": "before_kept", "any_token": True, "max_length": 6144},
+            "ME-DLM test.py: 3:1 mask:edit passes (48 + 16 for 512 tokens at 1/8) at every budget, its mask-phase "
+            "ranking, pad stripping, forced final end-of-turn, insertion rule and 6144-token growth cap; a row "
+            "stops at its first pass that changes nothing (same tokens as running on, NFE = its real edit steps)"),
         "project": Preset(
             {"edit_passes": 4, "keep_threshold": 0.5, "revert_margin": 0.5, "revert_to": "best"},
             "this project's tuned edit entry (experiments/ablations/embedded_default.yaml, chosen on the dev "
@@ -111,47 +145,65 @@ class EditStrategy(Strategy):
         M, E = self.config.split(ctx.max_nfe)
         if ctx.delete_id is None:
             raise ValueError("the edit strategy needs a delete token (config.delete_token_id)")
+        if self.config.max_length is not None:
+            plan_room(ctx, state, self.config.max_length)
         has_masks = bool((state.x[:, ctx.prompt_width:] == ctx.mask_id).any())
         self._mask = MaskedStrategy(self.config.mask_config())
         self._mask_ctx = DecodeContext(**{**ctx.__dict__, "max_nfe": M})
         state.extra["mask_passes"] = M if has_masks else 0
         state.extra["last_pass"] = ctx.max_nfe - 1 if has_masks else E - 1
-        if has_masks:
-            self._mask.begin(self._mask_ctx, state)
+        state.extra["edit_passes"] = E
+        if not has_masks:
+            self._finish_draft(ctx, state)
+        elif self.config.mask_phase == "medlm":
+            medlm_mask_begin(ctx, state, M)
         else:
-            _strip(ctx, state)
+            self._mask.begin(self._mask_ctx, state)
 
     def request(self, ctx: DecodeContext, state: DecodeState) -> ForwardRequest:
         return ForwardRequest(next_head=state.step >= state.extra["mask_passes"])
 
     def sure_passes(self, ctx: DecodeContext, state: DecodeState) -> int:
-        return self._mask.sure_passes(self._mask_ctx, state) if state.step < state.extra["mask_passes"] else 0
+        M = state.extra["mask_passes"]
+        if state.step >= M:
+            return 0
+        if self.config.mask_phase == "medlm":  # every row runs all M mask passes, as in ME-DLM
+            return M - state.step
+        return self._mask.sure_passes(self._mask_ctx, state)
 
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         M = state.extra["mask_passes"]
         if state.step < M:
-            record = self._mask.step(self._mask_ctx, state, out)
-            if state.step == M - 1:  # mask phase over: strip padding, every row goes on to edit
-                _strip(ctx, state)
-                record.tokens, record.lengths = state.x[:, ctx.prompt_width:].clone(), state.lengths.clone()
+            if self.config.mask_phase == "medlm":
+                record = medlm_mask_step(ctx, state, out)
+            else:
+                record = self._mask.step(self._mask_ctx, state, out)
+            if state.step == M - 1:  # mask phase over: make the draft, every row goes on to edit
+                self._finish_draft(ctx, state, record)
                 state.active = torch.full_like(state.active, state.step < state.extra["last_pass"])
             return record
         return self._edit(ctx, state, out)
 
+    def _finish_draft(self, ctx: DecodeContext, state: DecodeState, record: Optional[StepRecord] = None) -> None:
+        """The mask phase's region -> the draft (ME-DLM forces the end-of-turn only when edit passes follow)."""
+        final_eot = self.config.final_eot and state.extra["edit_passes"] > 0
+        finish_draft(self.config.draft_rule, final_eot, ctx, state, record)
+
     def _edit(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
-        P, charged = ctx.prompt_width, state.active
+        P, charged, cfg = ctx.prompt_width, state.active, self.config
         region = state.x[:, P:]
-        logits = ban_tokens(out.logits, (ctx.mask_id,))
-        next_logits = ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id))
+        logits = out.logits if cfg.any_token else ban_tokens(out.logits, (ctx.mask_id,))
+        next_logits = out.next_logits if cfg.any_token else ban_tokens(out.next_logits, (ctx.mask_id, ctx.delete_id))
         top, conf = predict(logits, 0.0, ctx.generators)
         reverted = _revert_worse(self.config, ctx, state, logits, top, conf)
         active = charged & (reverted < 0) if reverted is not None else charged  # a reverted row edits no more
         ntop, nconf = predict(next_logits, 0.0, ctx.generators)  # (B, L+1)
         cur, nxt = top, ntop
+        may_insert = torch.ones_like(nxt, dtype=torch.bool)  # (B, L+1) gaps the gates leave open
         tau = self.config.min_edit_confidence
         if tau is not None:  # an unsure head keeps the token (no replace / delete) and inserts nothing
             cur = torch.where(conf >= tau, cur, region)
-            nxt = torch.where(nconf >= tau, nxt, torch.full_like(nxt, ctx.pad_id))
+            may_insert &= nconf >= tau
         rho = self.config.keep_threshold
         if rho is not None:  # a head that finds the present text likely enough leaves it alone
             cur = torch.where(probability_from_top(logits, region, top, conf) < rho, cur, region)
@@ -160,18 +212,24 @@ class EditStrategy(Strategy):
             gap = torch.arange(region.shape[1] + 1, device=region.device)
             following = torch.cat([region, torch.full_like(region[:, :1], ctx.eos_id)], dim=1)
             following = torch.where(gap[None, :] < state.lengths[:, None], following, ctx.eos_id)
-            doubt = probability_from_top(next_logits, following, ntop, nconf) < rho_insert
-            nxt = torch.where(doubt, nxt, torch.full_like(nxt, ctx.pad_id))
+            may_insert &= probability_from_top(next_logits, following, ntop, nconf) < rho_insert
         from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
 
-        res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
-                          eos_id=ctx.eos_id, pad_id=ctx.pad_id)
+        rule = dict(gaps=cfg.insert_gaps, insert_specials=cfg.any_token)
+        if cfg.max_length is not None:  # the canvas may widen here
+            res = apply_with_room(ctx, state, cur, nxt, may_insert, **rule)
+            region = state.x[:, P:]
+        else:
+            res = apply_edits(region, state.lengths, cur, nxt[:, 1:], nxt[:, 0], delete_id=ctx.delete_id,
+                              eos_id=ctx.eos_id, pad_id=ctx.pad_id, allowed=may_insert, **rule)
         accept = _accepted(self.config, state, res, active)
         rows = accept[:, None]
         replaced, deleted, inserted = res.replaced & rows, res.deleted & rows, res.inserted & rows
         region.copy_(torch.where(rows, res.tokens, region))
         state.set_lengths(P, torch.where(accept, res.lengths, state.lengths))
         changed = replaced.any(1) | deleted.any(1) | inserted.any(1)
+        if res.capped is not None:  # insertions the length cap refused are still wanted: not a fixed point
+            changed |= res.capped & accept
         more = state.step < state.extra["last_pass"]
         state.active = accept & more & (changed if self.config.stop_when_unchanged else True)
         return StepRecord(phase="edit", tokens=region.clone(), lengths=state.lengths.clone(), active=charged,
@@ -198,6 +256,10 @@ def _revert_worse(config: EditConfig, ctx: DecodeContext, state: DecodeState, lo
     if kept is None:
         state.extra["kept"] = (region.clone(), state.lengths.clone(), score, now)
         return torch.full_like(now, -1)
+    if kept[0].shape[1] < region.shape[1]:  # the canvas grew (max_length) since that text was kept
+        wider = torch.full_like(region, ctx.pad_id)
+        wider[:, : kept[0].shape[1]] = kept[0]
+        kept = (wider, *kept[1:])
     back = state.active & (score < kept[2] - config.revert_margin)
     region.copy_(torch.where(back[:, None], kept[0], region))
     state.set_lengths(P, torch.where(back, kept[1], state.lengths))
@@ -223,14 +285,3 @@ def _accepted(config: EditConfig, state: DecodeState, res, active: torch.Tensor)
         ok &= n_changed <= config.max_change_fraction * state.lengths.clamp(min=1)
     return ok
 
-
-def _strip(ctx: DecodeContext, state: DecodeState) -> None:
-    """Cut each row at its first end-of-text / pad token and take the padding out of attention; the
-    result is the draft the edit passes start from (kept for ``GenerationResult.draft_tokens``)."""
-    from core.decode import strip_padding
-
-    region = state.x[:, ctx.prompt_width:]
-    state.set_lengths(ctx.prompt_width, strip_padding(region, ctx.eos_id, ctx.pad_id))
-    pos = torch.arange(region.shape[1], device=region.device)
-    region.copy_(torch.where(pos[None, :] < state.lengths[:, None], region, torch.full_like(region, ctx.pad_id)))
-    state.extra["draft"] = (region.clone(), state.lengths.clone())
