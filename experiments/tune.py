@@ -304,7 +304,8 @@ def protocol_record(tune: TuneConfig, experiment: ExperimentConfig, scores: dict
                             winners=winners.get(e.label, {})))
     return dict(protocol_version=1, tune_config=tune.source, config_sha256=experiment.hash(), split="dev",
                 trials=tune.trials, sampler=tune.sampler, seed=tune.seed, select=tune.select,
-                tie_break="lowest trial index", limit=limit, tasks=[_task_dict(t) for t in experiment.tasks],
+                tie_break="lowest trial index", limit=limit, model=experiment.model,
+                decode_seeds=list(experiment.seeds), tasks=[_task_dict(t) for t in experiment.tasks],
                 budgets=list(experiment.budgets), entries=entries,
                 winners_config=WINNERS_FILE if winners else None,
                 test_looks=looks.get("test_looks", 0), test_runs=looks.get("test_runs", []))

@@ -115,6 +115,7 @@ def test_trials_expand_into_one_ablation_of_ordinary_entries(tiny_checkpoint):
     (lambda d: d["strategies"][0]["space"].update(colour=["red"]), "strategies[0].space.colour",
      "unknown parameter"),
     (lambda d: d.update(test_tasks=[{"name": "arith", "split": "dev"}]), "test_tasks[0].split", "test split"),
+    (lambda d: d["protocol"].update(sampler="grid"), "strategies[0].space", "the grid has 3 settings besides"),
 ])
 def test_bad_tune_configs_name_file_and_key(tiny_checkpoint, change, key, reason):
     data = tune_dict(tiny_checkpoint)
@@ -165,6 +166,29 @@ def test_selection_mean_and_per_budget_with_ties_to_the_lowest_trial(tiny_checkp
     assert select(entry, trial_scores(entry, better[:4] + _rows("masked/t01", {("arith", "1/1"): [1, 1]})
                                       + better[4:]), "mean") == {"*": 1}
     assert select(entry, [None, None, None], "mean") == {}
+
+
+def test_a_grid_protocol_runs_exactly_its_grid(tiny_checkpoint):
+    data = tune_dict(tiny_checkpoint, protocol={"trials": 4, "sampler": "grid", "select": "mean"})
+    data["strategies"][1]["space"] = {"threshold": {"low": 0.6, "high": 0.8, "grid": 3}}
+    tune = tune_from_dict(data, source="t.yaml")
+    assert [t["threshold"] for t in tune.entries[1].trials] == [0.9, 0.6, 0.7, 0.8]
+    assert len({json.dumps(t, sort_keys=True) for t in tune.entries[0].trials}) == 4
+
+
+def test_per_budget_winners_become_one_entry_per_winning_trial_at_the_budgets_it_won(tiny_checkpoint):
+    from experiments.tune import winners_config
+
+    data = tune_dict(tiny_checkpoint, protocol={"trials": 3, "sampler": "random", "seed": 0, "select": "per_budget"})
+    tune = tune_from_dict(data, source="t.yaml")
+    cfg = winners_config(tune, {"masked": {"1/1": 2, "1/4": 2}, "threshold": {"1/1": 0, "1/4": 1}})
+    got = [(s["label"], s.get("budgets"), s["params"]) for s in cfg["strategies"]]
+    m, t = tune.entries
+    assert got == [("masked/t02", ["1/1", "1/4"], m.trials[2]), ("threshold/t00", ["1/1"], t.trials[0]),
+                   ("threshold/t01", ["1/4"], t.trials[1])]
+    assert cfg["protocol"] == "protocol.json" and [x["split"] for x in cfg["tasks"]] == ["test"]
+    winners = config_from_dict(cfg, source="w.yaml")  # an ordinary ablation config
+    assert winners.budgets_for(winners.strategies[1]) == ("1/1",)
 
 
 # ---- end to end ------------------------------------------------------------------------------------------------
