@@ -125,7 +125,8 @@ def tune_from_dict(data: Any, source: str = "<dict>") -> TuneConfig:
     check = config_from_dict({**base, "tasks": test_tasks, "strategies": ["masked"]}, source)
     for i, task in enumerate(check.tasks):
         if task.split != "test":
-            raise ConfigError(source, f"test_tasks[{i}].split", f"the winners run on the test split, got {task.split!r}")
+            raise ConfigError(source, f"test_tasks[{i}].split",
+                              f"the winners run on the test split, got {task.split!r}")
     entries = tuple(_entry(e, i, probe, proto, source) for i, e in enumerate(data["strategies"]))
     trial_entries = [dict(e.extra, name=e.name, label=e.trial_label(i), params=p)
                      for e in entries for i, p in enumerate(e.trials)]
@@ -393,10 +394,12 @@ def trials_markdown(record: dict, detail: bool = False) -> str:
                      f"{_pct(start and start['mean'])} | {_pct(best)} | {won} |")
     if detail:
         for e in record["entries"]:
-            lines += ["", f"### {e['label']}", "", "| trial | params | dev % (mean) | per budget |", "|---|---|---|---|"]
+            lines += ["", f"### {e['label']}", "", "| trial | params | dev % (mean) | per budget |",
+                      "|---|---|---|---|"]
             for t in e["trials"]:
                 shown = {k: v for k, v in t["params"].items() if k in e["space"] or k in e["start"]}
-                per = "" if t["dev"] is None else ", ".join(f"{b}: {_pct(v)}" for b, v in t["dev"]["per_budget"].items())
+                dev = t["dev"]
+                per = "" if dev is None else ", ".join(f"{b}: {_pct(v)}" for b, v in dev["per_budget"].items())
                 lines.append(f"| t{t['trial']:02d} | {shown} | {_pct(t['dev'] and t['dev']['mean'])} | {per} |")
     return "\n".join(lines) + "\n"
 

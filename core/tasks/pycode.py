@@ -343,8 +343,8 @@ def fam_squares(rng, k, pools=None):
     def write(r, fname, arg):
         acc, x = r.choice(pools.accs), r.choice(pools.vars)
         if r.random() < 0.5:
-            return _loop(fname, arg, f"{acc} = 0", [f"for {x} in {arg}:", f"{IND}{_acc_update(r, acc, '+', f'{x} * {x}')}"],
-                         f"return {acc}")
+            update = _acc_update(r, acc, "+", f"{x} * {x}")
+            return _loop(fname, arg, f"{acc} = 0", [f"for {x} in {arg}:", f"{IND}{update}"], f"return {acc}")
         return f"def {fname}({arg}):\n{IND}return sum({x} * {x} for {x} in {arg})"
 
     return ("sum_squares", "returns the sum of the squares of the numbers in {arg}",
