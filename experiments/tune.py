@@ -26,6 +26,7 @@ at each budget; ties go to the lowest trial index) and the run directory gets:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -336,10 +337,9 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
 
     The protocol file is written before the first trial (no scores yet) and again at the end, so a killed
     run leaves its declared protocol behind; the looks at test recorded so far are always kept."""
+    from experiments.config import validate
     from experiments.runner import run_ablation
     from experiments.store import load_rows
-
-    from experiments.config import validate
 
     experiment = tune.experiment_for(limit=limit, only=only, model=model, device=device)
     validate(experiment, check_paths=True)  # before the protocol file is written
@@ -348,10 +348,11 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
     if old is not None and old.get("config_sha256") != experiment.hash():
         raise ValueError(f"{out / PROTOCOL_FILE}: written by another tune protocol (config sha256 differs); "
                          "pass another --out directory")
-    looks = {k: old[k] for k in ("test_looks", "test_runs") if old and k in old}
     kept = _kept(tune, experiment)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / PROTOCOL_FILE, protocol_record(kept, experiment, {}, {}, looks, limit))
+    with _protocol_lock(out / PROTOCOL_FILE):  # the looks recorded so far stay
+        looks = read_protocol(out / PROTOCOL_FILE) or {}
+        write_json_atomic(out / PROTOCOL_FILE, protocol_record(kept, experiment, {}, {}, looks, limit))
     run_dir = run_ablation(experiment, out, progress=progress)
     rows = load_rows(run_dir)
     scores = {e.label: trial_scores(e, rows) for e in kept.entries}
@@ -362,9 +363,10 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
             f"# winners of the tune protocol {run_dir / PROTOCOL_FILE} (select: {tune.select}), on the test split.\n"
             f"# Every `refinery ablate` of this file is counted in that protocol's test_looks.\n"
             + yaml.safe_dump(winners_config(kept, winners), sort_keys=False))
-    looks = read_protocol(run_dir / PROTOCOL_FILE) or {}  # a look may have been recorded meanwhile
-    record = protocol_record(kept, experiment, scores, winners, looks, limit)
-    write_json_atomic(run_dir / PROTOCOL_FILE, record)
+    with _protocol_lock(run_dir / PROTOCOL_FILE):  # a look may have been recorded meanwhile: keep it
+        looks = read_protocol(run_dir / PROTOCOL_FILE) or {}
+        record = protocol_record(kept, experiment, scores, winners, looks, limit)
+        write_json_atomic(run_dir / PROTOCOL_FILE, record)
     (run_dir / TABLE_FILE).write_text(trials_markdown(record, detail=True))
     return record
 
@@ -429,9 +431,7 @@ def record_test_look(config: ExperimentConfig, out_dir: str | Path) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{config.source}: protocol: {path}: no such protocol file; a winners config's "
                                 "looks at test are counted there")
-    fd = os.open(path.with_name("." + path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with _protocol_lock(path):
         record = read_protocol(path)
         if not isinstance(record, dict) or "test_looks" not in record:
             raise ValueError(f"{config.source}: protocol: {path} is not a tune protocol file")
@@ -442,5 +442,14 @@ def record_test_look(config: ExperimentConfig, out_dir: str | Path) -> int:
             command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]))
         write_json_atomic(path, record)
         return record["test_looks"]
+
+
+@contextlib.contextmanager
+def _protocol_lock(path: Path):
+    """Exclusive lock on a file beside the protocol (the protocol itself is replaced, so it cannot hold one)."""
+    fd = os.open(path.with_name("." + path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)

@@ -231,6 +231,24 @@ def test_tune_then_ablate_the_winners_counts_every_look(tmp_path, tiny_checkpoin
     assert json.loads((run / "protocol.json").read_text())["test_looks"] == 2
 
 
+def test_looks_recorded_at_once_are_all_counted(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from experiments.tune import record_test_look
+
+    (tmp_path / "protocol.json").write_text(json.dumps({"test_looks": 0}))
+    cfg = write_yaml(tmp_path / "winners.yaml", dict(small_config(tmp_path / "m"), protocol="protocol.json"))
+    config = load_config(cfg)
+    with ThreadPoolExecutor(8) as pool:
+        counts = sorted(pool.map(lambda _: record_test_look(config, "out"), range(16)))
+    assert counts == list(range(1, 17))
+    record = json.loads((tmp_path / "protocol.json").read_text())
+    assert record["test_looks"] == 16 and len(record["test_runs"]) == 16
+    (tmp_path / "protocol.json").write_text(json.dumps({"trials": 3}))
+    with pytest.raises(ValueError, match="is not a tune protocol file"):
+        record_test_look(config, "out")
+
+
 def test_ablate_refuses_a_winners_config_whose_protocol_is_missing(tmp_path, tiny_checkpoint, capsys):
     cfg = write_yaml(tmp_path / "w.yaml", dict(small_config(tiny_checkpoint), protocol="gone/protocol.json"))
     assert main(["ablate", str(cfg), "--out", str(tmp_path / "run")]) == 2
