@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "ablations" / "embedded_default.yaml"
 TOP_KEYS = {"name", "model", "tokenizer", "delete_token", "tasks", "strategies", "budgets", "gen_length",
-            "batch_size", "device", "dtype", "seeds", "score_workers", "save_traces"}
+            "batch_size", "device", "dtype", "seeds", "score_workers", "save_traces", "protocol"}
 TASK_KEYS = {"name", "n", "split", "seed", "kwargs"}
 STRATEGY_KEYS = {"name", "label", "params", "sweep", "budgets"}
 DTYPES = (None, "auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
@@ -82,13 +82,16 @@ class ExperimentConfig:
     score_workers: int = 2  # sandbox processes for code scoring
     save_traces: bool = True
     source: str = field(default="<dict>", compare=False)  # file the config came from
+    # tune protocol file (relative to the config file) whose test_looks each run of this config counts;
+    # bookkeeping, not part of the config's hash (experiments.tune)
+    protocol: Optional[str] = field(default=None, compare=False)
 
     def budgets_for(self, spec: StrategySpec) -> tuple[str, ...]:
         return spec.budgets if spec.budgets is not None else self.budgets
 
     def to_dict(self) -> dict:
         """The resolved config (sweeps expanded) as plain YAML-able data; ``load_config`` reads it back."""
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "source"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "protocol")}
         d["tasks"] = [dict(t.__dict__, kwargs=dict(t.kwargs)) for t in self.tasks]
         d["strategies"] = [{"name": s.name, "label": s.label, "params": dict(s.params),
                             **({"budgets": list(s.budgets)} if s.budgets is not None else {})}
@@ -177,6 +180,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> ExperimentConfig:
         score_workers=_positive_int(data.get("score_workers", 2), "score_workers", err),
         save_traces=_typed(data.get("save_traces", True), bool, "save_traces", err),
         source=source,
+        protocol=_typed(data.get("protocol"), (str, type(None)), "protocol", err),
     )
 
 

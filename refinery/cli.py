@@ -8,7 +8,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("decode", "strategies", "convert", "train", "ablate", "report", "app")
+COMMANDS = ("decode", "strategies", "convert", "train", "ablate", "tune", "report", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

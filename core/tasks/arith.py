@@ -14,7 +14,10 @@ order, and the answer after ``####`` must equal the last step and the truth. The
 verdict (the number after ``####``) is reported beside it.
 
 Knobs: ``max_operand`` (quantities in the text), ``min_steps`` / ``max_steps`` (events),
-``max_value`` (no running total leaves 0..max_value).
+``max_value`` (no running total leaves 0..max_value), ``space`` (1: the original problem space; 2: more
+names, items and events, operands up to 40, totals up to 99; defaults of the other knobs follow it).
+Two problems are the same problem when they ask for the same arithmetic: the same start and the same
+events in order (``identity``), whoever holds which items, however it is worded.
 """
 
 from __future__ import annotations
@@ -35,6 +38,40 @@ SEPARATORS = ("\n", "; ", ". ")
 STEP = re.compile(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)")
 FINAL = re.compile(r"####\s*(-?\d+)\s*$")
 
+# Space 2 adds to every pool (space 1's draws stay bit for bit what they were).
+NAMES_V2 = NAMES + ("Nina", "Omar", "Ruth", "Hugo", "Iris", "Jack", "Kate", "Noah", "Rosa", "Theo")
+PRONOUN_V2 = dict(PRONOUN, **dict.fromkeys(("Nina", "Ruth", "Iris", "Kate", "Rosa"), "She"))
+ITEMS_V2 = ITEMS + ("beads", "cups", "rocks", "tickets", "bottles", "candles", "keys", "plates", "seeds", "toys")
+GAINS_V2 = GAINS + ("receives {n} more", "collects {n} more", "makes {n} more")
+LOSSES_V2 = LOSSES + ("throws away {n}", "trades away {n}", "breaks {n}")
+THEN_V2 = THEN + ("Next ", "Soon ")
+SPACES = {1: dict(max_operand=20, min_steps=2, max_steps=3, max_value=40),  # knob defaults per space
+          2: dict(max_operand=40, min_steps=2, max_steps=3, max_value=99)}
+POOLS = {1: (NAMES, PRONOUN, ITEMS, GAINS, LOSSES, THEN), 2: (NAMES_V2, PRONOUN_V2, ITEMS_V2, GAINS_V2, LOSSES_V2,
+                                                              THEN_V2)}
+
+
+def identity(start: int, steps) -> tuple:
+    """What makes two problems the same problem: the start and the (op, n) events, in order."""
+    return (int(start), tuple((op, int(n)) for op, n in steps))
+
+
+def in_space_1(start: int, steps) -> bool:
+    """Whether space 1 (its default knobs) can draw a problem with this identity: the draw's own rules."""
+    k = SPACES[1]
+    if not (2 <= start <= k["max_operand"] and k["min_steps"] <= len(steps) <= k["max_steps"]):
+        return False
+    value = start
+    for op, n in steps:
+        if op == "+":  # a gain is drawn when forced (value < 2) or allowed (value + 1 <= max_value)
+            ok = (value < 2 or value + 1 <= k["max_value"]) and 1 <= n <= min(k["max_operand"], k["max_value"] - value)
+        else:  # a loss only when not forced to gain and allowed
+            ok = value >= 2 and 1 <= n <= min(k["max_operand"], value)
+        if not ok:
+            return False
+        value = value + n if op == "+" else value - n
+    return True
+
 
 def write_step(a: int, op: str, b: int, c: int, spaced: bool) -> str:
     return f"{a} {op} {b} = {c}" if spaced else f"{a}{op}{b}={c}"
@@ -42,7 +79,15 @@ def write_step(a: int, op: str, b: int, c: int, spaced: bool) -> str:
 
 @register_task("arith")
 class ArithTask(GeneratedTask):
-    def __init__(self, max_operand: int = 20, min_steps: int = 2, max_steps: int = 3, max_value: int = 40):
+    def __init__(self, max_operand: int | None = None, min_steps: int | None = None, max_steps: int | None = None,
+                 max_value: int | None = None, space: int = 1):
+        if space not in SPACES:
+            raise ValueError(f"arith: space must be one of {sorted(SPACES)}, got {space!r}")
+        self.space = space
+        given = dict(max_operand=max_operand, min_steps=min_steps, max_steps=max_steps, max_value=max_value)
+        knobs = {k: SPACES[space][k] if v is None else v for k, v in given.items()}
+        max_operand, min_steps, max_steps, max_value = (knobs[k] for k in ("max_operand", "min_steps", "max_steps",
+                                                                             "max_value"))
         if not 2 <= max_operand <= max_value:
             raise ValueError(f"arith: max_operand must lie in 2..max_value, got {max_operand}")
         if not 1 <= min_steps <= max_steps <= 6:
@@ -50,7 +95,8 @@ class ArithTask(GeneratedTask):
         self.max_operand, self.min_steps, self.max_steps, self.max_value = max_operand, min_steps, max_steps, max_value
 
     def draw(self, rng: random.Random) -> Problem:
-        name, item = rng.choice(NAMES), rng.choice(ITEMS)
+        names, pronouns, items, gains, losses, then = POOLS[self.space]
+        name, item = rng.choice(names), rng.choice(items)
         start = rng.randint(2, self.max_operand)
         value, steps, phrases = start, [], []
         for _ in range(rng.randint(self.min_steps, self.max_steps)):
@@ -58,11 +104,11 @@ class ArithTask(GeneratedTask):
             n = rng.randint(1, min(self.max_operand, self.max_value - value if gain else value))
             value = value + n if gain else value - n
             steps.append(("+" if gain else "-", n))
-            phrases.append(rng.choice(GAINS if gain else LOSSES).format(n=n))
-        pron = PRONOUN.get(name, "He")
+            phrases.append(rng.choice(gains if gain else losses).format(n=n))
+        pron = pronouns.get(name, "He")
         sentences = [f"{name} has {start} {item}."]
         for i, ph in enumerate(phrases):
-            lead = rng.choice(THEN) if i else ""
+            lead = rng.choice(then) if i else ""
             subject = pron if not lead else pron.lower()
             sentences.append(f"{lead}{subject} {ph}.")
         prompt = " ".join(sentences) + f" How many {item} does {name} have now?"
@@ -81,7 +127,7 @@ class ArithTask(GeneratedTask):
 
         key = f"{name}|{item}|{start}|{steps}|{phrases}"
         return Problem(key=key, prompt=prompt, reference=solution(rng, canonical=True), meta=meta,
-                       solution=solution)
+                       solution=solution, old=self.space > 1 and in_space_1(start, steps))
 
     def score(self, example, output: str) -> Score:
         meta = example.meta

@@ -9,6 +9,12 @@ dev, so dev holds combinations that training never shows, as test does by chance
 is decided by the hash alone and does not move. Settings (budget splits, stop rules) are
 chosen on dev; test is only for reporting. Every problem has several valid written
 solutions (``Problem.solution(rng)``): that multimodality is what parallel decoding breaks.
+
+Problem spaces are versioned (task option ``space``): ``space: 1`` is the original space, kept bit for bit
+so old results reproduce; ``space: 2`` is larger, and its split hash is salted with the version, so its
+splits are fresh. A v2 problem that is "the same problem" as one of space 1 (each task defines that by
+its ``identity``: the computation asked for, whatever the names and wording) is marked ``old``: it may only
+be trained on, so no v2 test or dev problem was ever a v1 problem of any split.
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ class Problem:
     meta: dict = field(compare=False)
     solution: Callable[[random.Random], str] = field(compare=False)  # one valid solution, any surface form
     held_out: bool = False  # never train: test when the key hashes there, else dev
+    old: bool = False  # the same problem exists in an earlier space: train only (dropped when also held out)
 
 
-def split_of(task: str, key: str, held_out: bool = False) -> str:
-    bucket = int(hashlib.sha1(f"{task}|{key}".encode()).hexdigest()[:8], 16) % 100
+def split_of(task: str, key: str, held_out: bool = False, space: int = 1) -> str:
+    salt = f"{task}|{key}" if space == 1 else f"{task}|v{space}|{key}"  # v1's hash unchanged
+    bucket = int(hashlib.sha1(salt.encode()).hexdigest()[:8], 16) % 100
     if bucket < TEST_PERCENT:
         return "test"
     return "dev" if held_out or bucket < TEST_PERCENT + DEV_PERCENT else "train"
@@ -46,17 +54,30 @@ def split_of(task: str, key: str, held_out: bool = False) -> str:
 class GeneratedTask(Task):
     """Base of ``arith`` and ``pycode``: subclasses implement ``draw(rng) -> Problem`` and ``score``."""
 
+    space: int = 1  # problem-space version (subclasses set it from their ``space`` option)
+
     def draw(self, rng: random.Random) -> Problem:
         raise NotImplementedError
 
+    @property
+    def _tag(self) -> str:
+        """'' for space 1 (its seeds and ids as they always were), else '|v2' ..."""
+        return "" if self.space == 1 else f"|v{self.space}"
+
+    def split_for(self, p: Problem) -> Optional[str]:
+        """The split of a drawn problem; None: in no split (an old problem that is also held out)."""
+        if p.old:
+            return None if p.held_out else "train"
+        return split_of(self.name, p.key, p.held_out, self.space)
+
     def _stream(self, split: str, seed: int, unique: bool) -> Iterator[Problem]:
         check_split(self.name, split)
-        rng = random.Random(f"{self.name}|{split}|{seed}")
+        rng = random.Random(f"{self.name}|{split}|{seed}{self._tag}")
         seen: set[str] = set()
         misses = 0
         while True:
             p = self.draw(rng)
-            if split_of(self.name, p.key, p.held_out) != split or (unique and p.key in seen):
+            if self.split_for(p) != split or (unique and p.key in seen):
                 misses += 1
                 if misses > MAX_TRIES:
                     raise ValueError(f"task {self.name!r}: cannot draw more {split} problems with these settings "
@@ -72,7 +93,8 @@ class GeneratedTask(Task):
         return [next(stream) for _ in range(n)]
 
     def examples(self, split: str, n: Optional[int] = None, seed: int = 0) -> list[Example]:
-        return [Example(id=f"{self.name}-{hashlib.sha1(p.key.encode()).hexdigest()[:12]}", task=self.name,
+        prefix = self.name if self.space == 1 else f"{self.name}-v{self.space}"
+        return [Example(id=f"{prefix}-{hashlib.sha1(p.key.encode()).hexdigest()[:12]}", task=self.name,
                         prompt=p.prompt, reference=p.reference, meta=dict(p.meta, key=p.key))
                 for p in self.problems(split, n, seed)]
 
@@ -83,7 +105,7 @@ class GeneratedTask(Task):
         if kind not in ("text", "sft"):
             raise ValueError(f"task {self.name!r}: kind must be 'text' or 'sft', got {kind!r}")
         stream = self._stream(split, seed, unique=False)
-        rng = random.Random(f"{self.name}|{split}|{seed}|solutions")
+        rng = random.Random(f"{self.name}|{split}|{seed}|solutions{self._tag}")
         out = []
         for _ in range(n):
             p = next(stream)
@@ -101,11 +123,12 @@ class GeneratedTask(Task):
 EMBEDDED_TASKS = ("arith", "pycode")
 
 
-def embedded_corpus(n_per_task: int = 5000, seed: int = 0) -> list[str]:
+def embedded_corpus(n_per_task: int = 5000, seed: int = 0, space: int = 1) -> list[str]:
     """Prompt + solution texts of the train split of every embedded task (for the tokenizer)."""
     from core.tasks.base import get_task
 
     texts = []
     for name in EMBEDDED_TASKS:
-        texts += [r["text"] for r in get_task(name).training_records("train", n_per_task, seed, kind="text")]
+        task = get_task(name, space=space)
+        texts += [r["text"] for r in task.training_records("train", n_per_task, seed, kind="text")]
     return texts

@@ -16,6 +16,11 @@ solutions: accumulator and loop-variable names, ``+=`` or ``x = x + ...``, an ex
 a comprehension or builtin. A decoder that commits many tokens at once mixes them (``count``
 declared, ``total`` returned) and the hidden tests fail. The score is the tests' verdict
 (strict and answer-only coincide for code).
+
+``space: 2`` (the default stays 1) draws from larger pools (:data:`V2`): seven more families (any / all
+over a predicate, last index, word count, sum of squares, spread, capping), a divisibility predicate,
+constants up to 20, more argument, accumulator and loop names. Two problems are the same problem when
+they ask for the same function: the same name and the same spec up to the argument's name (``identity``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import hashlib
 import itertools
 import operator
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from core.tasks.base import Example, Score, register_task
@@ -79,12 +84,26 @@ def _counting(r: random.Random, fname: str, arg: str, acc: str, x: str, cond: st
     return f"def {fname}({arg}):\n{IND}return {one_liners[choice - 1]}"
 
 
+@dataclass(frozen=True)
+class Pools:
+    """What a problem space draws from (names, constants' predicates, letters, families); see V1 / V2."""
+
+    accs: tuple = ACCS
+    vars: tuple = VARS
+    preds: Callable[[int], list] = predicates
+    chars: str = "abcdeilnorst"
+    families: tuple = ()
+    args: dict = field(default_factory=dict)  # input kind -> argument names
+    max_k: int = 9  # constants 2..max_k (the task's max_k default)
+
+
 # Each family: (draw parameters) -> (name stem, spec, oracle, solution writer, input kind).
-def fam_count(rng, k):
-    p = rng.choice(predicates(k))
+def fam_count(rng, k, pools=None):
+    pools = pools or V1
+    p = rng.choice(pools.preds(k))
 
     def write(r, fname, arg):
-        acc, x = r.choice(ACCS), r.choice(VARS)
+        acc, x = r.choice(pools.accs), r.choice(pools.vars)
         cond = p.expr.format(x=x)
         return _counting(r, fname, arg, acc, x, cond, (f"sum(1 for {x} in {arg} if {cond})",
                                                         f"len([{x} for {x} in {arg} if {cond}])"))
@@ -93,11 +112,12 @@ def fam_count(rng, k):
             lambda xs: sum(1 for v in xs if p.test(v)), write, "ints")
 
 
-def fam_sum(rng, k):
-    p = rng.choice(predicates(k))
+def fam_sum(rng, k, pools=None):
+    pools = pools or V1
+    p = rng.choice(pools.preds(k))
 
     def write(r, fname, arg):
-        acc, x = r.choice(ACCS), r.choice(VARS)
+        acc, x = r.choice(pools.accs), r.choice(pools.vars)
         cond = p.expr.format(x=x)
         if r.random() < 0.6:
             return _filter_loop(fname, arg, acc, "0", x, cond, _acc_update(r, acc, "+", x))
@@ -107,11 +127,12 @@ def fam_sum(rng, k):
             lambda xs: sum(v for v in xs if p.test(v)), write, "ints")
 
 
-def fam_filter(rng, k):
-    p = rng.choice(predicates(k))
+def fam_filter(rng, k, pools=None):
+    pools = pools or V1
+    p = rng.choice(pools.preds(k))
 
     def write(r, fname, arg):
-        acc, x = r.choice(("out", "result", "keep", "res")), r.choice(VARS)
+        acc, x = r.choice(("out", "result", "keep", "res")), r.choice(pools.vars)
         cond = p.expr.format(x=x)
         if r.random() < 0.5:
             return _filter_loop(fname, arg, acc, "[]", x, cond, f"{acc}.append({x})")
@@ -121,12 +142,13 @@ def fam_filter(rng, k):
             lambda xs: [v for v in xs if p.test(v)], write, "ints")
 
 
-def fam_map(rng, k):
+def fam_map(rng, k, pools=None):
+    pools = pools or V1
     op, word, apply = rng.choice((("*", "multiplied by", operator.mul), ("+", "increased by", operator.add),
                                   ("-", "decreased by", operator.sub)))
 
     def write(r, fname, arg):
-        acc, x = r.choice(("out", "result", "res")), r.choice(VARS)
+        acc, x = r.choice(("out", "result", "res")), r.choice(pools.vars)
         if r.random() < 0.5:
             return _loop(fname, arg, f"{acc} = []", [f"for {x} in {arg}:", f"{IND}{acc}.append({x} {op} {k})"],
                          f"return {acc}")
@@ -137,9 +159,11 @@ def fam_map(rng, k):
             lambda xs: [apply(v, k) for v in xs], write, "ints")
 
 
-def fam_nested(rng, k):
+def fam_nested(rng, k, pools=None):
+    pools = pools or V1
+
     def write(r, fname, arg):
-        acc, x, row = r.choice(ACCS), r.choice(VARS), r.choice(("row", "r", "inner", "sub"))
+        acc, x, row = r.choice(pools.accs), r.choice(pools.vars), r.choice(("row", "r", "inner", "sub"))
         choice = r.randrange(3)
         if choice == 0:
             return _loop(fname, arg, f"{acc} = 0", [f"for {row} in {arg}:", f"{IND}for {x} in {row}:",
@@ -152,12 +176,13 @@ def fam_nested(rng, k):
             lambda rows: sum(sum(r) for r in rows), write, "nested")
 
 
-def fam_extreme(rng, k):
+def fam_extreme(rng, k, pools=None):
+    pools = pools or V1
     big = rng.random() < 0.5
     cmp, word, builtin = (">", "largest", "max") if big else ("<", "smallest", "min")
 
     def write(r, fname, arg):
-        acc, x = r.choice(("best", "m", "result", "top")), r.choice(VARS)
+        acc, x = r.choice(("best", "m", "result", "top")), r.choice(pools.vars)
         if r.random() < 0.5:
             return _loop(fname, arg, f"{acc} = {arg}[0]", [f"for {x} in {arg}:", f"{IND}if {x} {cmp} {acc}:",
                                                            f"{IND * 2}{acc} = {x}"], f"return {acc}")
@@ -167,11 +192,12 @@ def fam_extreme(rng, k):
             max if big else min, write, "nonempty")
 
 
-def fam_char(rng, k):
-    c = rng.choice("abcdeilnorst")
+def fam_char(rng, k, pools=None):
+    pools = pools or V1
+    c = rng.choice(pools.chars)
 
     def write(r, fname, arg):
-        acc, ch = r.choice(ACCS), r.choice(("ch", "c", "letter"))
+        acc, ch = r.choice(pools.accs), r.choice(("ch", "c", "letter"))
         return _counting(r, fname, arg, acc, ch, f"{ch} == '{c}'", (f"{arg}.count('{c}')",
                                                                     f"sum(1 for {ch} in {arg} if {ch} == '{c}')"))
 
@@ -179,9 +205,11 @@ def fam_char(rng, k):
             lambda s: s.count(c), write, "text")
 
 
-def fam_product(rng, k):
+def fam_product(rng, k, pools=None):
+    pools = pools or V1
+
     def write(r, fname, arg):
-        acc, x = r.choice(("prod", "result", "acc", "p")), r.choice(VARS)
+        acc, x = r.choice(("prod", "result", "acc", "p")), r.choice(pools.vars)
         return _loop(fname, arg, f"{acc} = 1", [f"for {x} in {arg}:", f"{IND}{_acc_update(r, acc, '*', x)}"],
                      f"return {acc}")
 
@@ -194,9 +222,11 @@ def fam_product(rng, k):
     return ("product", "returns the product of the numbers in {arg}", oracle, write, "small")
 
 
-def fam_index(rng, k):
+def fam_index(rng, k, pools=None):
+    pools = pools or V1
+
     def write(r, fname, arg):
-        i, x = r.choice(("i", "j", "idx")), r.choice(VARS)
+        i, x = r.choice(("i", "j", "idx")), r.choice(pools.vars)
         if r.random() < 0.5:
             return _loop(fname, arg, "", [f"for {i}, {x} in enumerate({arg}):", f"{IND}if {x} == {k}:",
                                           f"{IND * 2}return {i}"], "return -1")
@@ -207,7 +237,7 @@ def fam_index(rng, k):
             lambda xs: xs.index(k) if k in xs else -1, write, "ints")
 
 
-def fam_words(rng, k):
+def fam_words(rng, k, pools=None):
     def write(r, fname, arg):
         w = r.choice(("words", "parts", "ws"))
         choice = r.randrange(3)
@@ -241,38 +271,169 @@ def test_inputs(kind: str, rng: random.Random, k: int) -> list:
     return cases
 
 
+# ---- space 2: more families, a divisibility predicate, constants to 20, more names ---------------------------
+
+def predicates_v2(k: int) -> list[Pred]:
+    return predicates(k) + [Pred("div", f"divisible by {k}", f"{{x}} % {k} == 0", lambda v: v % k == 0)]
+
+
+def fam_any(rng, k, pools=None):
+    pools = pools or V2
+    p = rng.choice(pools.preds(k))
+
+    def write(r, fname, arg):
+        x = r.choice(pools.vars)
+        cond = p.expr.format(x=x)
+        if r.random() < 0.5:
+            return _loop(fname, arg, "", [f"for {x} in {arg}:", f"{IND}if {cond}:", f"{IND * 2}return True"],
+                         "return False")
+        return f"def {fname}({arg}):\n{IND}return any({cond} for {x} in {arg})"
+
+    return (f"any_{p.short}", f"returns True if some number in {{arg}} is {p.text}, else False",
+            lambda xs: any(p.test(v) for v in xs), write, "ints")
+
+
+def fam_all(rng, k, pools=None):
+    pools = pools or V2
+    p = rng.choice(pools.preds(k))
+
+    def write(r, fname, arg):
+        x = r.choice(pools.vars)
+        cond = p.expr.format(x=x)
+        if r.random() < 0.5:
+            return _loop(fname, arg, "", [f"for {x} in {arg}:", f"{IND}if not ({cond}):", f"{IND * 2}return False"],
+                         "return True")
+        return f"def {fname}({arg}):\n{IND}return all({cond} for {x} in {arg})"
+
+    return (f"all_{p.short}", f"returns True if every number in {{arg}} is {p.text}, else False",
+            lambda xs: all(p.test(v) for v in xs), write, "ints")
+
+
+def fam_last_index(rng, k, pools=None):
+    pools = pools or V2
+
+    def write(r, fname, arg):
+        i, x, res = r.choice(("i", "j", "idx")), r.choice(pools.vars), r.choice(("found", "last", "pos"))
+        if r.random() < 0.5:
+            return _loop(fname, arg, f"{res} = -1", [f"for {i}, {x} in enumerate({arg}):", f"{IND}if {x} == {k}:",
+                                                     f"{IND * 2}{res} = {i}"], f"return {res}")
+        return _loop(fname, arg, "", [f"for {i} in range(len({arg}) - 1, -1, -1):", f"{IND}if {arg}[{i}] == {k}:",
+                                      f"{IND * 2}return {i}"], "return -1")
+
+    return (f"find_last_{k}", f"returns the index of the last number in {{arg}} equal to {k}, or -1 if there is none",
+            lambda xs: max((i for i, v in enumerate(xs) if v == k), default=-1), write, "ints")
+
+
+def fam_count_words(rng, k, pools=None):
+    pools = pools or V2
+
+    def write(r, fname, arg):
+        acc, w = r.choice(pools.accs), r.choice(("w", "word_", "part"))
+        if r.random() < 0.5:
+            return f"def {fname}({arg}):\n{IND}return len({arg}.split())"
+        return _loop(fname, arg, f"{acc} = 0", [f"for {w} in {arg}.split():", f"{IND}{_acc_update(r, acc, '+', '1')}"],
+                     f"return {acc}")
+
+    return ("count_words", "returns how many words the string {arg} has", lambda s: len(s.split()), write, "text")
+
+
+def fam_squares(rng, k, pools=None):
+    pools = pools or V2
+
+    def write(r, fname, arg):
+        acc, x = r.choice(pools.accs), r.choice(pools.vars)
+        if r.random() < 0.5:
+            update = _acc_update(r, acc, "+", f"{x} * {x}")
+            return _loop(fname, arg, f"{acc} = 0", [f"for {x} in {arg}:", f"{IND}{update}"], f"return {acc}")
+        return f"def {fname}({arg}):\n{IND}return sum({x} * {x} for {x} in {arg})"
+
+    return ("sum_squares", "returns the sum of the squares of the numbers in {arg}",
+            lambda xs: sum(v * v for v in xs), write, "ints")
+
+
+def fam_spread(rng, k, pools=None):
+    def write(r, fname, arg):
+        lo, hi = r.choice((("lo", "hi"), ("low", "high"), ("smallest", "largest")))
+        body = f"return max({arg}) - min({arg})" if r.random() < 0.5 else \
+            f"{lo} = min({arg})\n{IND}{hi} = max({arg})\n{IND}return {hi} - {lo}"
+        return f"def {fname}({arg}):\n{IND}{body}"
+
+    return ("spread", "returns the largest number minus the smallest number of the non-empty list {arg}",
+            lambda xs: max(xs) - min(xs), write, "nonempty")
+
+
+def fam_cap(rng, k, pools=None):
+    pools = pools or V2
+
+    def write(r, fname, arg):
+        acc, x = r.choice(("out", "result", "res")), r.choice(pools.vars)
+        if r.random() < 0.5:
+            return _loop(fname, arg, f"{acc} = []", [f"for {x} in {arg}:", f"{IND}{acc}.append(min({x}, {k}))"],
+                         f"return {acc}")
+        return f"def {fname}({arg}):\n{IND}return [min({x}, {k}) for {x} in {arg}]"
+
+    return (f"cap_{k}", f"returns a new list with every number in {{arg}} greater than {k} replaced by {k}",
+            lambda xs: [min(v, k) for v in xs], write, "ints")
+
+
 # Argument names that evaluation problems never use (``rename_prob`` draws training problems with them).
 RENAMES = {"text": ("line", "sentence", "string", "t"), "nested": ("matrix", "table", "m", "groups")}
 RENAMES.update(dict.fromkeys(("ints", "nonempty", "small"), ("a", "arr", "data", "items", "seq", "vals", "ys")))
 
+_ARGS_V1 = {"text": ("s", "text", "word"), "nested": ("rows", "grid", "lists"),
+            **dict.fromkeys(("ints", "nonempty", "small"), ARGS)}
+_ARGS_V2 = {"text": ("s", "text", "word", "phrase", "msg"), "nested": ("rows", "grid", "lists", "blocks", "chunks"),
+            **dict.fromkeys(("ints", "nonempty", "small"), ARGS + ("ns", "elems", "scores", "marks"))}
+V1 = Pools(families=FAMILIES, args=_ARGS_V1)
+V2 = Pools(accs=ACCS + ("tally", "answer", "agg"), vars=VARS + ("e", "val", "elem"), preds=predicates_v2,
+           chars="abcdeghilmnoprstuw", families=FAMILIES + (fam_any, fam_all, fam_last_index, fam_count_words,
+                                                            fam_squares, fam_spread, fam_cap),
+           args=_ARGS_V2, max_k=20)
+POOLS = {1: V1, 2: V2}
 
-def arg_names(kind: str) -> tuple[str, ...]:
-    return ("s", "text", "word") if kind == "text" else ("rows", "grid", "lists") if kind == "nested" else ARGS
 
-
-def held_out_arg(family: str, names: Sequence[str]) -> str:
+def held_out_arg(family: str, names: Sequence[str], space: int = 1) -> str:
     """The argument name a family never uses in training (chosen by a hash): those problems go to dev
     (or stay in test), so dev measures a (family, argument) pair unseen in training, as test can."""
-    return names[int(hashlib.sha1(f"pycode|held-out|{family}".encode()).hexdigest()[:8], 16) % len(names)]
+    salt = f"pycode|held-out|{family}" if space == 1 else f"pycode|v{space}|held-out|{family}"
+    return names[int(hashlib.sha1(salt.encode()).hexdigest()[:8], 16) % len(names)]
+
+
+def identity(entry_point: str, spec: str) -> tuple:
+    """The same problem = the same function asked for: its name and its spec with ``{arg}`` left open."""
+    return (entry_point, spec)
+
+
+@functools.lru_cache(maxsize=None)
+def space_1_identities(tries: int = 400) -> frozenset:
+    """Every identity space 1 (default max_k) can draw: each family's own draw at every constant, from
+    ``tries`` seeded generators (its widest choice is one letter of 12: all are found but with probability
+    below 1e-14; the generators are seeded, so the set is the same every time)."""
+    return frozenset(identity(*fam(random.Random(i), k, V1)[:2]) for fam in V1.families
+                     for k in range(2, V1.max_k + 1) for i in range(tries))
 
 
 @register_task("pycode")
 class PyCodeTask(GeneratedTask):
-    def __init__(self, max_k: int = 9, timeout: float = 5.0, rename_prob: float = 0.0):
+    def __init__(self, max_k: Optional[int] = None, timeout: float = 5.0, rename_prob: float = 0.0, space: int = 1):
+        if space not in POOLS:
+            raise ValueError(f"pycode: space must be one of {sorted(POOLS)}, got {space!r}")
+        max_k = POOLS[space].max_k if max_k is None else max_k
         if not 2 <= max_k <= 50:
             raise ValueError(f"pycode: max_k must lie in 2..50, got {max_k}")
         if not 0.0 <= rename_prob <= 1.0:
             raise ValueError(f"pycode: rename_prob must lie in 0..1, got {rename_prob}")
-        self.max_k, self.timeout, self.rename_prob = max_k, timeout, rename_prob
+        self.max_k, self.timeout, self.rename_prob, self.space = max_k, timeout, rename_prob, space
 
     def draw(self, rng: random.Random) -> Problem:
-        fam = rng.choice(FAMILIES)
+        pools = POOLS[self.space]
+        fam = rng.choice(pools.families)
         k = rng.randint(2, self.max_k)
-        stem, spec, oracle, write, kind = fam(rng, k)
-        names = arg_names(kind)
+        stem, spec, oracle, write, kind = fam(rng, k, pools)
+        names = pools.args[kind]
         arg = rng.choice(names)
         family = fam.__name__.removeprefix("fam_")
-        held_out = arg == held_out_arg(family, names)
+        held_out = arg == held_out_arg(family, names, self.space)
         if self.rename_prob and rng.random() < self.rename_prob:  # training data only: argument names
             arg = rng.choice(RENAMES[kind])  # outside every split's pool, so the model learns to copy them
         fname = stem
@@ -283,15 +444,16 @@ class PyCodeTask(GeneratedTask):
         def solution(r: random.Random, canonical: bool = False) -> str:
             return write(random.Random(0) if canonical else r, fname, arg)
 
+        old = self.space > 1 and identity(fname, spec) in space_1_identities()  # v1 knew this problem
         return Problem(key=f"{fname}|{arg}|{spec}", prompt=prompt, reference=solution(rng, canonical=True),
-                       meta={"entry_point": fname, "tests": tests, "family": family, "arg": arg},
-                       solution=solution, held_out=held_out)
+                       meta={"entry_point": fname, "tests": tests, "family": family, "arg": arg, "spec": spec},
+                       solution=solution, held_out=held_out, old=old)
 
     def examples(self, split: str, n: Optional[int] = None, seed: int = 0) -> list[Example]:
         """As for every generated task, plus ``meta["subset"]``: whether the problem's (family, argument)
         pair occurs in the train split ("pair seen in training") or not ("pair unseen in training");
         ``refinery report`` breaks accuracy down by it."""
-        seen = train_pairs(self.max_k)
+        seen = train_pairs(self.max_k, self.space)
         out = super().examples(split, n, seed)
         for e in out:
             e.meta["subset"] = "pair " + ("seen" if (e.meta["family"], e.meta["arg"]) in seen else "unseen") \
@@ -313,10 +475,10 @@ class PyCodeTask(GeneratedTask):
 
 
 @functools.lru_cache(maxsize=None)
-def train_pairs(max_k: int, n: int = 6_000) -> frozenset:
+def train_pairs(max_k: int, space: int = 1, n: int = 6_000) -> frozenset:
     """The (family, argument) pairs of ``n`` train-split problems, as training draws them (at the default
-    max_k a pair's rarest problem is >= 1/400 of draws, so none is missed)."""
-    stream = PyCodeTask(max_k=max_k)._stream("train", seed=0, unique=False)
+    max_k a pair's rarest problem is >= 1/400 of draws; in space 2 a pair is >= 1/119, so none is missed)."""
+    stream = PyCodeTask(max_k=max_k, space=space)._stream("train", seed=0, unique=False)
     return frozenset((p.meta["family"], p.meta["arg"]) for p in itertools.islice(stream, n))
 
 

@@ -4,7 +4,8 @@
 
 Writes ``tokenizer/`` (byte-level BPE trained on the embedded corpus), ``pretrain.jsonl``
 (Stage 1: ``{"text": ...}``), ``sft.jsonl`` (Stage 2 and 3: ``{"history": [...], "response": ...}``),
-all from the TRAIN split of the embedded tasks; the test split stays unseen.
+all from the TRAIN split of the embedded tasks; the test split stays unseen. ``--space 2`` draws them
+from the larger problem space v2 (``core.tasks.embedded``), whose dev and test splits are fresh.
 """
 
 from __future__ import annotations
@@ -27,24 +28,27 @@ def write_jsonl(path: Path, records) -> int:
 
 
 def _records(args: tuple) -> list[dict]:
-    name, split, n, seed, kind, refs, rename_prob = args
+    name, split, n, seed, kind, refs, rename_prob, space = args
     from core.tasks import get_task
 
-    task = get_task(name, rename_prob=rename_prob) if name == "pycode" and rename_prob else get_task(name)
+    kwargs = {"space": space} if space != 1 else {}  # space 1 exactly as before
+    task = get_task(name, rename_prob=rename_prob, **kwargs) if name == "pycode" and rename_prob else \
+        get_task(name, **kwargs)
     return task.training_records(split, n, seed, kind=kind, references=refs if kind == "sft" else 0)
 
 
 def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, workers: int = 1,
-            references: int = 0, rename_prob: float = 0.0) -> dict:
+            references: int = 0, rename_prob: float = 0.0, space: int = 1) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     from core.tasks import EMBEDDED_TASKS, embedded_corpus
     from core.tokenizer import train_embedded_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_embedded_tokenizer(embedded_corpus(n_per_task=5000, seed=seed), vocab_size=vocab_size)
+    tok = train_embedded_tokenizer(embedded_corpus(n_per_task=5000, seed=seed, space=space), vocab_size=vocab_size)
     tok.save_pretrained(out / "tokenizer")
-    jobs = [(name, "train", n, seed + 10 * i + j, kind, references, rename_prob) for i, name in enumerate(EMBEDDED_TASKS)
+    jobs = [(name, "train", n, seed + 10 * i + j, kind, references, rename_prob, space)
+            for i, name in enumerate(EMBEDDED_TASKS)
             for j, (kind, n) in enumerate((("text", n_pretrain), ("sft", n_sft)))]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -75,9 +79,12 @@ def main() -> None:
                     help="sft records list the other valid solutions found in this many draws (Stage 3)")
     ap.add_argument("--rename-prob", type=float, default=0.0,
                     help="pycode: share of records whose argument is renamed to a name no evaluation problem uses")
+    ap.add_argument("--space", type=int, default=1, choices=(1, 2),
+                    help="problem space of the embedded tasks: 1 (the shipped checkpoints' data) or 2 (larger, "
+                         "fresh dev/test splits; evaluate with the task option space: 2)")
     args = ap.parse_args()
     print(json.dumps(prepare(args.out, args.n_pretrain, args.n_sft, args.vocab_size, args.seed, args.workers,
-                             args.references, args.rename_prob)))
+                             args.references, args.rename_prob, args.space)))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ def run(args) -> int:
     from experiments.store import load_rows
 
     out = Path(args.out) if args.out else Path("runs") / config.name
+    if config.protocol is not None:  # a tune winners config: count this look at test in its protocol
+        from experiments.tune import record_test_look
+
+        validate(config, check_paths=True)  # a config that cannot run is not a look
+        looks = record_test_look(config, out)
+        print(f"test look {looks} of the tune protocol named by {config.source}", flush=True)
     run_dir = run_ablation(config, out, progress=not args.no_progress, repair=args.repair,
                            on_repair=lambda report: print(report.repair_line(), flush=True))
     rows = load_rows(run_dir)

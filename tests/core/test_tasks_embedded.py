@@ -161,3 +161,138 @@ def test_extract_code_fences():
     assert extract_code("```\nx = 1\n") == "x = 1\n"  # unterminated: everything after the fence
     assert extract_code("def f():\n    return 1\n") == "def f():\n    return 1"
     assert extract_code("a\n```py\nb\n```\n```python\nc\n```") == "b\n"
+
+
+# ---- problem space 2 (a fresh, larger space; space 1 stays as it was) ---------------------------------------
+
+# sha256 of space 1's first 60 train / dev / test examples (seed 3: ids, prompts, references, tests, subsets)
+# and 20 sft records of each task, as generated before space 2 existed: results on space 1 stay reproducible.
+SPACE_1_FINGERPRINT = {"arith": "e3503682f7a8b0e0f812ff3128c68156f472879fb1d1acce8b3088bfa8f90bd4",
+                       "pycode": "658edc394492112fbffa4dbd51b3a0d0fcd124345cefc680cdaef4efd40f544c"}
+
+
+@pytest.mark.parametrize("name", ["arith", "pycode"])
+def test_space_1_is_unchanged(name):
+    import hashlib
+    import json
+
+    for task in (get_task(name), get_task(name, space=1)):
+        blob = [[e.id, e.prompt, e.reference, e.meta.get("tests", ""), e.meta.get("subset", "")]
+                for split in ("train", "dev", "test") for e in task.examples(split, n=60, seed=3)]
+        recs = task.training_records("train", 20, seed=1, kind="sft", references=3)
+        digest = hashlib.sha256(json.dumps([blob, recs], sort_keys=True).encode()).hexdigest()
+        assert digest == SPACE_1_FINGERPRINT[name]
+
+
+@pytest.mark.parametrize("name, n", [("arith", 1000), ("pycode", 500)])
+def test_space_2_test_split_is_large_and_disjoint_from_its_train_and_dev(name, n):
+    task = get_task(name, space=2)
+    test = task.problems("test", n, seed=0)  # raises when the split holds fewer distinct problems
+    assert len({p.key for p in test}) == n
+    dev = task.problems("dev", 200, seed=0)
+    train = task.problems("train", 1000, seed=0)
+    test_keys, dev_keys, train_keys = ({p.key for p in ps} for ps in (test, dev, train))
+    assert not test_keys & train_keys and not dev_keys & train_keys and not dev_keys & test_keys
+    assert all(task.split_for(p) == "test" and not p.old for p in test)
+    assert any(p.old for p in train)  # space 1's problems may be trained on in space 2, never evaluated
+    examples = task.examples("test", 20, seed=0)
+    assert all(e.id.startswith(f"{name}-v2-") for e in examples)  # rows of the two spaces never share ids
+    assert not {e.id for e in examples} & {e.id for e in get_task(name).examples("test", 20, seed=0)}
+
+
+def _arith_identity(p):
+    from core.tasks.arith import identity
+
+    return identity(p.meta["start"], p.meta["steps"])
+
+
+def test_no_space_2_test_or_dev_arith_problem_was_a_space_1_problem():
+    """"The same problem": the same start and events in order (names, items and wording aside)."""
+    from core.tasks.arith import in_space_1
+
+    v1, v2 = get_task("arith"), get_task("arith", space=2)
+    old = [p for split, n in (("train", 3000), ("dev", 600), ("test", 1000)) for p in v1.problems(split, n, seed=0)]
+    assert all(in_space_1(p.meta["start"], p.meta["steps"]) for p in old)  # the predicate covers space 1
+    assert not in_space_1(21, [("+", 1), ("-", 1)]) and not in_space_1(5, [("+", 36), ("-", 1)])
+    assert not in_space_1(5, [("+", 1)]) and not in_space_1(1, [("+", 1), ("-", 1)])
+    fresh = v2.problems("test", 1000, seed=0) + v2.problems("dev", 300, seed=0)
+    assert not {_arith_identity(p) for p in fresh} & {_arith_identity(p) for p in old}
+    assert not any(in_space_1(p.meta["start"], p.meta["steps"]) for p in fresh)
+
+
+def test_no_space_2_test_or_dev_pycode_problem_was_a_space_1_problem():
+    """"The same problem": the same function name and spec, whatever the argument is called."""
+    from core.tasks.pycode import identity, space_1_identities
+
+    v1, v2 = get_task("pycode"), get_task("pycode", space=2)
+    ident = lambda p: identity(p.meta["entry_point"], p.meta["spec"])  # noqa: E731
+    old = v1.problems("test", 135, seed=0) + v1.problems("dev", 187, seed=0) + v1.problems("train", 400, seed=0)
+    known = space_1_identities()
+    assert {ident(p) for p in old} <= known and len(known) == 151  # 10 families x their constants and choices
+    fresh = v2.problems("test", 500, seed=0) + v2.problems("dev", 150, seed=0)
+    assert not {ident(p) for p in fresh} & known
+    families = {p.meta["family"] for p in fresh}
+    # space 2's seven new families are all evaluated; space 1's families without a constant (and with no
+    # new letters or predicates in space 2) ask for the same functions as before, so they are train-only
+    assert {"any", "all", "last_index", "count_words", "squares", "spread", "cap"} <= families
+    assert not families & {"nested", "product", "words", "extreme"} and len(families) == 13
+    held = [p for p in v2.problems("dev", 150, seed=0) if p.held_out]
+    train_pairs = {(p.meta["family"], p.meta["arg"]) for p in v2.problems("train", 600, seed=0)}
+    assert held and not {(p.meta["family"], p.meta["arg"]) for p in held} & train_pairs
+
+
+def _space_2_problems_by_family() -> dict:
+    from core.tasks.pycode import V2
+
+    task, rng, out = get_task("pycode", space=2), random.Random(5), {}
+    while len(out) < len(V2.families):
+        p = task.draw(rng)
+        out.setdefault(p.meta["family"], p)
+    return out
+
+
+def test_every_space_2_pycode_family_passes_its_tests_and_a_perturbed_solution_fails():
+    task, rng = get_task("pycode", space=2), random.Random(0)
+    by_family = _space_2_problems_by_family()
+    assert len(by_family) == 17
+    pairs, bad = [], []
+    for p in by_family.values():
+        ex = _example(task, p)
+        pairs += [(ex, p.reference)] + [(ex, p.solution(rng)) for _ in range(2)]
+        lines = p.reference.splitlines()  # the last return wraps its value in a list: wrong on every input
+        last = max(i for i, line in enumerate(lines) if line.strip().startswith("return "))
+        indent, expr = lines[last].split("return ", 1)
+        bad.append((ex, "\n".join(lines[:last] + [f"{indent}return [{expr}]"] + lines[last + 1:])))
+    scores = task.score_many(pairs + bad, workers=2)
+    good = scores[: len(pairs)]
+    failed = [(ex.meta["family"], s.error) for (ex, _), s in zip(pairs, good) if not s.correct]
+    assert not failed
+    assert not any(s.correct for s in scores[len(pairs):])
+
+
+def test_space_2_arith_solutions_score_and_knobs_follow_the_space():
+    task, rng = get_task("arith", space=2), random.Random(0)
+    problems = task.problems("test", 40, seed=0)
+    assert max(p.meta["start"] for p in task.problems("test", 300, seed=0)) > 20  # a larger operand space
+    for p in problems:
+        ex = _example(task, p)
+        assert all(task.score(ex, p.solution(rng)).correct for _ in range(3))
+        assert not task.score(ex, p.reference.replace("####", "#### 1")).correct
+    with pytest.raises(ValueError, match="space"):
+        get_task("arith", space=3)
+    with pytest.raises(ValueError, match="space"):
+        get_task("pycode", space=0)
+
+
+def test_prepare_emits_space_2_training_data(tmp_path):
+    from experiments.embedded.prepare import _records
+
+    v2_train = {p.prompt for p in get_task("pycode", space=2).problems("train", 1, seed=0)}
+    recs = _records(("pycode", "train", 200, 0, "sft", 0, 0.0, 2))
+    prompts = {r["history"][0]["content"] for r in recs}
+    from core.tasks.pycode import V1
+
+    v1_stems = {fam(random.Random(0), 3, V1)[0] for fam in V1.families}
+    assert any(not any(f" {stem}(" in q for stem in v1_stems) for q in prompts)  # space 2's own families
+    held = {p.prompt for split in ("dev", "test") for p in get_task("pycode", space=2).problems(split, 100, seed=0)}
+    assert not prompts & held and v2_train
