@@ -1,0 +1,147 @@
+"""Paper presets against independent ports of the reference samplers (tests/strategies/ports/).
+
+Greedy settings: token-for-token equality over lengths, budgets, block sizes and ragged (left-padded)
+batches, on scripted and tiny random models. Sampling settings: the port consumes the strategy's own
+per-row random stream (same tokens expected), or, where the reference draws its noise in a different
+shape, a distributional comparison that a wrong sampler fails.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import EOS, EOT, MASK, VOCAB
+from core.decode import generate, left_pad
+from ports import masked as llada
+from strategies import get_strategy, preset_params, strategy_class
+
+PROMPTS = ([5, 6, 7], [9, 8, 7, 6, 5, 4, 3], [11])  # ragged: left-padded into one block
+
+
+@pytest.fixture(scope="module")
+def mask_predicting(tiny_model):
+    """The tiny model with its mask-id output row set just above its most frequently predicted token's:
+    wherever that token would win, the mask id wins instead (the case LLaDA leaves in the output)."""
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        ids = torch.randint(3, 60, (4, 24), generator=torch.Generator().manual_seed(0))
+        ids[:, 8:] = MASK
+        top = Counter(model(ids).logits.argmax(-1).flatten().tolist()).most_common(1)[0][0]
+        model.lm_head.weight[MASK] = model.lm_head.weight[top] * 1.001
+    return model
+
+
+def padded(prompts, pad_id):
+    ids, mask = left_pad(prompts, pad_id, "cpu")
+    return ids, (None if bool(mask.all()) else mask.long())
+
+
+class RowStream:
+    """The strategy's randomness, replayed for a port that draws over the whole canvas: the region columns
+    come from one generator per row seeded like ``generate``'s (same order, shapes and dtypes), the
+    prompt columns (never used by the reference, which scores only masks) get a constant."""
+
+    def __init__(self, batch: int, prompt_width: int, seed: int = 0):
+        self.gens = [torch.Generator().manual_seed(seed) for _ in range(batch)]
+        self.P = prompt_width
+
+    def __call__(self, shape, dtype=torch.float32):
+        out = torch.full(tuple(shape), 0.5, dtype=dtype)
+        region = (shape[1] - self.P,) + tuple(shape[2:])
+        out[:, self.P:] = torch.stack([torch.rand(region, generator=g, dtype=dtype) for g in self.gens])
+        return out
+
+
+def run_llada_port(model, prompts, gen_length, steps, block_length, rand=torch.rand, **kw):
+    ids, attn = padded(prompts, model.config.pad_token_id)
+    c = model.config
+    out = llada.generate(model, ids, attention_mask=attn, steps=steps, gen_length=gen_length,
+                         block_length=block_length, mask_id=c.mask_token_id, eos_id=c.eos_token_id,
+                         eot_id=c.eot_token_id, rand=rand, **kw)
+    return out[:, ids.shape[1]:]
+
+
+def run_ours(model, prompts, gen_length, budget, name, preset="paper", seed=0, **params):
+    return generate(model, prompts, gen_length, get_strategy(name, preset=preset, **params), budget, seed=seed,
+                    record_trace=False)
+
+
+# ---------------------------------------------------------------- masked / LLaDA
+
+
+@pytest.mark.parametrize("gen_length,budget,block", [(8, "1/1", 8), (12, "1/2", 4), (16, "1/4", 8), (16, "3/8", 16),
+                                                     (24, "1/2", 8)])
+def test_masked_paper_equals_llada_port_greedy_ragged(tiny_model, gen_length, budget, block):
+    ours = run_ours(tiny_model, PROMPTS, gen_length, budget, "masked", block_length=block)
+    steps = int(ours.max_nfe)
+    ref = run_llada_port(tiny_model, PROMPTS, gen_length, steps, block)
+    assert torch.equal(ours.tokens, ref)
+
+
+@pytest.mark.parametrize("gen_length,budget,block", [(8, "1/1", 8), (12, "1/2", 4), (16, "1/4", 4), (16, "1/2", 16)])
+def test_masked_paper_equals_llada_port_when_the_model_predicts_the_mask_id(mask_predicting, gen_length, budget, block):
+    ours = run_ours(mask_predicting, PROMPTS, gen_length, budget, "masked", block_length=block)
+    ref = run_llada_port(mask_predicting, PROMPTS, gen_length, int(ours.max_nfe), block)
+    assert torch.equal(ours.tokens, ref)
+
+
+def test_the_mask_predicting_model_really_leaves_masks_and_the_project_preset_does_not(mask_predicting):
+    paper = run_ours(mask_predicting, PROMPTS, 16, "1/4", "masked", block_length=8)
+    project = run_ours(mask_predicting, PROMPTS, 16, "1/4", "masked", preset="project", block_length=8)
+    assert (paper.tokens == MASK).any()  # LLaDA's output keeps a predicted mask id
+    assert not (project.tokens == MASK).any()
+    assert paper.nfe.max() <= paper.max_nfe
+
+
+@pytest.mark.parametrize("opts", [dict(logits_eos_inf=True), dict(confidence_eos_eot_inf=True),
+                                  dict(logits_eos_inf=True, confidence_eos_eot_inf=True)])
+def test_masked_paper_eos_options_equal_the_port(tiny_model, scripted, opts):
+    ours = run_ours(tiny_model, PROMPTS, 16, "1/2", "masked", block_length=8, **opts)
+    assert torch.equal(ours.tokens, run_llada_port(tiny_model, PROMPTS, 16, 8, 8, **opts))
+
+    def eos_heavy(ids):  # end-of-text / end-of-turn are the confident predictions at the odd positions
+        logits = torch.zeros(ids.shape[0], ids.shape[1], VOCAB)
+        logits[..., 20] = 2.0
+        logits[:, 1::4, EOS] = 6.0
+        logits[:, 3::4, EOT] = 5.0
+        return logits, None
+
+    model = scripted(eos_heavy)
+    ours = run_ours(model, [[3, 4]], 8, "1/2", "masked", **opts)
+    assert torch.equal(ours.tokens, run_llada_port(model, [[3, 4]], 8, 4, 8, **opts))
+    if opts.get("logits_eos_inf"):
+        assert not (ours.tokens == EOS).any()
+
+
+def test_masked_paper_sampling_consumes_the_same_stream_as_the_port(tiny_model):
+    for remasking in ("low_confidence", "random"):
+        ours = run_ours(tiny_model, PROMPTS, 12, "1/2", "masked", block_length=4, temperature=1.0,
+                        remasking=remasking, seed=3)
+        P = max(len(p) for p in PROMPTS)
+        ref = run_llada_port(tiny_model, PROMPTS, 12, 6, 4, rand=RowStream(len(PROMPTS), P, seed=3),
+                             temperature=1.0, remasking=remasking)
+        assert torch.equal(ours.tokens, ref), remasking
+
+
+def test_masked_paper_guidance_counts_two_forwards_per_llada_step(tiny_model):
+    ours = run_ours(tiny_model, PROMPTS, 8, "1/1", "masked", cfg_scale=1.5, block_length=4)  # 8 NFE = 4 steps
+    assert ours.nfe.tolist() == [8, 8, 8]
+    assert torch.equal(ours.tokens, run_llada_port(tiny_model, PROMPTS, 8, 4, 4, cfg_scale=1.5))
+
+
+@pytest.mark.parametrize("budget,params", [("3/8", dict(block_length=4)), ("3/8", dict(cfg_scale=1.0)),
+                                           ("3/4", dict(block_length=4, cfg_scale=1.0))])
+def test_masked_paper_refuses_steps_that_do_not_divide_as_llada_does(tiny_model, budget, params):
+    # 16 tokens: 3/8 -> 6 passes (not over 4 blocks; 3 steps at cost 2 is fine), 3/4 -> 12 passes = 6 steps / 4 blocks
+    if params == dict(cfg_scale=1.0):
+        run_ours(tiny_model, [[5]], 16, budget, "masked", **params)  # 6 NFE = 3 steps: accepted
+        with pytest.raises(ValueError, match="uneven_steps"):
+            run_ours(tiny_model, [[5]], 16, "5/16", "masked", **params)  # 5 NFE: half a step
+        return
+    with pytest.raises(ValueError, match="uneven_steps"):
+        run_ours(tiny_model, [[5]], 16, budget, "masked", **params)
+    run_ours(tiny_model, [[5]], 16, budget, "masked", preset="project", **params)  # the project splits them
