@@ -17,6 +17,7 @@ import torch
 from conftest import EOS, EOT, MASK, VOCAB
 from core.decode import generate, left_pad
 from ports import masked as llada
+from ports import threshold as fast
 from strategies import get_strategy, preset_params, strategy_class
 
 PROMPTS = ([5, 6, 7], [9, 8, 7, 6, 5, 4, 3], [11])  # ragged: left-padded into one block
@@ -145,3 +146,60 @@ def test_masked_paper_refuses_steps_that_do_not_divide_as_llada_does(tiny_model,
     with pytest.raises(ValueError, match="uneven_steps"):
         run_ours(tiny_model, [[5]], 16, budget, "masked", **params)
     run_ours(tiny_model, [[5]], 16, budget, "masked", preset="project", **params)  # the project splits them
+
+
+# ---------------------------------------------------------------- threshold / Fast-dLLM
+
+
+def run_fast_port(model, prompts, gen_length, block_length=32, threshold=0.9, **kw):
+    ids, attn = padded(prompts, model.config.pad_token_id)
+    out = fast.generate(model, ids, attention_mask=attn, gen_length=gen_length, block_length=block_length,
+                        threshold=threshold, mask_id=model.config.mask_token_id, **kw)
+    return out[:, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("gen_length,block,tau", [(32, 32, 0.9), (16, 4, 0.5), (24, 8, 0.3), (12, 12, 0.99)])
+def test_threshold_paper_equals_fast_dllm_port_greedy_ragged(tiny_model, mask_predicting, gen_length, block, tau):
+    for model in (tiny_model, mask_predicting):
+        ours = run_ours(model, PROMPTS, gen_length, "1/1", "threshold", block_length=block, threshold=tau)
+        # a model that predicts the mask id can make the uncapped reference loop forever: cap it at L passes
+        cap = gen_length if model is mask_predicting else None
+        assert torch.equal(ours.tokens, run_fast_port(model, PROMPTS, gen_length, block, tau, max_passes=cap))
+        if model is tiny_model and tau < 0.95:
+            assert (ours.nfe < gen_length).any()  # the threshold commits several per pass
+
+
+def test_threshold_paper_commits_at_exactly_tau_and_nothing_is_forced(scripted):
+    # the predicted token's probability is exactly 0.5 (two equal top logits) or 0.25 at region positions 2, 4, 6
+    def fn(ids):
+        logits = torch.full((ids.shape[0], ids.shape[1], VOCAB), -1e4)
+        logits[:, :, 10] = logits[:, :, 11] = 0.0  # p = 0.5 each (argmax: 10)
+        logits[:, 3::2, 12] = logits[:, 3::2, 13] = 0.0  # canvas columns 3, 5, 7 (prompt width 1): p = 0.25
+        return logits, None
+
+    model = scripted(fn)
+    ours = generate(model, [[3]], 8, get_strategy("threshold", preset="paper", block_length=8, threshold=0.5), "1/1")
+    first = ours.trace.records[0].unmasked[0].tolist()
+    assert first == [True, True, False, True, False, True, False, True]  # >= 0.5 commits, 0.25 waits
+    assert [int(r.unmasked[0].sum()) for r in ours.trace.records[1:]] == [1, 1, 1]  # then the top one: no allotment
+    assert ours.nfe.tolist() == [4]
+    strict = generate(model, [[3]], 8, get_strategy("threshold", threshold=0.5, block_length=8), "1/1")
+    assert strict.trace.records[0].unmasked[0].sum() == 1  # the project's > tau
+
+
+def test_threshold_paper_budget_cap_commits_everything_on_the_last_pass(tiny_model, mask_predicting):
+    for model in (tiny_model, mask_predicting):
+        for budget in ("1/8", "3/32"):
+            ours = run_ours(model, PROMPTS, 32, budget, "threshold", block_length=8, threshold=0.99)
+            cap = int(ours.max_nfe)
+            assert ours.nfe.max() == cap
+            assert torch.equal(ours.tokens, run_fast_port(model, PROMPTS, 32, 8, 0.99, max_passes=cap))
+            if model is tiny_model:
+                assert not (ours.tokens == MASK).any()
+
+
+def test_threshold_paper_sampling_consumes_the_same_stream_as_the_port(tiny_model):
+    ours = run_ours(tiny_model, PROMPTS[:1], 16, "1/1", "threshold", block_length=8, threshold=0.5, temperature=1.0,
+                    seed=5)
+    ref = run_fast_port(tiny_model, PROMPTS[:1], 16, 8, 0.5, temperature=1.0, rand=RowStream(1, 3, seed=5))
+    assert torch.equal(ours.tokens, ref)
