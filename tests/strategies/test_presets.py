@@ -17,6 +17,7 @@ import torch
 from conftest import EOS, EOT, MASK, VOCAB
 from core.decode import generate, left_pad
 from ports import masked as llada
+from ports import remdm as remdm_port
 from ports import threshold as fast
 from strategies import get_strategy, preset_params, strategy_class
 
@@ -203,3 +204,82 @@ def test_threshold_paper_sampling_consumes_the_same_stream_as_the_port(tiny_mode
                     seed=5)
     ref = run_fast_port(tiny_model, PROMPTS[:1], 16, 8, 0.5, temperature=1.0, rand=RowStream(1, 3, seed=5))
     assert torch.equal(ours.tokens, ref)
+
+
+# ---------------------------------------------------------------- remdm / ReMDM (sampling: distributional)
+
+
+def neighbour_script(ids):
+    """Each position's distribution depends on its left neighbour: after token 10 it prefers 11, else 10.
+    Probabilities 0.6 / 0.25 / 0.15 over (preferred, other, 12): ReMDM's nucleus p = 0.9 drops token 12."""
+    B, W = ids.shape
+    after10 = torch.cat([torch.zeros(B, 1, dtype=torch.bool), ids[:, :-1] == 10], 1)
+    logits = torch.full((B, W, VOCAB), -50.0)
+    hi, lo, tail = torch.tensor([0.6, 0.25, 0.15]).log()
+    logits[..., 10] = torch.where(after10, lo, hi)
+    logits[..., 11] = torch.where(after10, hi, lo)
+    logits[..., 12] = tail
+    return logits, None
+
+
+def statistics(rows: torch.Tensor) -> torch.Tensor:
+    """(N, L) samples -> per-position frequencies of tokens 10/11/12 and of adjacent (10|11) pairs, (L*3 + (L-1)*4,)."""
+    feats = [(rows == t).double().mean(0) for t in (10, 11, 12)]
+    for a in (10, 11):
+        for b in (10, 11):
+            feats.append(((rows[:, :-1] == a) & (rows[:, 1:] == b)).double().mean(0))
+    return torch.cat(feats)
+
+
+def ours_samples(model, n, gen_length, budget, preset, **params):
+    strategy = get_strategy("remdm", preset=preset, **params)
+    return torch.cat([generate(model, [[3]], gen_length, strategy, budget, seed=s, record_trace=False).tokens
+                      for s in range(n)])
+
+
+def remdm_port_samples(model, n, gen_length, steps, **kw):
+    torch.manual_seed(0)
+    out = remdm_port.generate(model, torch.full((n, 1), 3), gen_length=gen_length, steps=steps,
+                              mask_id=MASK, **kw)
+    return out[:, 1:]
+
+
+@pytest.mark.parametrize("preset,params,port", [
+    ("paper", dict(eta=0.5), dict(sampler="loop", eta=0.5)),
+    ("paper-rescale", dict(eta=0.8), dict(sampler="rescale", eta=0.8)),
+    ("paper-conf", {}, dict(sampler="conf")),
+])
+def test_remdm_paper_matches_the_port_in_distribution(scripted, preset, params, port):
+    model, n, L = scripted(neighbour_script), 200, 6
+    ours = ours_samples(model, n, L, "1/1", preset, **params)
+    ref = remdm_port_samples(model, n, L, steps=L - 1, **port)
+    assert not (ours == MASK).any() and not (ours == 12).any()  # the nucleus cut and the final argmax
+    gap = (statistics(ours) - statistics(ref)).abs().max()
+    assert gap < 0.12, float(gap)
+    # the same comparison tells a sampler without the nucleus (or a greedy one) apart
+    full = ours_samples(model, 80, L, "1/1", preset, top_p=1.0, **params)
+    assert (statistics(full) - statistics(ref)).abs().max() > 0.12
+    greedy = ours_samples(model, 5, L, "1/1", "project")
+    assert (statistics(greedy) - statistics(ref)).abs().max() > 0.12
+
+
+def test_remdm_paper_presets_carry_the_scripts_settings():
+    want = {"paper": ("loop", 0.02), "paper-cap": ("cap", 0.008), "paper-rescale": ("rescale", 0.015)}
+    for preset, (schedule, eta) in want.items():
+        p = preset_params("remdm", preset)
+        assert (p["schedule"], p["eta"], p["top_p"], p["temperature"]) == (schedule, eta, 0.9, 1.0)
+    assert preset_params("remdm", "paper-conf")["schedule"] == "conf"
+    assert strategy_class("remdm")().config.eta == 0.04  # the dataclass default is unchanged
+
+
+def test_remdm_reference_timing_spends_one_pass_on_noise_removal(tiny_model):
+    res = generate(tiny_model, PROMPTS, 8, get_strategy("remdm", preset="paper-cap"), "1/1", seed=2)
+    assert res.nfe.tolist() == [8, 8, 8] and not (res.tokens == MASK).any()
+    last = res.trace.records[-1]
+    assert last.remasked is None or not last.remasked.any()
+    probe = get_strategy("remdm", preset="paper")
+    t, s, a_t, a_s, final = probe.clock(8, 0)
+    assert (t, final) == (1.0, False) and abs(s - (1 - (1 - 1e-5) / 7)) < 1e-12
+    assert probe.clock(8, 7)[4] and not probe.clock(8, 6)[4]
+    # the loop's phase is chosen by t: at t in (t_off, t_on] both alphas are alpha_on
+    assert probe.alpha_pair(0.1, 0.01) == (0.9, 0.9)
