@@ -16,6 +16,7 @@ import torch
 
 from conftest import EOS, EOT, MASK, VOCAB
 from core.decode import generate, left_pad
+from ports import conv
 from ports import masked as llada
 from ports import remdm as remdm_port
 from ports import threshold as fast
@@ -252,7 +253,7 @@ def remdm_port_samples(model, n, gen_length, steps, **kw):
 def test_remdm_paper_matches_the_port_in_distribution(scripted, preset, params, port):
     model, n, L = scripted(neighbour_script), 200, 6
     ours = ours_samples(model, n, L, "1/1", preset, **params)
-    ref = remdm_port_samples(model, n, L, steps=L - 1, **port)
+    ref = remdm_port_samples(model, 2000, L, steps=L - 1, **port)  # the port batches: a large sample is cheap
     assert not (ours == MASK).any() and not (ours == 12).any()  # the nucleus cut and the final argmax
     gap = (statistics(ours) - statistics(ref)).abs().max()
     assert gap < 0.12, float(gap)
@@ -283,3 +284,44 @@ def test_remdm_reference_timing_spends_one_pass_on_noise_removal(tiny_model):
     assert probe.clock(8, 7)[4] and not probe.clock(8, 6)[4]
     # the loop's phase is chosen by t: at t in (t_off, t_on] both alphas are alpha_on
     assert probe.alpha_pair(0.1, 0.01) == (0.9, 0.9)
+
+
+# ---------------------------------------------------------------- conv / Conv (sampling: distributional)
+
+
+@pytest.mark.parametrize("L,budget,window,k", [(8, "1/1", 3, 2), (8, "1/2", 5, 1), (12, "1/3", 128, 1)])
+def test_conv_paper_consumes_the_same_stream_as_the_port(tiny_model, scripted, L, budget, window, k):
+    """Gumbel-max over the weights (ours) and the reference's q / Exp(1) argmax are one draw from one uniform."""
+    for model in (tiny_model, scripted(neighbour_script)):
+        for prompt in ([5, 6, 7], [11]):
+            ours = generate(model, [prompt], L, get_strategy("conv", preset="paper", window=window, top_k=k), budget,
+                            seed=7, record_trace=False)
+            ref = conv.generate(model, torch.tensor([prompt]), gen_length=L, steps=int(ours.max_nfe), mask_id=MASK,
+                                kernel_size=window, k=k, rand=RowStream(1, len(prompt), seed=7),
+                                noise_dtype=torch.float64)
+            assert torch.equal(ours.tokens, ref[:, len(prompt):])
+
+
+def test_conv_paper_normaliser_sums_the_top_k_plus_one(scripted):
+    model = scripted(neighbour_script)  # top-1 mass 0.6, top-2 mass 0.85: the normaliser matters
+    same, differ = 0, 0
+    for seed in range(10):
+        ref = conv.generate(model, torch.tensor([[3]]), gen_length=8, steps=8, mask_id=MASK, kernel_size=3, k=1,
+                            rand=RowStream(1, 1, seed=seed), noise_dtype=torch.float64)[:, 1:]
+        for norm, want in (("k+1", True), ("k", False)):
+            ours = generate(model, [[3]], 8, get_strategy("conv", preset="paper", window=3, norm_top=norm), "1/1",
+                            seed=seed, record_trace=False)
+            if want:
+                assert torch.equal(ours.tokens, ref)
+                same += 1
+            else:
+                differ += not torch.equal(ours.tokens, ref)
+    assert same == 10 and differ >= 2
+
+
+def test_conv_paper_preset_settings_and_reference_clock(tiny_model):
+    p = preset_params("conv", "paper")
+    assert (p["variant"], p["window"], p["temperature"], p["norm_top"], p["top_k"]) == ("stochastic", 128, 1.0, "k+1", 1)
+    res = generate(tiny_model, PROMPTS, 8, get_strategy("conv", preset="paper"), "1/2", seed=1)
+    assert res.nfe.max() <= 4 and res.trace.records  # S = 4 steps, no extra pass
+    assert strategy_class("conv")().config.window == 32  # the dataclass default is unchanged
