@@ -10,6 +10,8 @@ def add_parser(sub) -> None:
     p.add_argument("prompt", help="user prompt (wrapped in the chat template unless --raw)")
     p.add_argument("--model", default="embedded", help="checkpoint directory or shipped name (default: embedded)")
     p.add_argument("--strategy", default="masked", help="registered strategy name (see `refinery strategies`)")
+    p.add_argument("--preset", default=None, help="named preset of the strategy, e.g. paper (see `refinery "
+                   "strategies --presets`); --param overrides single values")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy parameter, value parsed as JSON when possible (repeatable)")
     p.add_argument("--budget", default="1/1", help="forward passes per generated token, e.g. 1/8")
@@ -41,7 +43,7 @@ def run(args) -> int:
     from core.tokenizer import decode_response, render_prompt
     from strategies import get_strategy
 
-    strategy = get_strategy(args.strategy, **parse_params(args.param))
+    strategy = get_strategy(args.strategy, preset=args.preset, **parse_params(args.param))
     model, tok = load_model_and_tokenizer(args.model, args.device, parse_dtype(args.dtype))
     ids = tok.encode(args.prompt, add_special_tokens=False) if args.raw else \
         render_prompt(tok, [{"role": "user", "content": args.prompt}])

@@ -325,3 +325,38 @@ def test_conv_paper_preset_settings_and_reference_clock(tiny_model):
     res = generate(tiny_model, PROMPTS, 8, get_strategy("conv", preset="paper"), "1/2", seed=1)
     assert res.nfe.max() <= 4 and res.trace.records  # S = 4 steps, no extra pass
     assert strategy_class("conv")().config.window == 32  # the dataclass default is unchanged
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_strategies_presets_lists_one_line_per_strategy_and_preset(capsys):
+    from refinery.cli import main
+
+    assert main(["strategies", "--presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {tuple(line.split()[:2]): line for line in lines}
+    for name in ("masked", "remdm", "conv", "threshold"):
+        assert (name, "paper") in table and (name, "project") in table
+        assert strategy_class(name).presets["paper"].about in table[(name, "paper")]
+    assert ("remdm", "paper-rescale") in table
+
+
+def test_decode_takes_a_preset_and_a_bad_one_is_one_line(tmp_path, capsys):
+    from core.model import LLaDAConfig, LLaDAModel
+    from core.tokenizer import special_token_ids, train_embedded_tokenizer
+    from refinery.cli import main
+
+    tok = train_embedded_tokenizer(["Tom has 3 apples. 3+4=7 #### 7"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    model = LLaDAModel(LLaDAConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64,
+                                   **special_token_ids(tok).as_config_kwargs()))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    base = ["decode", "Tom has 3 apples", "--model", str(tmp_path), "--budget", "1/4", "--gen-length", "8"]
+    assert main(base + ["--preset", "paper", "--param", "block_length=4"]) == 0
+    out = capsys.readouterr().out
+    assert "bans='none'" in out and "uneven_steps='refuse'" in out and "block_length=4" in out
+    assert main(base + ["--preset", "papr"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Did you mean 'paper'" in err[0]
