@@ -3,9 +3,12 @@
     config = load_config("experiments/ablations/embedded_default.yaml")
     validate(config)                       # every combination checked before any work starts
 
-A file names a model, tasks, strategies (each ``{name, label?, params?, sweep?, budgets?}``),
+A file names a model, tasks, strategies (each ``{name, label?, preset?, params?, sweep?, budgets?}``),
 budgets, a generation length, batch size, device, dtype and seeds. ``sweep: {eta: [0.02, 0.04]}``
 expands one strategy entry into one entry per value (the Cartesian product over several keys).
+``preset: paper`` starts the entry from the strategy's named preset (``refinery strategies --presets``);
+``params`` and ``sweep`` override single parameters of it. The preset is resolved here, so every row
+records the parameters it ran with; the default label is ``NAME-PRESET``.
 
 Every mistake raises :class:`ConfigError` naming the file, the dotted key
 (``strategies[2].params.block_length``) and the reason. YAML is read with ``yaml.safe_load``
@@ -32,7 +35,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "ablations" / "embedded_defau
 TOP_KEYS = {"name", "model", "tokenizer", "delete_token", "tasks", "strategies", "budgets", "gen_length",
             "batch_size", "device", "dtype", "seeds", "score_workers", "save_traces", "protocol"}
 TASK_KEYS = {"name", "n", "split", "seed", "kwargs"}
-STRATEGY_KEYS = {"name", "label", "params", "sweep", "budgets"}
+STRATEGY_KEYS = {"name", "label", "preset", "params", "sweep", "budgets"}
 DTYPES = (None, "auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 
@@ -63,6 +66,8 @@ class StrategySpec:
     budgets: Optional[tuple[str, ...]] = None  # overrides the config's budgets for this entry
     where: str = field(default="", compare=False)  # dotted key of the source entry, for error messages
     swept: tuple[str, ...] = field(default=(), compare=False)  # params that came from ``sweep``
+    preset: Optional[str] = None  # the named preset the params started from (already merged into params)
+    from_preset: tuple[str, ...] = field(default=(), compare=False)  # params set by the preset alone
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,8 @@ class ExperimentConfig:
         """The resolved config (sweeps expanded) as plain YAML-able data; ``load_config`` reads it back."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "protocol")}
         d["tasks"] = [dict(t.__dict__, kwargs=dict(t.kwargs)) for t in self.tasks]
-        d["strategies"] = [{"name": s.name, "label": s.label, "params": dict(s.params),
-                            **({"budgets": list(s.budgets)} if s.budgets is not None else {})}
+        d["strategies"] = [{"name": s.name, "label": s.label, **({"preset": s.preset} if s.preset else {}),
+                            "params": dict(s.params), **({"budgets": list(s.budgets)} if s.budgets is not None else {})}
                            for s in self.strategies]
         d["budgets"], d["seeds"] = list(self.budgets), list(self.seeds)
         return d
@@ -277,7 +282,8 @@ def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
     if "name" not in entry:
         raise err(f"{where}.name", "required key is missing")
     name = _typed(entry["name"], str, f"{where}.name", err)
-    label = _typed(entry.get("label", name), str, f"{where}.label", err)
+    preset = _typed(entry.get("preset"), (str, type(None)), f"{where}.preset", err)
+    label = _typed(entry.get("label", f"{name}-{preset}" if preset else name), str, f"{where}.label", err)
     params = entry.get("params") or {}
     sweep = entry.get("sweep") or {}
     for key, value in (("params", params), ("sweep", sweep)):
@@ -288,9 +294,12 @@ def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
             raise err(f"{where}.sweep.{k}", f"expected a non-empty list of values, got {values!r}")
         if k in params:
             raise err(f"{where}.sweep.{k}", "is also set under params; set it in one place")
+    base = _preset_params(name, preset, where, err)
+    from_preset = tuple(k for k in base if k not in params and k not in sweep)
+    params = {**base, **params}  # the entry's params, then its sweep, override the preset
     budgets = _budgets(entry["budgets"], f"{where}.budgets", err) if "budgets" in entry else None
     if not sweep:
-        return [StrategySpec(name, label, dict(params), budgets, where)]
+        return [StrategySpec(name, label, dict(params), budgets, where, (), preset, from_preset)]
     keys = list(sweep)
     specs = []
     for values in itertools.product(*(sweep[k] for k in keys)):
@@ -302,8 +311,25 @@ def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
                 raise err(f"{where}.label", f"cannot fill {label!r} from the sweep keys {keys} ({e})") from None
         else:
             point_label = f"{label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
-        specs.append(StrategySpec(name, point_label, {**params, **point}, budgets, where, tuple(keys)))
+        specs.append(StrategySpec(name, point_label, {**params, **point}, budgets, where, tuple(keys), preset,
+                                  from_preset))
     return specs
+
+
+def _preset_params(name: str, preset: Optional[str], where: str, err: _Errors) -> dict:
+    """The parameters of ``preset`` of strategy ``name`` ({} without a preset), or a ConfigError."""
+    if preset is None:
+        return {}
+    from strategies.registry import preset_params, strategy_class
+
+    try:
+        strategy_class(name)
+    except KeyError as e:
+        raise err(f"{where}.name", e.args[0]) from None
+    try:
+        return preset_params(name, preset)
+    except KeyError as e:
+        raise err(f"{where}.preset", e.args[0]) from None
 
 
 def read_yaml_config(path: str | Path) -> dict:

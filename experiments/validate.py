@@ -91,6 +91,8 @@ def _check_strategy(config: ExperimentConfig, spec: StrategySpec) -> None:
 
 
 def _param_key(spec: StrategySpec, param: str) -> str:
+    if param in spec.from_preset:  # set by the preset alone: the preset is what to change
+        return f"{spec.where}.preset ({spec.preset!r} sets {param})"
     return f"{spec.where}.{'sweep' if param in spec.swept else 'params'}.{param}"
 
 

@@ -10,6 +10,14 @@ it, so unmasking flows outward from the context without semi-AR segmentation.
   candidate tokens (weights p_j * c * gate * (t - s)) and staying masked (weight s), where the
   per-row normaliser c = (#masked) / sum_masked(gate * sum_j p_j) keeps the total unmasking
   mass of the uniform schedule. The final pass commits every position still masked.
+
+Preset ``paper`` is the Conv repo's stochastic sampler (``r2ft_tools._ddpm_convolution_update`` driven by
+``generate_yb``): the normaliser sums the top-(k+1) probabilities (``norm_top="k+1"``: the reference takes
+k + 1 candidates and overwrites the last one's weight with "stay masked"), temperature 1, kernel 128 (the
+README's generation script), ReMDM-style time grid t_i = 1 - i (1 - 1e-5) / S with no final commit-all
+(``timing="reference"``: a mask can survive, with probability ~1e-5 per position at the last step), only the
+mask id banned (SUBS). Budget mapping: the reference's ``steps`` = ceil(budget * gen_length). ``project`` is
+the dataclass default (the repo's ``generate_llada_convolution`` confidence variant, window 32).
 """
 
 from __future__ import annotations
@@ -21,9 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from core.trace import StepRecord
-from strategies.base import DecodeContext, DecodeState, ForwardOutput, Strategy, StrategyConfig, commit
+from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from strategies.registry import register
-from strategies.sampling import NEG_INF, ban_tokens, gumbel_argmax, planned_passes, predict, select_topk, transfer_counts
+from strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, planned_passes, predict, select_topk,
+                                 transfer_counts)
+
+EPS = 1e-5  # the reference grid's last time point
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,9 @@ class ConvConfig(StrategyConfig):
     gate_scale: float = 1.0  # tanh(gate_scale * decoded count): how fast the gate saturates
     top_k: int = 1  # candidate tokens per position (stochastic variant)
     temperature: float = 0.0  # Gumbel temperature; 0 = greedy token and deterministic unmask decisions
+    norm_top: Literal["k", "k+1"] = "k"  # stochastic: the normaliser sums the top-k (or top-(k+1): the paper) probs
+    timing: Literal["project", "reference"] = "project"  # our grid + final commit-all, or the reference's grid
+    bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (the reference: the mask id)
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.window < 1:
@@ -58,6 +72,15 @@ def conv_gate(state: DecodeState, ctx: DecodeContext, window: int, gate_scale: f
 class ConvStrategy(Strategy):
     description = "Convolutional decoding: a soft tanh window around decoded text decides where to unmask"
     config_class = ConvConfig
+    presets = {
+        "paper": Preset(dict(variant="stochastic", window=128, gate_scale=1.0, top_k=1, temperature=1.0,
+                             norm_top="k+1", timing="reference", bans="mask"),
+                        "Conv r2ft_tools._ddpm_convolution_update / generate_yb (decode_type conv): stochastic "
+                        "sampler, normaliser over top-(k+1), temperature 1, kernel 128, eps time grid, no final "
+                        "commit-all; steps = budget*L"),
+        "project": Preset({}, "the defaults: the repo's generate_llada_convolution (gated LLaDA confidence, "
+                              "uniform schedule), window 32, greedy; mask and delete ids never predicted"),
+    }
 
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
         masks = (state.x[:, ctx.prompt_width:] == ctx.mask_id).sum(1)
@@ -71,10 +94,15 @@ class ConvStrategy(Strategy):
 
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         cfg = self.config
-        logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
+        logits = ban_tokens(out.logits, banned_ids(cfg.bans, ctx.mask_id, ctx.delete_id))
         masked = state.x[:, ctx.prompt_width:] == ctx.mask_id
         gate = conv_gate(state, ctx, cfg.window, cfg.gate_scale)
         last = state.step == state.extra["steps"] - 1
+        if cfg.variant == "stochastic" and cfg.timing == "reference":
+            record = self._stochastic(ctx, state, logits, masked, gate)
+            if last:  # the reference stops after its S steps, masks or not
+                state.active = torch.zeros_like(state.active)
+            return record
         if cfg.variant == "confidence" or last:
             x0, conf = predict(logits, cfg.temperature, ctx.generators, where=masked)
             scores = conf * gate
@@ -85,10 +113,15 @@ class ConvStrategy(Strategy):
 
     def _stochastic(self, ctx, state, logits, masked, gate) -> StepRecord:
         cfg, S, i = self.config, state.extra["steps"], state.step
-        t, s = 1.0 - i / S, 1.0 - (i + 1) / S
+        if cfg.timing == "reference":
+            t = 1.0 - i * (1.0 - EPS) / S
+            s = t - (1.0 - EPS) / S
+        else:
+            t, s = 1.0 - i / S, 1.0 - (i + 1) / S
         probs = logits.float().softmax(-1)
-        top_p, top_ids = probs.topk(cfg.top_k, dim=-1)  # (B, L, k)
+        top_p, top_ids = probs.topk(cfg.top_k + (cfg.norm_top == "k+1"), dim=-1)  # (B, L, k or k + 1)
         mass = top_p.sum(-1) * gate
+        top_p, top_ids = top_p[..., :cfg.top_k], top_ids[..., :cfg.top_k]  # the candidates
         norm = masked.sum(1) / (mass * masked).sum(1).clamp_min(1e-12)  # per-row c
         weights = torch.cat([top_p * (norm[:, None] * gate * (t - s))[..., None],
                              torch.full_like(top_p[..., :1], s)], -1)  # last column: stay masked

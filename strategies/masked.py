@@ -6,6 +6,12 @@ then commits the ``k`` best by confidence (the predicted token's probability) or
 ``block_length`` the region is decoded block by block (semi-autoregressive), the passes split
 evenly over the blocks. Classifier-free guidance mixes in the prompt-masked logits:
 ``uncond + (w + 1) * (cond - uncond)`` (LLaDA Eq. 16), charged as two forward passes.
+
+Presets: ``paper`` is LLaDA's ``generate.py`` (no banned predictions, so a predicted mask id stays a mask
+and is a candidate again in later passes and blocks, LLaDA's eos options available, uneven step splits
+refused); ``project`` is the dataclass default. Budget mapping: our budget counts forward passes, so
+LLaDA's ``steps`` = ceil(budget * gen_length) / (2 if cfg_scale > 0 else 1); to reproduce LLaDA at
+``steps`` S with guidance, give budget 2 * S / gen_length (each LLaDA step is two forwards).
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import torch
 
 from core.trace import StepRecord
 
-from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy, StrategyConfig, commit
+from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy, StrategyConfig,
+                             commit)
 from strategies.registry import register
-from strategies.sampling import (NEG_INF, ban_tokens, planned_passes, predict, select_topk, split_evenly, transfer_counts,
-                                 uniform_rand)
+from strategies.sampling import (NEG_INF, ban_tokens, banned_ids, planned_passes, predict, select_topk, split_evenly,
+                                 transfer_counts, uniform_rand)
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,10 @@ class MaskedConfig(StrategyConfig):
     cfg_scale: float = 0.0  # classifier-free guidance weight w; > 0 doubles the cost of a pass
     suppress_eos: bool = False  # rank end-of-text / end-of-turn predictions last
     tokens_per_pass: Optional[int] = None  # commit k per pass (finishing early) instead of spreading the budget
+    bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (LLaDA: none)
+    logits_eos_inf: bool = False  # LLaDA: end-of-text logit -inf before the token choice
+    confidence_eos_eot_inf: bool = False  # LLaDA: end-of-text / end-of-turn get confidence 0 (see eos_eot_confidence)
+    uneven_steps: Literal["split", "refuse"] = "split"  # passes that do not divide over blocks: split, or refuse (LLaDA)
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if self.block_length is not None:
@@ -42,6 +53,11 @@ class MaskedConfig(StrategyConfig):
             raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0")
         if self.tokens_per_pass is not None and self.tokens_per_pass < 1:
             raise ValueError(f"tokens_per_pass={self.tokens_per_pass} must be >= 1")
+        cost = 2 if self.cfg_scale > 0 else 1
+        nb = self.num_blocks(gen_length)
+        if self.uneven_steps == "refuse" and (max_nfe % cost or (max_nfe // cost) % nb):
+            raise ValueError(f"uneven_steps='refuse': {max_nfe} forward passes give {max_nfe / cost:g} LLaDA steps "
+                             f"(cost {cost} per step), which do not divide over {nb} block(s)")
 
     def num_blocks(self, gen_length: int) -> int:
         return 1 if self.block_length is None else gen_length // self.block_length
@@ -51,6 +67,13 @@ class MaskedConfig(StrategyConfig):
 class MaskedStrategy(Strategy):
     description = "LLaDA: commit the most confident (or random) masked positions each pass, optionally block by block"
     config_class = MaskedConfig
+    presets = {
+        "paper": Preset(dict(bans="none", uneven_steps="refuse"),
+                        "LLaDA generate.py (ML-GSAI/LLaDA): nothing banned (a predicted mask id stays in the output), "
+                        "logits_eos_inf / confidence_eos_eot_inf as options, steps = budget*L (/2 under CFG, each "
+                        "step = 2 forwards), steps not dividing over blocks refused"),
+        "project": Preset({}, "the defaults: mask and delete ids never predicted, uneven step splits allowed"),
+    }
 
     def min_passes(self, gen_length: int) -> int:
         return self.config.num_blocks(gen_length) * (2 if self.config.cfg_scale > 0 else 1)
@@ -70,18 +93,26 @@ class MaskedStrategy(Strategy):
         block_of_pass, counts, bounds = state.extra["plan"]
         s = state.step
         logits = guided_logits(out, cfg.cfg_scale)
-        ban_tokens(logits, (ctx.mask_id, ctx.delete_id))
-        lo, hi = bounds[block_of_pass[s]]
+        ban_tokens(logits, banned_ids(cfg.bans, ctx.mask_id, ctx.delete_id))
+        if cfg.logits_eos_inf:
+            ban_tokens(logits, (ctx.eos_id,))
+        hi = bounds[block_of_pass[s]][1]
         region = state.x[:, ctx.prompt_width:]
+        # Masks before the block are candidates too: only a committed mask id (bans="none") leaves one there,
+        # and LLaDA ranks it again with the current block.
         candidates = region == ctx.mask_id
-        candidates[:, :lo] = False
         candidates[:, hi:] = False
         x0, conf = predict(logits, cfg.temperature, ctx.generators, where=candidates)
+        if cfg.confidence_eos_eot_inf:
+            conf = eos_eot_confidence(logits, x0, ctx, cfg.temperature)
         scores = uniform_rand(x0.shape, ctx.generators, x0.device) if cfg.remasking == "random" else conf
         if cfg.suppress_eos:
             scores = torch.where(eos_like(x0, ctx), scores - 2.0, scores)  # below every ordinary confidence
         select = select_topk(torch.where(candidates, scores, NEG_INF), counts[:, s])
-        return commit(ctx, state, select, x0, scores)
+        record = commit(ctx, state, select, x0, scores)
+        if s + 1 >= len(block_of_pass):  # the plan is spent: LLaDA stops, even with (predicted) masks left
+            state.active = torch.zeros_like(state.active)
+        return record
 
 
 def guided_logits(out: ForwardOutput, cfg_scale: float) -> torch.Tensor:
@@ -89,6 +120,17 @@ def guided_logits(out: ForwardOutput, cfg_scale: float) -> torch.Tensor:
     if cfg_scale > 0:
         return out.uncond_logits + (cfg_scale + 1) * (out.logits - out.uncond_logits)
     return out.logits
+
+
+def eos_eot_confidence(logits: torch.Tensor, x0: torch.Tensor, ctx: DecodeContext, temperature: float) -> torch.Tensor:
+    """LLaDA's ``confidence_eos_eot_inf``: the confidence is softmax(logits)[x0] with the end-of-turn logit
+    set to -inf, and the end-of-text logit too when greedy. LLaDA writes ``noisy[:, :, eos] = logits[:, :, eot]
+    = -inf``; its noisy logits are the logits themselves at temperature 0, a separate copy otherwise, so only
+    greedy decoding bans eos from the softmax. A banned prediction gets confidence 0, and the softmax of
+    every other prediction loses the banned mass. (B, L, V), (B, L) -> (B, L) float64."""
+    masked = ban_tokens(logits.clone(), (ctx.eot_id,) + ((ctx.eos_id,) if temperature == 0 else ()))
+    chosen = masked.gather(-1, x0.unsqueeze(-1)).squeeze(-1).double()
+    return torch.exp(chosen - torch.logsumexp(masked.double(), dim=-1))
 
 
 def eos_like(x0: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:

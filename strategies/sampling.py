@@ -142,3 +142,29 @@ def ceil_div(a: int, b: int) -> int:
 def passes_for_budget(budget_fraction, gen_length: int) -> int:
     """Forward passes a row may use: ceil(budget * L) (exact for Fractions)."""
     return max(1, math.ceil(budget_fraction * gen_length))
+
+
+BANS = ("mask+delete", "mask", "none")  # the choices of a strategy's ``bans`` parameter
+
+
+def banned_ids(bans: str, mask_id: int, delete_id: int | None) -> tuple:
+    """The token ids a strategy never predicts. "mask+delete": the project's rule (neither the mask nor an
+    edit model's delete token is a word); "mask": MDLM/ReMDM's SUBS parameterisation (mask logit -inf);
+    "none": LLaDA and Fast-dLLM, which let a predicted mask id through (it stays a mask)."""
+    if bans not in BANS:
+        raise ValueError(f"bans={bans!r} is not one of {list(BANS)}")
+    return {"mask+delete": (mask_id, delete_id), "mask": (mask_id,), "none": ()}[bans]
+
+
+def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """ReMDM's nucleus rule, in place: keep the most probable tokens whose cumulative probability (the
+    token's own included) stays <= ``top_p``, always the most probable one; the rest get -inf, so a softmax
+    over the result is the renormalised nucleus. Note the cut: the token that crosses ``top_p`` is dropped
+    (HF's top-p keeps it). (B, L, V) -> the same tensor."""
+    if top_p >= 1.0:
+        return logits
+    probs, order = logits.float().softmax(-1).sort(-1, descending=True)
+    keep = probs.cumsum(-1) <= top_p
+    keep[..., 0] = True
+    drop = torch.zeros_like(keep).scatter_(-1, order, ~keep)
+    return logits.masked_fill_(drop, NEG_INF)

@@ -5,19 +5,28 @@ A row moves to the next block when its current block is full, so rows advance at
 pace and finish early. To stay inside the budget each block is allotted an even share of the
 passes (unused passes carry over to the next block), and a pass commits at least
 ceil(masks left in the block / passes left for it) positions.
+
+Presets: ``paper`` is Fast-dLLM's ``llada/generate.py`` with its scripts' settings (tau 0.9, blocks of 32):
+commit the most confident masked position and every other one with confidence >= tau, nothing banned
+(a predicted mask id stays a mask), no allotment. Fast-dLLM has no pass cap; here the budget is one:
+a row that reaches its last budgeted pass commits every masked position it has left, in every block,
+as that pass predicts them (the only departure from the reference, and only when the cap binds; at
+budget 1 a mask-banning model never reaches it). Budget mapping: Fast-dLLM's ``steps`` is unused by its
+threshold rule; ceil(budget * gen_length) is only the cap. ``project`` is the dataclass default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
 from core.trace import StepRecord
-from strategies.base import DecodeContext, DecodeState, ForwardOutput, Strategy, StrategyConfig, commit
+
+from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from strategies.registry import register
-from strategies.sampling import NEG_INF, ban_tokens, predict, select_topk, split_evenly
+from strategies.sampling import NEG_INF, ban_tokens, banned_ids, predict, select_topk, split_evenly
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,9 @@ class ThresholdConfig(StrategyConfig):
     threshold: float = 0.9  # commit every masked position whose confidence exceeds this
     block_length: Optional[int] = None  # blocks decoded in order (divides gen_length); None = one block
     temperature: float = 0.0  # Gumbel temperature for the predicted tokens; 0 = greedy
+    inclusive: bool = False  # commit confidence >= threshold (Fast-dLLM) instead of > threshold
+    allot: bool = True  # per-block pass allotment forcing extra commits; False = only the final pass is forced
+    bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (Fast-dLLM: none)
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -39,11 +51,21 @@ class ThresholdConfig(StrategyConfig):
 class ThresholdStrategy(Strategy):
     description = "Fast-dLLM: commit every masked position above a confidence threshold (>= 1 per pass), by block"
     config_class = ThresholdConfig
+    presets = {
+        "paper": Preset(dict(threshold=0.9, block_length=32, inclusive=True, allot=False, bans="none"),
+                        "Fast-dLLM llada/generate.py + eval scripts: confidence >= 0.9, the top one always, blocks "
+                        "of 32, nothing banned, no allotment; budget = a cap: a row's last budgeted pass commits "
+                        "all its remaining masks"),
+        "project": Preset({}, "the defaults: > threshold, one block, per-block allotment of the budget, mask and "
+                              "delete ids never predicted"),
+    }
 
     def _size(self, L: int) -> int:
         return self.config.block_length or L
 
     def min_passes(self, gen_length: int) -> int:
+        if not self.config.allot:  # the last budgeted pass commits every block's masks
+            return 1
         return gen_length // self._size(gen_length)
 
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
@@ -60,12 +82,22 @@ class ThresholdStrategy(Strategy):
         first = torch.where(masked, pos, L).min(1).values.clamp(max=L - 1)
         block = first // size  # (B,) each row's current block
         in_block = masked & ((pos[None, :] // size) == block[:, None])
-        logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
-        x0, conf = predict(logits, self.config.temperature, ctx.generators, where=in_block)
+        cfg = self.config
+        logits = ban_tokens(out.logits, banned_ids(cfg.bans, ctx.mask_id, ctx.delete_id))
+        final = state.nfe >= ctx.max_nfe  # (B,) this is the row's last budgeted pass
+        if not cfg.allot:  # the final pass may commit outside the current block
+            in_block = in_block | (masked & final[:, None])
+        x0, conf = predict(logits, cfg.temperature, ctx.generators, where=in_block)
         left = in_block.sum(1)
-        passes_left = (state.extra["cum_passes"][block] - state.nfe + 1).clamp(min=1)  # this pass included
-        need = -(-left // passes_left)
-        above = (in_block & (conf > self.config.threshold)).sum(1)
+        if cfg.allot:
+            passes_left = (state.extra["cum_passes"][block] - state.nfe + 1).clamp(min=1)  # this pass included
+            need = -(-left // passes_left)
+        else:
+            need = torch.where(final, left, torch.zeros_like(left))
+        above = (in_block & ((conf >= cfg.threshold) if cfg.inclusive else (conf > cfg.threshold))).sum(1)
         k = torch.maximum(torch.maximum(above, need), torch.ones_like(need))
         select = select_topk(torch.where(in_block, conf, NEG_INF), k)
-        return commit(ctx, state, select, x0, conf)
+        record = commit(ctx, state, select, x0, conf)
+        if cfg.bans != "mask+delete":  # a committed mask id can leave masks after the last budgeted pass
+            state.active = state.active & ~final
+        return record

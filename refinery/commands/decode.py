@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="embedded", help="checkpoint directory or shipped name")
     p.add_argument("--strategy", default="masked", help="registered strategy name (see `refinery strategies`)")
     p.add_argument("--preset", default=None,
-                   help=f"named preset of the strategy (`refinery strategies --params`); default: "
+                   help=f"named preset of the strategy (`refinery strategies --presets`); default: "
                         f"{DEFAULT_PRESET!r} where the strategy has one, else its config defaults; 'none': "
                         "the config defaults")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

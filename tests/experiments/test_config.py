@@ -156,3 +156,40 @@ def test_paths_are_checked_only_when_asked(tmp_path):
     data = small_config(tmp_path / "no_model_here", tasks=[{"name": "gsm8k", "kwargs": {"data_dir": "/nope/x"}}])
     err = _error(tmp_path, data, check_paths=True)
     assert err.key == "tasks[0].kwargs.data_dir"
+
+
+def test_a_preset_entry_resolves_its_params_and_overrides_win():
+    cfg = config_from_dict({"tasks": ["arith"], "budgets": ["1/2"], "gen_length": 32, "batch_size": 2,
+                            "strategies": [{"name": "remdm", "preset": "paper-rescale", "params": {"eta": 0.03}},
+                                           {"name": "masked", "preset": "paper", "sweep": {"block_length": [8, 16]}},
+                                           {"name": "remdm", "preset": "paper"}]})
+    first, *swept, loop = cfg.strategies
+    assert first.label == "remdm-paper-rescale" and first.preset == "paper-rescale"
+    assert first.params["schedule"] == "rescale" and first.params["eta"] == 0.03 and first.params["top_p"] == 0.9
+    assert [s.params["block_length"] for s in swept] == [8, 16] and all(s.params["bans"] == "none" for s in swept)
+    assert loop.params["eta"] == 0.02
+    validate(cfg)
+    again = config_from_dict(cfg.to_dict())  # the resolved config reads back to the same entries
+    assert again.hash() == cfg.hash() and again.strategies[0].preset == "paper-rescale"
+
+
+@pytest.mark.parametrize("entry,key,reason", [
+    ({"name": "masked", "preset": "papr"}, "strategies[0].preset", "Did you mean 'paper'"),
+    ({"name": "maskd", "preset": "paper"}, "strategies[0].name", "Unknown strategy 'maskd'"),
+    ({"name": "masked", "preset": 3}, "strategies[0].preset", "expected"),
+])
+def test_a_bad_preset_names_file_key_and_reason(entry, key, reason):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"tasks": ["arith"], "budgets": ["1/2"], "gen_length": 32, "batch_size": 2,
+                          "strategies": [entry]}, source="x.yaml")
+    assert e.value.source == "x.yaml" and e.value.key == key and reason in e.value.reason
+
+
+def test_a_preset_value_that_cannot_run_points_at_the_preset():
+    # LLaDA refuses 12 steps over 8 blocks: the preset set uneven_steps, the entry only the block length
+    cfg = config_from_dict({"tasks": ["arith"], "budgets": ["3/8"], "gen_length": 32, "batch_size": 2,
+                            "strategies": [{"name": "masked", "preset": "paper", "params": {"block_length": 4}}]},
+                           source="x.yaml")
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert e.value.key.startswith("strategies[0].preset") and "uneven_steps" in str(e.value)

@@ -19,10 +19,15 @@ PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
 # Every registered strategy appears here with the variants worth covering (the test below enforces it).
 VARIANTS = {
     "masked": [{}, {"remasking": "random"}, {"block_length": 4}, {"temperature": 1.0},
-               {"cfg_scale": 0.5}, {"suppress_eos": True}, {"tokens_per_pass": 3}],
-    "remdm": [{"schedule": s} for s in ("loop", "cap", "rescale", "conf")] + [{"schedule": "cap", "temperature": 1.0}],
-    "conv": [{}, {"window": 4}, {"variant": "stochastic", "top_k": 2}, {"variant": "stochastic", "temperature": 1.0}],
-    "threshold": [{}, {"threshold": 0.3, "block_length": 4}, {"threshold": 0.0}],
+               {"cfg_scale": 0.5}, {"suppress_eos": True}, {"tokens_per_pass": 3},
+               {"logits_eos_inf": True, "confidence_eos_eot_inf": True, "bans": "mask"}],
+    "remdm": [{"schedule": s} for s in ("loop", "cap", "rescale", "conf")] + [{"schedule": "cap", "temperature": 1.0},
+                                                                            {"schedule": "conf", "top_p": 0.9,
+                                                                             "temperature": 1.0, "timing": "reference"}],
+    "conv": [{}, {"window": 4}, {"variant": "stochastic", "top_k": 2}, {"variant": "stochastic", "temperature": 1.0},
+             {"variant": "stochastic", "top_k": 2, "norm_top": "k+1"}],
+    "threshold": [{}, {"threshold": 0.3, "block_length": 4}, {"threshold": 0.0},
+                  {"threshold": 0.5, "block_length": 8, "inclusive": True, "allot": False}],
     "edit": [{}, {"edit_passes": 1}, {"block_length": 8}],
 }
 
@@ -78,6 +83,30 @@ def test_contract(tiny_model, name, params, budget):
         assert int(one.lengths[0]) == n
         assert torch.equal(one.tokens[0, :n], res.tokens[b, :n]), (b, one.tokens[0], res.tokens[b])
         assert int(one.nfe[0]) == int(res.nfe[b])
+
+
+PRESET_OVERRIDES = {"threshold": {"block_length": 8}}  # Fast-dLLM's blocks of 32 do not divide L = 16
+PRESET_CASES = [(name, preset, budget) for name, cls in available_strategies().items() for preset in cls.presets
+                for budget in ("1/1", "1/4")]
+
+
+@pytest.mark.parametrize("name,preset,budget", PRESET_CASES, ids=lambda v: str(v))
+def test_contract_of_every_named_preset(tiny_model, name, preset, budget):
+    """The budget, the replayable trace, passes that find work, seeding and batch = rows hold for presets too
+    (a preset may leave a predicted mask id in the output, as its reference does)."""
+    params = PRESET_OVERRIDES.get(name, {})
+    res = generate(tiny_model, PROMPTS, L, get_strategy(name, preset=preset, **params), budget, seed=7)
+    assert (res.nfe <= res.max_nfe).all() and (res.nfe >= 1).all(), res.nfe
+    compact = res.trace.compact()
+    assert (compact.replay() == res.tokens.numpy()).all()
+    assert (compact.active.sum(0) == res.nfe.numpy()).all() and compact.active.any(1).all()
+    again = generate(tiny_model, PROMPTS, L, get_strategy(name, preset=preset, **params), budget, seed=7)
+    assert torch.equal(again.tokens, res.tokens)
+    for b, p in enumerate(PROMPTS):
+        one = generate(tiny_model, [p], L, get_strategy(name, preset=preset, **params), budget, seed=7,
+                       record_trace=False)
+        n = int(res.lengths[b])
+        assert torch.equal(one.tokens[0, :n], res.tokens[b, :n]) and int(one.nfe[0]) == int(res.nfe[b])
 
 
 def test_right_padded_tensor_prompts_equal_ragged_lists(tiny_model):
