@@ -18,7 +18,8 @@ medlm (ME-DLM, ``utils/edit_trainer.py`` and the README's Stage 2/3 commands):
     every pad in the draft is dropped; the edit passes grow with the fraction of training done,
     int(fraction * 32); labels leave the final token out of the alignment (it is labelled end-of-turn) and
     the gap after a deleted token unlabelled; the draft loss is
-    (CE_cur + CE_next) / t with the t that masked the answer.
+    (CE_cur + CE_next) / t with the t that masked the answer; the rollout's edit passes follow ME-DLM's
+    inference rule (the edit strategy's ``paper`` preset).
 conv-paper (Conv repo, ``finetune_tools.py``: ``q_xt_finetune_repeat`` and the R2FT loss after it,
 ``configs/config.yaml`` finetune keys, ``scripts/r2ft_*.sh``):
   * the answer is cut at a random point and everything after it is masked; the loser repeats a phrase
@@ -41,7 +42,7 @@ RECIPES: dict[str, dict] = {
                    "full_rollout": True, "max_diffusion_steps": 32, "curriculum": "epoch_fraction",
                    "edit_passes_sampling": "fixed", "temperature": 0.0, "nearest_reference": False,
                    "draft_loss_weight": "inverse_t", "draft_padding": "strip", "ignore_deleted_gaps": True,
-                   "labels": "medlm"},
+                   "labels": "medlm", "edit_preset": "paper"},
     },
     "conv-paper": {
         "r2ft": {"rejected": "phrase_span", "phrase_len": [1, 14], "span_len": [30, 49], "eos_prob": 1.0,
