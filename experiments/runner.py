@@ -133,16 +133,25 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
                  check_paths: bool = True, on_batch: Optional[Callable[[Cell, list[dict]], None]] = None) -> Path:
     """Run (or finish) every cell of ``config`` into ``out_dir``; returns the run directory.
 
-    Validation happens first, so a bad config fails before any model is loaded."""
+    Validation happens first (device, checkpoint, tokenizer and data included), so a bad config fails
+    before any model is loaded or the run directory exists; a start that still fails before its first row
+    (a model that will not load) removes the directory it created, so the corrected command can run."""
     validate(config, check_paths=check_paths)
+    out_dir = check_out_dir(out_dir)
     examples = load_examples(config)  # before the run directory exists: a missing data file leaves no trace
+    created = not out_dir.exists()
     store = RunStore.open(out_dir, config)
     cells = plan_cells(config, examples)
     todo = [c for c in cells if c.batch_id not in store.done_batches]
     log.info("%s: %d cells, %d already stored, %d to run", out_dir, len(cells), len(cells) - len(todo), len(todo))
     if not todo:
         return store.run_dir
-    model, tokenizer = load_model_for(config)
+    try:
+        model, tokenizer = load_model_for(config)
+    except BaseException:
+        if created and store.num_rows == 0:
+            _remove_new_run_dir(out_dir)
+        raise
     bar = _progress(len(cells), len(cells) - len(todo), enabled=progress)
     try:
         for cell in todo:
@@ -155,6 +164,32 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
     finally:
         bar.close()
     return store.run_dir
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """The run directory path, refused when it (or a parent) is an existing file."""
+    from core.errors import UsageError
+
+    out_dir = Path(out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == out_dir else f"lies under {p}, which is"
+                raise UsageError(f"{out_dir}: the run directory (--out) {what} a file, not a directory")
+            break
+    return out_dir
+
+
+def _remove_new_run_dir(run_dir: Path) -> None:
+    """Undo a failed start: remove what RunStore.open created in a directory that did not exist, when no
+    row landed (nothing computed is lost)."""
+    import shutil
+
+    rows = run_dir / "rows.jsonl"
+    if rows.exists() and rows.stat().st_size > 0:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log.info("%s: removed the run directory of a start that failed before its first row", run_dir)
 
 
 def load_model_for(config: ExperimentConfig):

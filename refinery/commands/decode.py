@@ -37,10 +37,15 @@ def parse_params(items: list[str]) -> dict:
 
 def run(args) -> int:
     from core.checkpoint import load_model_and_tokenizer, parse_dtype
-    from core.decode import generate
+    from core.decode import check_budget, generate
     from core.tokenizer import decode_response, render_prompt
     from strategies import get_strategy
 
+    from core.errors import UsageError
+
+    if args.gen_length < 1:
+        raise UsageError(f"--gen-length {args.gen_length}: must be at least 1 token")
+    check_budget(args.budget, args.gen_length)  # before the model loads: a budget under one pass is refused
     strategy = get_strategy(args.strategy, **parse_params(args.param))
     model, tok = load_model_and_tokenizer(args.model, args.device, parse_dtype(args.dtype))
     ids = tok.encode(args.prompt, add_special_tokens=False) if args.raw else \
