@@ -60,21 +60,22 @@ def check_device(device: str | torch.device, field: str = "--device") -> str:
     name = str(device)
     if name == "auto":
         return name
+    what = f"{field} {name}" if field else name
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"{field} {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+        raise UsageError(f"{what}: not a device; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise UsageError(f"{field} {name}: CUDA is not available on this machine ({why}); use --device cpu")
+            raise UsageError(f"{what}: CUDA is not available on this machine ({why}); use cpu")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise UsageError(f"{field} {name}: no such GPU; this machine has {count} (cuda:0..cuda:{count - 1})")
+            raise UsageError(f"{what}: no such GPU; this machine has {count} (cuda:0..cuda:{count - 1})")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"{field} {name}: MPS is not available on this machine; use --device cpu")
+        raise UsageError(f"{what}: MPS is not available on this machine; use cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"{field} {name}: device type {dev.type!r} is not supported; use cpu or cuda")
+        raise UsageError(f"{what}: device type {dev.type!r} is not supported; use cpu or cuda")
     return name
 
 

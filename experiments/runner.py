@@ -140,7 +140,15 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
     out_dir = check_out_dir(out_dir)
     examples = load_examples(config)  # before the run directory exists: a missing data file leaves no trace
     created = not out_dir.exists()
-    store = RunStore.open(out_dir, config)
+    try:
+        store = RunStore.open(out_dir, config)
+    except UnicodeDecodeError:  # the codec's message names no file: name it
+        from core.errors import read_text
+
+        for name in ("rows.jsonl", "config.yaml"):
+            if (out_dir / name).is_file():
+                read_text(out_dir / name)
+        raise
     cells = plan_cells(config, examples)
     todo = [c for c in cells if c.batch_id not in store.done_batches]
     log.info("%s: %d cells, %d already stored, %d to run", out_dir, len(cells), len(cells) - len(todo), len(todo))

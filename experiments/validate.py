@@ -152,7 +152,7 @@ def _check_device(config: ExperimentConfig) -> None:
     from core.checkpoint import check_device
 
     try:
-        check_device(config.device, field="device")
+        check_device(config.device, field="")  # the key "device" is in the message already
     except ValueError as e:
         raise ConfigError(config.source, "device", str(e)) from None
 
