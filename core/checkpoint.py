@@ -7,9 +7,11 @@ and nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import struct
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -174,8 +176,25 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = LLaDAModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True, **kwargs)
+    with _quiet_loading_bar():
+        model = LLaDAModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True, **kwargs)
     return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _quiet_loading_bar():
+    """transformers' "Loading weights" bar only where someone watches (stderr is a terminal): in logs and
+    pipes it is noise in front of the one line an error should be."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_model_and_tokenizer(name_or_path: str | Path, device: str | torch.device = "cpu",

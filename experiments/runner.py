@@ -135,20 +135,13 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
 
     Validation happens first (device, checkpoint, tokenizer and data included), so a bad config fails
     before any model is loaded or the run directory exists; a start that still fails before its first row
-    (a model that will not load) removes the directory it created, so the corrected command can run."""
+    (a model that will not load, a prompt too long for it) removes the directory it created, so the
+    corrected command can run."""
     validate(config, check_paths=check_paths)
     out_dir = check_out_dir(out_dir)
     examples = load_examples(config)  # before the run directory exists: a missing data file leaves no trace
     created = not out_dir.exists()
-    try:
-        store = RunStore.open(out_dir, config)
-    except UnicodeDecodeError:  # the codec's message names no file: name it
-        from core.errors import read_text
-
-        for name in ("rows.jsonl", "config.yaml"):
-            if (out_dir / name).is_file():
-                read_text(out_dir / name)
-        raise
+    store = _open_store(out_dir, config)
     cells = plan_cells(config, examples)
     todo = [c for c in cells if c.batch_id not in store.done_batches]
     log.info("%s: %d cells, %d already stored, %d to run", out_dir, len(cells), len(cells) - len(todo), len(todo))
@@ -156,22 +149,34 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
         return store.run_dir
     try:
         model, tokenizer = load_model_for(config)
+        bar = _progress(len(cells), len(cells) - len(todo), enabled=progress)
+        try:
+            for cell in todo:
+                bar.set_postfix_str(f"{cell.task.name} {cell.strategy.label} {cell.budget}", refresh=False)
+                rows, trace = run_cell(cell, examples[cell.task_index][0], model, tokenizer, config)
+                store.write_batch(cell.batch_id, rows, trace)
+                if on_batch is not None:
+                    on_batch(cell, rows)
+                bar.update(1)
+        finally:
+            bar.close()
     except BaseException:
-        if created and store.num_rows == 0:
-            _remove_new_run_dir(out_dir)
+        if created:
+            _remove_new_run_dir(out_dir)  # only when no row landed: nothing computed is lost
         raise
-    bar = _progress(len(cells), len(cells) - len(todo), enabled=progress)
-    try:
-        for cell in todo:
-            bar.set_postfix_str(f"{cell.task.name} {cell.strategy.label} {cell.budget}", refresh=False)
-            rows, trace = run_cell(cell, examples[cell.task_index][0], model, tokenizer, config)
-            store.write_batch(cell.batch_id, rows, trace)
-            if on_batch is not None:
-                on_batch(cell, rows)
-            bar.update(1)
-    finally:
-        bar.close()
     return store.run_dir
+
+
+def _open_store(out_dir: Path, config: ExperimentConfig) -> RunStore:
+    try:
+        return RunStore.open(out_dir, config)
+    except UnicodeDecodeError:  # the codec's message names no file: name it
+        from core.errors import read_text
+
+        for name in ("rows.jsonl", "config.yaml"):
+            if (out_dir / name).is_file():
+                read_text(out_dir / name)
+        raise
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
