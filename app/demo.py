@@ -267,7 +267,9 @@ def start(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None, 
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None, **kw: Any) -> gr.Blocks:
-    """:func:`start`, then block until the server stops."""
+    """:func:`start`, then block until the server stops (unless ``prevent_thread_lock=True``)."""
+    block = not kw.pop("prevent_thread_lock", False)
     start(demo, host, port, **kw)
-    demo.block_thread()
+    if block:
+        demo.block_thread()
     return demo
