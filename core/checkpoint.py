@@ -70,7 +70,7 @@ def check_device(device: str | torch.device, field: str = "--device") -> str:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise UsageError(f"{what}: CUDA is not available on this machine ({why}); use cpu")
+            raise UsageError(f"{what}: CUDA is not available on this machine ({why}); use cpu (e.g. --device cpu)")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise UsageError(f"{what}: no such GPU; this machine has {count} (cuda:0..cuda:{count - 1})")

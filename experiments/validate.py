@@ -38,6 +38,10 @@ def validate(config: ExperimentConfig, check_paths: bool = False) -> None:
         _check_device(config)
         model_config = _model_config(config)
         _check_tokenizer(config)
+        limit = model_config.get("max_sequence_length")
+        if isinstance(limit, int) and config.gen_length >= limit:  # no room left for any prompt
+            raise ConfigError(config.source, "gen_length", f"{config.gen_length} leaves no room for a prompt: "
+                                                           f"the model's max_sequence_length is {limit}")
         if not model_config.get("next_token_head", False):
             for spec in config.strategies:
                 if needs_next_head(spec.name):

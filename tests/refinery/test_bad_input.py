@@ -116,6 +116,12 @@ def test_a_start_that_fails_after_opening_the_run_removes_it(ckpt, tmp_path, cap
     assert not run.exists()
 
 
+def test_gen_length_beyond_the_model_is_caught_by_validate_only(ckpt, tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "c.yaml", small_config(ckpt, gen_length=192, budgets=["1/1"]))
+    assert main(["ablate", str(cfg), "--validate-only"]) == 2
+    one_line_error(capsys, str(cfg), "gen_length", "max_sequence_length is 192")
+
+
 def test_out_pointing_at_a_file(ckpt, tmp_path, capsys):
     cfg = write_yaml(tmp_path / "c.yaml", small_config(ckpt))
     (tmp_path / "afile").write_text("keep me")
