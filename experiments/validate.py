@@ -38,16 +38,24 @@ def validate(config: ExperimentConfig, check_paths: bool = False) -> None:
         _check_device(config)
         model_config = _model_config(config)
         _check_tokenizer(config)
-        limit = model_config.get("max_sequence_length")
-        if isinstance(limit, int) and config.gen_length >= limit:  # no room left for any prompt
-            raise ConfigError(config.source, "gen_length", f"{config.gen_length} leaves no room for a prompt: "
-                                                           f"the model's max_sequence_length is {limit}")
-        if not model_config.get("next_token_head", False):
-            for spec in config.strategies:
-                if needs_next_head(spec.name):
-                    raise ConfigError(config.source, f"{spec.where}.name",
-                                      f"strategy {spec.name!r} needs the model's next-token head, but "
-                                      f"{config.model} has next_token_head=false")
+        _check_model_fits(config, model_config)
+
+
+def _check_model_fits(config: ExperimentConfig, model_config: dict) -> None:
+    """What the strategies and lengths ask of the checkpoint: room for a prompt, the edit heads."""
+    limit = model_config.get("max_sequence_length")
+    if isinstance(limit, int) and config.gen_length >= limit:  # no room left for any prompt
+        raise ConfigError(config.source, "gen_length", f"{config.gen_length} leaves no room for a prompt: "
+                                                       f"the model's max_sequence_length is {limit}")
+    for spec in config.strategies:
+        if needs_next_head(spec.name) and not model_config.get("next_token_head", False):
+            raise ConfigError(config.source, f"{spec.where}.name",
+                              f"strategy {spec.name!r} needs the model's next-token head, but "
+                              f"{config.model} has next_token_head=false")
+        if _needs_delete_token(spec.name) and model_config.get("delete_token_id") is None:
+            raise ConfigError(config.source, f"{spec.where}.name",
+                              f"strategy {spec.name!r} needs a delete token, but {config.model} has none "
+                              "(delete_token_id is null: convert it with --delete-token NAME)")
 
 
 def needs_next_head(name: str) -> bool:
@@ -58,6 +66,13 @@ def needs_next_head(name: str) -> bool:
 
     cls = strategy_class(name)
     return bool(getattr(cls, "needs_next_head", name == "edit"))
+
+
+def _needs_delete_token(name: str) -> bool:
+    """Strategies may declare ``needs_delete_token = True``; the edit strategy deletes by definition."""
+    from strategies.registry import strategy_class
+
+    return bool(getattr(strategy_class(name), "needs_delete_token", name == "edit"))
 
 
 def _check_strategy(config: ExperimentConfig, spec: StrategySpec) -> None:

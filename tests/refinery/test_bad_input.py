@@ -340,3 +340,18 @@ def test_subprocess_exit_codes(ckpt, tmp_path):
         s.listen()
         out = run_cli("app", "--port", str(s.getsockname()[1]))
     assert out.returncode == 2 and "Traceback" not in out.stderr and "cannot listen" in out.stderr
+
+
+def test_validate_only_refuses_edit_on_a_model_without_a_delete_token(tmp_path, capsys):
+    """A mask-only conversion has no delete token: the edit strategy is refused before any work starts."""
+    path = tmp_path / "nodel"
+    tok = train_embedded_tokenizer(CORPUS, vocab_size=300)
+    ids = special_token_ids(tok).as_config_kwargs()
+    ids["delete_token_id"] = None
+    LLaDAModel(LLaDAConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64,
+                           next_token_head=True, **ids)).save_pretrained(path)
+    tok.save_pretrained(path)
+    cfg = write_yaml(tmp_path / "c.yaml", small_config(path, strategies=[{"name": "edit"}]))
+    capsys.readouterr()  # save_pretrained's own progress bar
+    assert main(["ablate", str(cfg), "--validate-only"]) == 2
+    one_line_error(capsys, "strategies[0].name", "needs a delete token")
