@@ -92,6 +92,18 @@ def test_device_without_cuda(ckpt, capsys, no_cuda):
     one_line_error(capsys, "--device tpu")
 
 
+def test_gpu_index_beyond_the_machine(monkeypatch):
+    """On a one-GPU machine ``cuda:7`` was an 'invalid device ordinal' traceback from inside model.to()."""
+    from core.checkpoint import check_device
+    from core.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert check_device("cuda:0") == "cuda:0" and check_device("cuda") == "cuda" and check_device("auto") == "auto"
+    with pytest.raises(UsageError, match=r"--device cuda:7: no such GPU; this machine has 1 \(cuda:0..cuda:0\)"):
+        check_device("cuda:7")
+
+
 def test_failed_start_leaves_nothing_and_the_corrected_command_runs(ckpt, tmp_path, capsys, no_cuda):
     cfg = write_yaml(tmp_path / "c.yaml", small_config(ckpt))
     run = tmp_path / "run"
