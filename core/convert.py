@@ -300,6 +300,12 @@ def _load_source_tokenizer(src: Path, delete_token: Optional[str]):
         raise ValueError(f"{e} (choose another with --delete-token NAME, or --delete-token none)") from None
 
 
+def _auto_delete_token(edits: bool, delete_token_id: Optional[int]) -> Optional[str]:
+    """Only an edit-capable result needs <|del|> (ME-DLM's reserved token); a mask-only one keeps every
+    token a real token, and an explicit id needs no token name."""
+    return DEFAULT_DELETE_TOKEN if edits and delete_token_id is None else None
+
+
 def _prepare_destination(src: Path, dst: Path, overwrite: bool) -> None:
     if dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: destination must differ from the source")
@@ -350,9 +356,7 @@ def convert_checkpoint(
     shape, tied, config_ids = read_source_config(src, layout)
     has_next = any(map_key(layout, k) == "next_token_head.weight" for k in headers)
     if delete_token == "auto":
-        # Only an edit-capable model needs <|del|>; a mask-only one keeps every token a real token.
-        edits = has_next or add_next_token_head is not None
-        delete_token = DEFAULT_DELETE_TOKEN if edits and delete_token_id is None else None
+        delete_token = _auto_delete_token(has_next or add_next_token_head is not None, delete_token_id)
     tokenizer = _load_source_tokenizer(src, delete_token)
     if tokenizer is not None and delete_token_id is not None:
         raise ValueError(f"{src}: has a tokenizer, so name the delete token (--delete-token) instead of giving its id")
