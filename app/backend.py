@@ -104,11 +104,37 @@ def prompt_ids(tokenizer, text: str, choice: Optional[PromptChoice] = None) -> l
     return ids
 
 
-def check_gen_length(gen_length: int) -> int:
+def max_gen_length(max_sequence_length: Optional[int] = None, prompt_tokens: int = 0) -> int:
+    """The longest generation the app offers: its own cap, and what the model's positions leave after the prompt."""
+    if max_sequence_length is None:
+        return MAX_GEN_LENGTH
+    return max(0, min(MAX_GEN_LENGTH, int(max_sequence_length) - prompt_tokens))
+
+
+def check_gen_length(gen_length: int, max_sequence_length: Optional[int] = None, prompt_tokens: int = 0) -> int:
+    """``gen_length`` as an int, refused outside 1..the app's cap (and, given the model's
+    ``max_sequence_length``, beyond what is left after a prompt of ``prompt_tokens``)."""
     gen_length = int(gen_length)
-    if not 1 <= gen_length <= MAX_GEN_LENGTH:
+    top = max_gen_length(max_sequence_length, prompt_tokens)
+    if not 1 <= gen_length <= top:
+        if max_sequence_length is not None and top < MAX_GEN_LENGTH:
+            raise ValueError(f"generation length {gen_length} must lie in 1..{top}: the model's max_sequence_length "
+                             f"is {max_sequence_length} and the prompt takes {prompt_tokens} tokens")
         raise ValueError(f"generation length {gen_length} must lie in 1..{MAX_GEN_LENGTH}")
     return gen_length
+
+
+def model_max_sequence_length(name_or_path: str) -> Optional[int]:
+    """max_sequence_length from a checkpoint's config.json without loading it (None when unreadable)."""
+    import json
+
+    from core.checkpoint import resolve_model_path
+
+    try:
+        value = json.loads((resolve_model_path(name_or_path) / "config.json").read_text()).get("max_sequence_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class _Cancelled(Exception):

@@ -19,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio read
 import gradio as gr  # noqa: E402
 
 from app import backend
+from app.guard import PathGuard
 from app.params import FieldSpec, changed_params, field_specs, short_label, widget_value
 from app.render import CSS, TraceView, board_html
 from app.runs import find_runs, load_rows, pick_rows, row_key, run_model
@@ -61,10 +62,12 @@ def _slider(views: Sequence[TraceView], value: Optional[int] = None) -> dict:
 
 def build_demo(model: str = "embedded", runs_dir: Optional[str] = None, data_dir: Optional[str] = None,
                device: str = "cpu", dtype=None, views: Optional[list[TraceView]] = None,
-               stream_interval: float = 0.25) -> gr.Blocks:
-    """The demo as a ``gr.Blocks`` (not launched). ``views`` pre-fills the board (e.g. with a fixture trace)."""
+               stream_interval: float = 0.25, guard: Optional[PathGuard] = None) -> gr.Blocks:
+    """The demo as a ``gr.Blocks`` (not launched). ``views`` pre-fills the board (e.g. with a fixture trace);
+    ``guard`` limits the path fields (see :mod:`app.guard`; None: any path, for a loopback demo)."""
     from strategies import available_strategies
 
+    guard = guard or PathGuard()
     cache = backend.ModelCache(device, dtype)
     classes = available_strategies()
     specs = [spec for name, cls in classes.items() for spec in field_specs(name, cls.config_class)]
@@ -88,7 +91,8 @@ def build_demo(model: str = "embedded", runs_dir: Optional[str] = None, data_dir
                     param_widgets = _param_widgets(specs)
                     with gr.Row():
                         budget = gr.Textbox(value="1/2", label="Budget (passes per token)")
-                        gen_length = gr.Number(value=32, precision=0, minimum=1, maximum=backend.MAX_GEN_LENGTH,
+                        top = backend.max_gen_length(backend.model_max_sequence_length(model))
+                        gen_length = gr.Number(value=min(32, top), precision=0, minimum=1, maximum=top,
                                                label="Generation length")
                         seed = gr.Number(value=0, precision=0, label="Seed")
                     run = gr.Button("Run", variant="primary", elem_id="rf-run")
@@ -115,7 +119,7 @@ def build_demo(model: str = "embedded", runs_dir: Optional[str] = None, data_dir
             if src == backend.FREE_TEXT:
                 return gr.update(), None, "Free text: type a prompt."
             try:
-                choice = backend.draw_example(src, int(idx or 0), int(sd or 0), ddir or None)
+                choice = backend.draw_example(src, int(idx or 0), int(sd or 0), guard.data_dir(ddir) if ddir else None)
             except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
                 raise gr.Error(str(e)) from None
             ex = choice.example
@@ -133,10 +137,11 @@ def build_demo(model: str = "embedded", runs_dir: Optional[str] = None, data_dir
                     params = changed_params(specs, raw, name)
                     run_specs.append(backend.RunSpec(name, params, short_label(name, params)))
                 length = backend.check_gen_length(length or 0)
-                mdl, tok = cache.get(model_name)
+                mdl, tok = cache.get(guard.model(model_name))
                 if choice is not None and text.strip() != str(choice.example.prompt).strip():
                     choice = None  # the prompt was edited: no longer the task's example, nothing to score
                 ids = backend.prompt_ids(tok, text, choice)
+                backend.check_gen_length(length, mdl.config.max_sequence_length, len(ids))
             except (ValueError, FileNotFoundError, KeyError) as e:
                 raise gr.Error(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from None
             current: list[TraceView] = []
@@ -148,6 +153,14 @@ def build_demo(model: str = "embedded", runs_dir: Optional[str] = None, data_dir
             top = max([v.num_passes for v in current] + [0])
             yield "Done.", _slider(current), board_html(current, top), current
 
+        def on_model(model_name):
+            try:  # the length limit follows the chosen model's positions; a refused name changes nothing
+                top = backend.max_gen_length(backend.model_max_sequence_length(guard.model(model_name)))
+            except ValueError:
+                return gr.update()
+            return gr.update(maximum=top)
+
+        model_box.change(on_model, model_box, gen_length)
         run.click(on_run, [model_box, prompt, choice_state, chosen, budget, gen_length, seed, *param_widgets],
                   [status, step, board, views_state])
 
@@ -171,17 +184,18 @@ def build_demo(model: str = "embedded", runs_dir: Optional[str] = None, data_dir
             return k, board_html(vs, k), gr.Timer(active=k < top)
 
         timer.tick(on_tick, [step, views_state], [step, board, timer])
-        _wire_saved_runs(cache, model_box, run_dir, task, example, labels, open_btn, status, step, board,
+        _wire_saved_runs(cache, guard, model_box, run_dir, task, example, labels, open_btn, status, step, board,
                          views_state)
     return demo
 
 
-def _wire_saved_runs(cache, model_box, run_dir, task, example, labels, open_btn, status, step, board, views_state):
+def _wire_saved_runs(cache, guard, model_box, run_dir, task, example, labels, open_btn, status, step, board,
+                     views_state):
     """The "Saved run" tab: run directory -> task -> example -> strategies -> stored traces."""
 
     def rows_of(rd) -> list[dict]:
         try:
-            return load_rows(rd)
+            return load_rows(guard.run_dir(rd))
         except (ValueError, FileNotFoundError) as e:
             raise gr.Error(str(e)) from None
 
@@ -208,7 +222,7 @@ def _wire_saved_runs(cache, model_box, run_dir, task, example, labels, open_btn,
             raise gr.Error("pick a run directory, a task and an example first")
         rows = [r for r in pick_rows(rows_of(rd), t, ex) if not keys or row_key(r) in keys]
         try:
-            tok = _row_tokenizer(cache, rd, model_name)
+            tok = _row_tokenizer(cache, rd, guard.model(model_name), guard)
             vs = backend.saved_views(rd, rows, tok)
         except (ValueError, FileNotFoundError) as e:
             raise gr.Error(str(e)) from None
@@ -221,9 +235,15 @@ def _wire_saved_runs(cache, model_box, run_dir, task, example, labels, open_btn,
     open_btn.click(on_open, [model_box, run_dir, task, example, labels], [status, step, board, views_state])
 
 
-def _row_tokenizer(cache, run_dir: str, model_name: str):
-    """The tokenizer the run was made with when its config names a loadable one, else the selected model's."""
+def _row_tokenizer(cache, run_dir: str, model_name: str, guard: Optional[PathGuard] = None):
+    """The tokenizer the run was made with when its config names a loadable (and allowed) one, else the
+    selected model's."""
     named = run_model(run_dir)
+    if named and guard is not None:
+        try:
+            guard.model(str(named))
+        except ValueError:
+            named = None  # an exposed demo opens no model the run's config names elsewhere on the server
     if named:
         try:
             return cache.tokenizer(str(named))
@@ -232,6 +252,27 @@ def _row_tokenizer(cache, run_dir: str, model_name: str):
     return cache.tokenizer(model_name)
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None, **kw: Any):
-    """Launch on ``host`` (loopback unless told otherwise) with the demo's CSS."""
-    return demo.queue().launch(server_name=host, server_port=port, css=CSS, **kw)
+def start(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None, **kw: Any) -> str:
+    """Start serving on ``host`` (loopback unless told otherwise) with the demo's CSS and return the local
+    URL without blocking. Gradio's share-link hint is silenced (refinery never opens a public tunnel);
+    a port that cannot be bound raises a UsageError naming it."""
+    from core.errors import UsageError
+
+    kw.pop("prevent_thread_lock", None)
+    try:
+        demo.queue().launch(server_name=host, server_port=port, css=CSS, quiet=True, prevent_thread_lock=True,
+                            **kw)
+    except OSError as e:
+        if "port" in str(e).lower():  # Gradio's "Cannot find empty port ..." for a busy --port
+            raise UsageError(f"--port {port}: cannot listen on {host}:{port} (in use?)") from None
+        raise
+    return str(demo.local_url)
+
+
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None, **kw: Any) -> gr.Blocks:
+    """:func:`start`, then block until the server stops (unless ``prevent_thread_lock=True``)."""
+    block = not kw.pop("prevent_thread_lock", False)
+    start(demo, host, port, **kw)
+    if block:
+        demo.block_thread()
+    return demo

@@ -37,7 +37,13 @@ def load_rows(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir).expanduser() / ROWS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no rows.jsonl in this run directory")
-    return _load_rows_cached(str(path.parent), path.stat().st_mtime_ns, path.stat().st_size)
+    try:
+        return _load_rows_cached(str(path.parent), path.stat().st_mtime_ns, path.stat().st_size)
+    except UnicodeDecodeError:
+        from core.errors import read_text
+
+        read_text(path)  # raises the UsageError naming the file and the offending byte
+        raise
 
 
 @lru_cache(maxsize=8)

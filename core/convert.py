@@ -300,6 +300,12 @@ def _load_source_tokenizer(src: Path, delete_token: Optional[str]):
         raise ValueError(f"{e} (choose another with --delete-token NAME, or --delete-token none)") from None
 
 
+def _auto_delete_token(edits: bool, delete_token_id: Optional[int]) -> Optional[str]:
+    """Only an edit-capable result needs <|del|> (ME-DLM's reserved token); a mask-only one keeps every
+    token a real token, and an explicit id needs no token name."""
+    return DEFAULT_DELETE_TOKEN if edits and delete_token_id is None else None
+
+
 def _prepare_destination(src: Path, dst: Path, overwrite: bool) -> None:
     if dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: destination must differ from the source")
@@ -322,7 +328,7 @@ def convert_checkpoint(
     dtype: Optional[torch.dtype] = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     add_next_token_head: Optional[str] = None,
-    delete_token: Optional[str] = DEFAULT_DELETE_TOKEN,
+    delete_token: Optional[str] = "auto",
     delete_token_id: Optional[int] = None,
     seed: int = 0,
     overwrite: bool = False,
@@ -333,7 +339,8 @@ def convert_checkpoint(
     layout: "llada", "medlm" or None (detected from the key names). dtype: cast every tensor (None keeps
     each tensor's stored dtype). add_next_token_head: "copy" (of the output head) or "fresh" (normal
     init, seeded) for a mask-only source. delete_token: tokenizer token renamed to <|del|> whose id becomes
-    ``delete_token_id`` in the config (None: none); delete_token_id: the id when there is no tokenizer.
+    ``delete_token_id`` in the config (None: none; "auto": ME-DLM's ``<|reserved_token_0|>`` when the result
+    has a next-token head, none for a mask-only result); delete_token_id: the id when there is no tokenizer.
     Everything is validated before the first byte is written.
     """
     from core.model import LLaDAConfig
@@ -347,13 +354,15 @@ def convert_checkpoint(
     headers = _read_headers(find_shards(src))
     layout = layout or detect_layout(headers)
     shape, tied, config_ids = read_source_config(src, layout)
+    has_next = any(map_key(layout, k) == "next_token_head.weight" for k in headers)
+    if delete_token == "auto":
+        delete_token = _auto_delete_token(has_next or add_next_token_head is not None, delete_token_id)
     tokenizer = _load_source_tokenizer(src, delete_token)
     if tokenizer is not None and delete_token_id is not None:
         raise ValueError(f"{src}: has a tokenizer, so name the delete token (--delete-token) instead of giving its id")
     ids = resolve_special_ids(config_ids, tokenizer, shape["vocab_size"], delete_token_id, src / "config.json")
     if delete_token is None and delete_token_id is None:
         ids.pop("delete_token_id", None)
-    has_next = any(map_key(layout, k) == "next_token_head.weight" for k in headers)
     if has_next and add_next_token_head:
         raise ValueError(f"{src}: already has a next-token head; drop add_next_token_head / --add-next-token-head")
     config = LLaDAConfig(**shape, **ids, next_token_head=has_next or add_next_token_head is not None)

@@ -43,6 +43,28 @@ def parse_budget(budget: Union[str, float, Fraction]) -> Fraction:
     return frac
 
 
+def check_budget(budget: Union[str, float, Fraction], gen_length: int) -> int:
+    """The forward passes ``budget`` allows at ``gen_length`` (ceil(budget * L)); refuses a budget worth less
+    than one pass, which would run one pass anyway and be labelled with a budget it did not have."""
+    if isinstance(gen_length, bool) or not isinstance(gen_length, int) or gen_length < 1:
+        raise ValueError(f"gen_length {gen_length!r} must be a positive number of tokens")
+    frac = parse_budget(budget)
+    if frac * gen_length < 1:
+        raise ValueError(f"budget {budget} at gen_length {gen_length} is {float(frac * gen_length):.3g} forward "
+                         f"passes; one pass is the least a decode uses (effective NFE 1 = budget 1/{gen_length}), "
+                         f"so the smallest budget that means something at this gen_length is 1/{gen_length}")
+    return passes_for_budget(frac, gen_length)
+
+
+def check_prompt_fits(prompt_width: int, gen_length: int, model_config) -> None:
+    """Refuse prompt + generation longer than the model's ``max_sequence_length`` (the rotary tables end there)."""
+    limit = getattr(model_config, "max_sequence_length", None)
+    if limit is not None and prompt_width + gen_length > limit:
+        raise ValueError(f"prompt of {prompt_width} tokens + gen_length {gen_length} = {prompt_width + gen_length} "
+                         f"tokens is more than the model's max_sequence_length {limit}; shorten the prompt "
+                         f"or gen_length")
+
+
 def left_pad(prompts: Prompts, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged id lists, or an (ids, mask) pair padded on either side -> left-padded (B, P) ids and bool mask."""
     if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], torch.Tensor):
@@ -141,7 +163,7 @@ def generate(
         strategy = get_strategy(strategy, **(strategy_params or {}))
     ids = _special_ids(model)
     device = next(model.parameters()).device
-    max_nfe = passes_for_budget(parse_budget(budget), gen_length)
+    max_nfe = check_budget(budget, gen_length)
     strategy.config.check(gen_length, max_nfe)
     need = strategy.min_passes(gen_length)
     if max_nfe < need:
@@ -149,6 +171,7 @@ def generate(
                          f"but {strategy!r} needs at least {need}")
     prompt_ids, prompt_mask = left_pad(prompts, ids["pad_id"], device)
     B, P = prompt_ids.shape
+    check_prompt_fits(P, gen_length, model.config)
     if init is None:
         region = torch.full((B, gen_length), ids["mask_id"], dtype=torch.long, device=device)
     else:

@@ -99,9 +99,7 @@ def load_tokenizer(path: str | Path, delete_token: Optional[str] = None) -> PreT
     ``delete_token``: for LLaDA-8B, the reserved token that plays <|del|> (ME-DLM used
     ``<|reserved_token_0|>``, id 126084); it is renamed so that every layer sees ``<|del|>``.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: tokenizer directory not found")
+    path = check_tokenizer_dir(path)
     import core.model  # noqa: F401  registers refinery_llada, so AutoTokenizer can read a checkpoint's config.json
 
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -112,6 +110,22 @@ def load_tokenizer(path: str | Path, delete_token: Optional[str] = None) -> PreT
         # Renaming in place keeps the id: the backend's added-token table maps the new content to the old id.
         _rename_added_token(tok, delete_token, DELETE)
     return _finish(tok)
+
+
+def check_tokenizer_dir(path: str | Path) -> Path:
+    """A directory holding a fast tokenizer (tokenizer.json); otherwise one UsageError naming it.
+
+    Without tokenizer.json transformers would try to convert a slow tokenizer and ask for sentencepiece,
+    which says nothing about the real cause."""
+    from core.errors import UsageError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: tokenizer directory not found")
+    if not (path / "tokenizer.json").is_file():
+        raise UsageError(f"no tokenizer in {path} (expected tokenizer.json and tokenizer_config.json; "
+                         "`refinery convert` copies them when the source has them)")
+    return path
 
 
 def _rename_added_token(tok: PreTrainedTokenizerFast, old: str, new: str) -> None:

@@ -29,6 +29,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
+from core.errors import read_text
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "ablations" / "embedded_default.yaml"
@@ -139,7 +141,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path))  # read_text names a non-UTF-8 file
     except yaml.YAMLError as e:
         raise ConfigError(str(path), "", f"not valid YAML ({e})") from None
     return config_from_dict(data, source=str(path))

@@ -137,17 +137,27 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
                  repair: bool = False, on_repair: Optional[Callable[[RowsRead], None]] = None) -> Path:
     """Run (or finish) every cell of ``config`` into ``out_dir``; returns the run directory.
 
-    Validation happens first, so a bad config fails before any model is loaded. The run directory's
-    writer lock is held until this returns. ``repair``: drop damaged rows first (see
-    :func:`experiments.store.repair_damage`); ``on_repair`` gets what was dropped."""
+    Validation happens first (device, checkpoint, tokenizer and data included), so a bad config fails
+    before any model is loaded or the run directory exists; a start that still fails before its first row
+    (a model that will not load, a prompt too long for it) removes the directory it created, so the
+    corrected command can run. The run directory's writer lock is held until this returns. ``repair``:
+    drop damaged rows first (see :func:`experiments.store.repair_damage`); ``on_repair`` gets what was
+    dropped."""
     validate(config, check_paths=check_paths)
+    out_dir = check_out_dir(out_dir)
     examples = load_examples(config)  # before the run directory exists: a missing data file leaves no trace
-    with RunStore.open(out_dir, config, repair=repair) as store:
+    created = not out_dir.exists()
+    with _open_store(out_dir, config, repair) as store:
         if store.repair is not None:
             log.info("%s: repair: %s", out_dir, store.repair.summary())
             if on_repair is not None:
                 on_repair(store.repair)
-        _run_cells(config, examples, store, progress, on_batch)
+        try:
+            _run_cells(config, examples, store, progress, on_batch)
+        except BaseException:
+            if created:
+                _remove_new_run_dir(out_dir)  # only when no row landed: nothing computed is lost
+            raise
     return store.run_dir
 
 
@@ -191,6 +201,44 @@ def _pending(cell: Cell, store: RunStore) -> Optional[Cell]:
 
 def _part_id(examples: tuple) -> str:
     return hashlib.sha1("|".join(ex.id for ex in examples).encode()).hexdigest()[:8]
+
+
+def _open_store(out_dir: Path, config: ExperimentConfig, repair: bool) -> RunStore:
+    try:
+        return RunStore.open(out_dir, config, repair=repair)
+    except UnicodeDecodeError:  # the codec's message names no file: name it
+        from core.errors import read_text
+
+        for name in ("rows.jsonl", "config.yaml"):
+            if (out_dir / name).is_file():
+                read_text(out_dir / name)
+        raise
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """The run directory path, refused when it (or a parent) is an existing file."""
+    from core.errors import UsageError
+
+    out_dir = Path(out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == out_dir else f"lies under {p}, which is"
+                raise UsageError(f"{out_dir}: the run directory (--out) {what} a file, not a directory")
+            break
+    return out_dir
+
+
+def _remove_new_run_dir(run_dir: Path) -> None:
+    """Undo a failed start: remove what RunStore.open created in a directory that did not exist, when no
+    row landed (nothing computed is lost)."""
+    import shutil
+
+    rows = run_dir / "rows.jsonl"
+    if rows.exists() and rows.stat().st_size > 0:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log.info("%s: removed the run directory of a start that failed before its first row", run_dir)
 
 
 def load_model_for(config: ExperimentConfig):

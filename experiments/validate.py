@@ -2,17 +2,20 @@
 
 Strategy names and parameters go through the strategy registry, budgets through the
 strategy's own ``config.check`` and ``min_passes``, task names and constructor arguments
-through the task registry. With ``check_paths=True`` (what ``refinery ablate`` does) the
-model directory, its ``config.json`` (does it have the next-token head the edit strategy
-needs?) and task ``data_dir`` paths must exist too; shipped configs for real checkpoints
-validate with ``check_paths=False`` because their model path is a placeholder.
+through the task registry. With ``check_paths=True`` (what ``refinery ablate`` and its
+``--validate-only`` do) the machine and the files must be there too, all without loading a
+tensor: the device (CUDA available, the index exists), the checkpoint (``config.json`` parses
+and has the model's fields; every safetensors header is readable and its data ends at the
+end of the file; the next-token head the edit strategy needs), the tokenizer directory, and
+each task's data (the split's file under ``data_dir``; a benchmark without ``data_dir`` needs
+``from_hub: true``). Shipped configs for real checkpoints validate with ``check_paths=False``
+because their model path is a placeholder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import re
 from pathlib import Path
@@ -32,13 +35,27 @@ def validate(config: ExperimentConfig, check_paths: bool = False) -> None:
     for spec in config.strategies:
         _check_strategy(config, spec)
     if check_paths:
+        _check_device(config)
         model_config = _model_config(config)
-        if not model_config.get("next_token_head", False):
-            for spec in config.strategies:
-                if needs_next_head(spec.name):
-                    raise ConfigError(config.source, f"{spec.where}.name",
-                                      f"strategy {spec.name!r} needs the model's next-token head, but "
-                                      f"{config.model} has next_token_head=false")
+        _check_tokenizer(config)
+        _check_model_fits(config, model_config)
+
+
+def _check_model_fits(config: ExperimentConfig, model_config: dict) -> None:
+    """What the strategies and lengths ask of the checkpoint: room for a prompt, the edit heads."""
+    limit = model_config.get("max_sequence_length")
+    if isinstance(limit, int) and config.gen_length >= limit:  # no room left for any prompt
+        raise ConfigError(config.source, "gen_length", f"{config.gen_length} leaves no room for a prompt: "
+                                                       f"the model's max_sequence_length is {limit}")
+    for spec in config.strategies:
+        if needs_next_head(spec.name) and not model_config.get("next_token_head", False):
+            raise ConfigError(config.source, f"{spec.where}.name",
+                              f"strategy {spec.name!r} needs the model's next-token head, but "
+                              f"{config.model} has next_token_head=false")
+        if _needs_delete_token(spec.name) and model_config.get("delete_token_id") is None:
+            raise ConfigError(config.source, f"{spec.where}.name",
+                              f"strategy {spec.name!r} needs a delete token, but {config.model} has none "
+                              "(delete_token_id is null: convert it with --delete-token NAME)")
 
 
 def needs_next_head(name: str) -> bool:
@@ -51,10 +68,16 @@ def needs_next_head(name: str) -> bool:
     return bool(getattr(cls, "needs_next_head", name == "edit"))
 
 
-def _check_strategy(config: ExperimentConfig, spec: StrategySpec) -> None:
-    from core.decode import parse_budget
+def _needs_delete_token(name: str) -> bool:
+    """Strategies may declare ``needs_delete_token = True``; the edit strategy deletes by definition."""
     from strategies.registry import strategy_class
-    from strategies.sampling import passes_for_budget
+
+    return bool(getattr(strategy_class(name), "needs_delete_token", name == "edit"))
+
+
+def _check_strategy(config: ExperimentConfig, spec: StrategySpec) -> None:
+    from core.decode import check_budget
+    from strategies.registry import strategy_class
 
     src, where = config.source, spec.where
     try:
@@ -77,7 +100,10 @@ def _check_strategy(config: ExperimentConfig, spec: StrategySpec) -> None:
     budget_key = f"{where}.budgets" if spec.budgets is not None else "budgets"
     need = strategy.min_passes(config.gen_length)
     for j, budget in enumerate(config.budgets_for(spec)):
-        max_nfe = passes_for_budget(parse_budget(budget), config.gen_length)
+        try:
+            max_nfe = check_budget(budget, config.gen_length)
+        except ValueError as e:
+            raise ConfigError(src, f"{budget_key}[{j}]", str(e)) from None
         try:
             strategy.config.check(config.gen_length, max_nfe)
         except ValueError as e:
@@ -121,19 +147,55 @@ def _check_task(config: ExperimentConfig, i: int, task, check_paths: bool) -> No
     data_dir = task.kwargs.get("data_dir")
     if check_paths and data_dir is not None and not Path(data_dir).expanduser().exists():
         raise ConfigError(config.source, f"{where}.kwargs.data_dir", f"{data_dir}: no such file or directory")
+    if check_paths:
+        _check_task_data(config, where, task)
+
+
+def _check_task_data(config: ExperimentConfig, where: str, task) -> None:
+    """The task's data can be loaded (files only: nothing is downloaded while checking)."""
+    from core.tasks import get_task
+
+    try:
+        instance = get_task(task.name, **task.kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(config.source, f"{where}.kwargs", str(e)) from None
+    check = getattr(instance, "check_data", None)  # generated tasks have nothing to check
+    if check is None:
+        return
+    try:
+        check(task.split)
+    except (ValueError, FileNotFoundError) as e:
+        key = f"{where}.kwargs.data_dir" if "data_dir" in task.kwargs or "data_dir" in str(e) else f"{where}.kwargs"
+        raise ConfigError(config.source, key, str(e)) from None
+
+
+def _check_device(config: ExperimentConfig) -> None:
+    from core.checkpoint import check_device
+
+    try:
+        check_device(config.device, field="")  # the key "device" is in the message already
+    except ValueError as e:
+        raise ConfigError(config.source, "device", str(e)) from None
+
+
+def _check_tokenizer(config: ExperimentConfig) -> None:
+    from core.checkpoint import resolve_model_path
+    from core.tokenizer import check_tokenizer_dir
+
+    key = "tokenizer" if config.tokenizer else "model"
+    try:
+        check_tokenizer_dir(config.tokenizer or resolve_model_path(config.model))
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(config.source, key, str(e)) from None
 
 
 def _model_config(config: ExperimentConfig) -> dict:
-    from core.checkpoint import resolve_model_path
+    from core.checkpoint import check_checkpoint, read_checkpoint_config
 
     try:
-        path = resolve_model_path(config.model)
-    except FileNotFoundError as e:
+        return read_checkpoint_config(check_checkpoint(config.model))
+    except (ValueError, OSError) as e:
         raise ConfigError(config.source, "model", str(e)) from None
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(config.source, "model", f"{path / 'config.json'}: unreadable ({e})") from None
 
 
 def validate_file(path: str | Path, check_paths: bool = False, limit: Optional[int] = None) -> ExperimentConfig:

@@ -40,10 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        # Bad input: one clear line, no traceback.
+        # Bad input (core.errors.UsageError and the older ValueError/KeyError checks): one clear line.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"refinery {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        return _one_line_error(args.command, msg)
+    except OSError as e:
+        if e.filename is None:
+            raise  # not about a path the user gave: a bug or an environment fault keeps its traceback
+        # A user path that is a file where a directory is wanted, unwritable, ...: name it.
+        return _one_line_error(args.command, f"{e.filename}: {e.strerror or e}")
+
+
+def _one_line_error(command: str, msg: str) -> int:
+    first = msg.strip().splitlines()[0] if msg.strip() else msg
+    print(f"refinery {command}: error: {first}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The real benchmarks: GSM8K and MATH-500 (maths), HumanEval and MBPP (code).
 
-    task = get_task("gsm8k", data_dir="../shared/data")   # or data_dir=None: datasets.load_dataset (online)
+    task = get_task("gsm8k", data_dir="../shared/data")   # or from_hub=True: datasets.load_dataset (online)
     examples = task.examples("test", n=100, seed=0)
     scores = task.score_many([(ex, out) for ex, out in zip(examples, outputs)], workers=8)
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -30,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from core.errors import UsageError
 from core.tasks.base import Example, Score, Task, check_split, register_task
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ def _from_hub(name: str, config: Optional[str], split: str, folder: str) -> list
         return [(f"{name}[{split}][{i}]", dict(row)) for i, row in enumerate(rows)]
     except Exception as e:  # offline, missing package, renamed dataset: one message for all
         reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise RuntimeError(f"could not load {name!r} through datasets.load_dataset ({type(e).__name__}: "
+        raise UsageError(f"could not load {name!r} through datasets.load_dataset ({type(e).__name__}: "
                            f"{reason}); pass data_dir=<directory holding {folder}/> "
                            f"(e.g. ../shared/data)") from None
 
@@ -118,14 +120,38 @@ class _Benchmark(Task):
     folder = ""  # sub-directory of data_dir, as in ../shared/data
     default_system: Optional[str] = None
 
-    def __init__(self, data_dir: Optional[str] = None, system_prompt: Optional[str] = None):
+    def __init__(self, data_dir: Optional[str] = None, system_prompt: Optional[str] = None, from_hub: bool = False):
         self.data_dir = data_dir
+        self.from_hub = bool(from_hub)  # without a data_dir, load through datasets only when asked to
         # None: the task's default; "" means no system turn at all
         self.system = self.default_system if system_prompt is None else system_prompt
         self._cache: dict[str, list[Example]] = {}
 
     def _records(self, split: str) -> list[tuple[str, dict]]:
         raise NotImplementedError
+
+    def _filename(self, split: str) -> str:
+        """The file of ``split`` inside ``data_dir/<folder>/``."""
+        raise NotImplementedError
+
+    def _data_file(self, split: str) -> Path:
+        return _find_file(self.data_dir, self.folder, self._filename(split))
+
+    def check_data(self, split: str) -> None:
+        """Fail fast (no network) when ``split`` cannot be loaded: no data_dir and no from_hub, a hub load
+        while HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, or a data_dir without the split's file."""
+        if self.data_dir is not None:
+            self._data_file(split)
+            return
+        if not self.from_hub:
+            raise UsageError(f"task {self.name!r} needs data_dir (the task's kwargs.data_dir: a directory "
+                             f"holding {self.folder}/{self._filename(split)}, e.g. ../shared/data), or "
+                             "from_hub: true to load it through datasets.load_dataset")
+        offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+                   if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+        if offline:
+            raise UsageError(f"task {self.name!r}: from_hub is set but {offline[0]} is on and there is no data_dir; "
+                             f"set data_dir to a directory holding {self.folder}/")
 
     def _example(self, where: str, row: dict, index: int) -> Example:
         raise NotImplementedError
@@ -138,6 +164,7 @@ class _Benchmark(Task):
         if n is not None and n < 0:
             raise ValueError(f"task {self.name!r}: n must be >= 0 or None, got {n}")
         if split not in self._cache:
+            self.check_data(split)
             self._cache[split] = [self._example(where, row, i) for i, (where, row) in enumerate(self._records(split))]
             log.debug("%s/%s: %d examples", self.name, split, len(self._cache[split]))
         order = list(self._cache[split])
@@ -231,7 +258,10 @@ class GSM8K(_MathTask):
     def _records(self, split: str) -> list[tuple[str, dict]]:
         if self.data_dir is None:
             return _from_hub("openai/gsm8k", "main", split, self.folder)
-        return _read_records(_find_file(self.data_dir, self.folder, f"{split}.jsonl"))
+        return _read_records(self._data_file(split))
+
+    def _filename(self, split: str) -> str:
+        return f"{split}.jsonl"
 
     def _example(self, where: str, row: dict, index: int) -> Example:
         solution = _field(row, "answer", where)
@@ -262,7 +292,10 @@ class Math500(_MathTask):
     def _records(self, split: str) -> list[tuple[str, dict]]:
         if self.data_dir is None:
             return _from_hub("HuggingFaceH4/MATH-500", None, split, self.folder)
-        return _read_records(_find_file(self.data_dir, self.folder, "test.jsonl"))
+        return _read_records(self._data_file(split))
+
+    def _filename(self, split: str) -> str:
+        return "test.jsonl"
 
     def _example(self, where: str, row: dict, index: int) -> Example:
         meta = {"solution": _field(row, "solution", where), "subject": row.get("subject"), "level": row.get("level")}
@@ -308,8 +341,8 @@ class _CodeTask(_Benchmark):
     default_system = CODE_SYSTEM
 
     def __init__(self, data_dir: Optional[str] = None, system_prompt: Optional[str] = None,
-                 timeout: float = DEFAULT_TIMEOUT, memory_mb: Optional[int] = 512):
-        super().__init__(data_dir, system_prompt)
+                 timeout: float = DEFAULT_TIMEOUT, memory_mb: Optional[int] = 512, from_hub: bool = False):
+        super().__init__(data_dir, system_prompt, from_hub)
         if timeout <= 0:
             raise ValueError(f"task {self.name!r}: timeout must be > 0 seconds, got {timeout}")
         self.timeout = float(timeout)
@@ -350,7 +383,10 @@ class HumanEval(_CodeTask):
     def _records(self, split: str) -> list[tuple[str, dict]]:
         if self.data_dir is None:
             return _from_hub("openai/openai_humaneval", None, split, self.folder)
-        return _read_records(_find_file(self.data_dir, self.folder, "HumanEval.jsonl.gz"))
+        return _read_records(self._data_file(split))
+
+    def _filename(self, split: str) -> str:
+        return "HumanEval.jsonl.gz"
 
     def _example(self, where: str, row: dict, index: int) -> Example:
         prompt = _field(row, "prompt", where)
@@ -386,17 +422,21 @@ class MBPP(_CodeTask):
     folder = "mbpp"
 
     def __init__(self, data_dir: Optional[str] = None, system_prompt: Optional[str] = None,
-                 timeout: float = DEFAULT_TIMEOUT, memory_mb: Optional[int] = 512, sanitized: bool = False):
-        super().__init__(data_dir, system_prompt, timeout, memory_mb)
+                 timeout: float = DEFAULT_TIMEOUT, memory_mb: Optional[int] = 512, sanitized: bool = False,
+                 from_hub: bool = False):
+        super().__init__(data_dir, system_prompt, timeout, memory_mb, from_hub)
         self.sanitized = sanitized
 
     def _records(self, split: str) -> list[tuple[str, dict]]:
         if self.data_dir is None:
             return _from_hub("google-research-datasets/mbpp", "sanitized" if self.sanitized else "full",
                              split, self.folder)
-        path = _find_file(self.data_dir, self.folder, "sanitized-mbpp.json" if self.sanitized else "mbpp.jsonl")
+        path = self._data_file(split)
         keep = MBPP_SPLITS[split]
         return [(where, row) for where, row in _read_records(path) if _field(row, "task_id", where, int) in keep]
+
+    def _filename(self, split: str) -> str:
+        return "sanitized-mbpp.json" if self.sanitized else "mbpp.jsonl"
 
     def _example(self, where: str, row: dict, index: int) -> Example:
         text = _field(row, "prompt" if self.sanitized else "text", where)

@@ -23,6 +23,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from core.errors import read_text
+
 Stage = Literal["pretrain", "sft", "stage3", "r2ft"]
 
 
@@ -239,7 +241,7 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> TrainConf
     if not path.is_file():
         raise FileNotFoundError(f"{path}: training config not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(read_text(path)) or {}  # read_text names a non-UTF-8 file
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     for dotted, value in (overrides or {}).items():

@@ -22,9 +22,10 @@ def add_parser(sub) -> None:
     p.add_argument("--add-next-token-head", choices=("copy", "fresh"), default=None,
                    help="give a mask-only checkpoint the ME-DLM next-token head: a copy of the output head, "
                         "or a fresh seeded normal init")
-    p.add_argument("--delete-token", default="<|reserved_token_0|>",
+    p.add_argument("--delete-token", default="auto",
                    help="tokenizer token renamed to <|del|> (id kept) and recorded as delete_token_id; "
-                        "'none' for no delete token (default: <|reserved_token_0|>, ME-DLM's choice for LLaDA)")
+                        "'none' for no delete token (default auto: <|reserved_token_0|>, ME-DLM's choice for "
+                        "LLaDA, when the result has a next-token head; none for a mask-only result)")
     p.add_argument("--delete-token-id", type=int, default=None,
                    help="delete token id when SRC has no tokenizer")
     p.add_argument("--seed", type=int, default=0, help="seed of a fresh next-token head")

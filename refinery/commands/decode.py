@@ -69,13 +69,17 @@ def parse_params(items: list[str]) -> dict:
 def run(args) -> int:
     _quiet_start(args.quiet)
     from core.checkpoint import load_model_and_tokenizer, parse_dtype
-    from core.decode import generate
+    from core.decode import check_budget, generate
+    from core.errors import UsageError
     from core.tokenizer import decode_response, render_prompt
 
+    if args.gen_length < 1:
+        raise UsageError(f"--gen-length {args.gen_length}: must be at least 1 token")
+    check_budget(args.budget, args.gen_length)  # before the model loads: a budget under one pass is refused
     strategy, preset = build_strategy(args.strategy, args.preset, parse_params(args.param))
     choice = draw_example(args.task, args.example, args.split, args.data_dir) if args.task else None
     if choice is None and args.prompt is None:
-        raise ValueError("decode: give a PROMPT or --task NAME (e.g. --task arith --example 0)")
+        raise UsageError("decode: give a PROMPT or --task NAME (e.g. --task arith --example 0)")
     model, tok = load_model_and_tokenizer(args.model, args.device, parse_dtype(args.dtype))
     _set_threads(model, args.threads)
     if choice is not None:

@@ -22,6 +22,27 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from analysis.report import write_report
 
-    path = write_report(args.runs, args.out or args.runs[0], baseline=args.baseline)
+    try:
+        path = write_report(args.runs, args.out or args.runs[0], baseline=args.baseline)
+    except UnicodeDecodeError:
+        raise not_utf8(args.runs) from None
     print(f"wrote {path}")
     return 0
+
+
+def not_utf8(run_dirs) -> ValueError:
+    """The error naming the run file that is not UTF-8 (the codec's own message names no file)."""
+    from pathlib import Path
+
+    from core.errors import UsageError, read_text
+
+    for d in run_dirs:
+        for name in ("rows.jsonl", "config.yaml"):
+            path = Path(d) / name
+            try:
+                read_text(path)
+            except UsageError as e:
+                return e
+            except OSError:
+                continue
+    return UsageError(f"{', '.join(map(str, run_dirs))}: a file of these runs is not UTF-8 text")

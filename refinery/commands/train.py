@@ -36,6 +36,7 @@ def argparse_suppress():
 def run(args) -> int:
     import os
 
+    from core.checkpoint import check_device
     from core.train.config import load_config
     from core.train.engine import Trainer
 
@@ -52,6 +53,7 @@ def run(args) -> int:
         overrides["engine.progress"] = False
     overrides.update(parse_sets(args.set))
     cfg = load_config(args.config, overrides)
+    check_device(cfg.engine.device, field="--device" if args.device is not None else f"{args.config}: engine.device")
     trainer = Trainer(cfg, where=args.config)
     out = trainer.train(resume=args.resume)
     if trainer.info.is_main:

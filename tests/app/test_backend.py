@@ -69,6 +69,11 @@ def test_prompt_and_length_caps(tiny_pair):
     assert backend.check_gen_length(backend.MAX_GEN_LENGTH) == backend.MAX_GEN_LENGTH
     with pytest.raises(ValueError, match="1..1024"):
         backend.check_gen_length(backend.MAX_GEN_LENGTH + 1)
+    # with the model's positions: what is left after the prompt
+    assert backend.check_gen_length(200, max_sequence_length=256, prompt_tokens=56) == 200
+    with pytest.raises(ValueError, match=r"1..199: the model's max_sequence_length is 256 .* 57 tokens"):
+        backend.check_gen_length(200, max_sequence_length=256, prompt_tokens=57)
+    assert backend.max_gen_length(4096) == backend.MAX_GEN_LENGTH and backend.max_gen_length(None) == 1024
 
 
 def test_model_cache_loads_once_per_directory(tiny_checkpoint):

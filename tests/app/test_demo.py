@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 import pytest
 
@@ -73,3 +75,41 @@ def test_cli_app_rejects_bad_arguments(tmp_path, capsys):
     assert "--port 70000" in capsys.readouterr().err
     assert main(["app", "--runs-dir", str(tmp_path / "none")]) == 2
     assert "--runs-dir is not a directory" in capsys.readouterr().err
+
+
+def test_generation_limits_follow_the_model(tiny_checkpoint):
+    from core.checkpoint import EMBEDDED
+
+    demo = build_demo(model=str(tiny_checkpoint), stream_interval=0.01)
+    widget = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Generation length")
+    assert widget.maximum == 512  # the tiny checkpoint's max_sequence_length (the app's own cap is 1024)
+    assert _fn(demo, "on_model")("embedded")["maximum"] == json.loads(
+        (EMBEDDED["embedded"] / "config.json").read_text())["max_sequence_length"]
+    on_run = _fn(demo, "on_run")
+    defaults = [c.value for c in next(f for f in demo.fns.values() if f.name == "on_run").inputs[7:]]
+    with pytest.raises(gr.Error, match="max_sequence_length is 512"):
+        list(on_run(str(tiny_checkpoint), "What is 12 + 7?", None, ["masked"], "1/1", 500, 0, *defaults))
+
+
+def test_exposed_demo_refuses_paths_outside_what_the_command_line_gave(tiny_checkpoint, tmp_path):
+    from app.guard import PathGuard, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    guard = PathGuard(restricted=True, models=[str(tiny_checkpoint)], runs_root=str(runs))
+    demo = build_demo(model=str(tiny_checkpoint), runs_dir=str(runs), guard=guard, stream_interval=0.01)
+    defaults = [c.value for c in next(f for f in demo.fns.values() if f.name == "on_run").inputs[7:]]
+    with pytest.raises(gr.Error, match="refused: this demo is reachable from other machines"):
+        list(_fn(demo, "on_run")(str(tmp_path), "hi", None, ["masked"], "1/1", 8, 0, *defaults))
+    with pytest.raises(gr.Error, match="started without --data-dir"):
+        _fn(demo, "on_draw")("gsm8k", 0, str(tmp_path), 0)
+    with pytest.raises(gr.Error, match=f"only directories under {runs}"):
+        _fn(demo, "on_dir")(str(tmp_path))
+    with pytest.raises(gr.Error, match="no rows.jsonl"):  # inside --runs-dir: allowed, then simply empty
+        _fn(demo, "on_dir")(str(runs))
+    updates = list(_fn(demo, "on_run")(str(tiny_checkpoint), "hi", None, ["masked"], "1/1", 8, 0, *defaults))
+    assert updates[-1][0] == "Done."
+    open_guard = PathGuard()  # a loopback demo: every path goes through as before
+    assert open_guard.run_dir("/etc") == "/etc" and open_guard.model("/anything") == "/anything"

@@ -328,3 +328,40 @@ def test_converted_checkpoint_through_from_pretrained(tmp_path):
     src = write_source(tmp_path / "src", medlm_names(ref), medlm_config_json(ref.config), shards=2)
     convert_checkpoint(src, tmp_path / "dst", max_shard_size="10KB")
     assert_same_model(load_model(tmp_path / "dst"), ref)
+
+
+def test_mask_only_conversion_has_no_delete_token_unless_asked(tmp_path, capsys):
+    """A LLaDA-8B-like mask-only source: by default no <|del|> (every id stays a real token); asked for, or
+    when the result gets a next-token head, ME-DLM's reserved token plays it."""
+    tok_ids = write_llada_like_tokenizer(tmp_path / "src")
+    vocab = max(tok_ids.values()) + 1
+    ref = reference(next_head=False, vocab=vocab, mask_token_id=tok_ids["<|mdm_mask|>"],
+                    eos_token_id=tok_ids["<|endoftext|>"])
+    write_source(tmp_path / "src", llada_names(ref), llada_config_json(ref.config))
+    reserved = tok_ids["<|reserved_token_0|>"]
+    assert cli_main(["convert", str(tmp_path / "src"), str(tmp_path / "plain"), "--no-progress"]) == 0
+    assert "delete None" in capsys.readouterr().out
+    plain = LLaDAConfig.from_pretrained(str(tmp_path / "plain"))
+    vocab_after = load_tokenizer(tmp_path / "plain").get_vocab()
+    assert plain.delete_token_id is None and "<|del|>" not in vocab_after
+    assert vocab_after["<|reserved_token_0|>"] == reserved
+    convert_checkpoint(tmp_path / "src", tmp_path / "asked", delete_token="<|reserved_token_0|>")
+    assert LLaDAConfig.from_pretrained(str(tmp_path / "asked")).delete_token_id == reserved
+    convert_checkpoint(tmp_path / "src", tmp_path / "edit", add_next_token_head="copy")
+    assert LLaDAConfig.from_pretrained(str(tmp_path / "edit")).delete_token_id == reserved
+
+
+def test_masked_decoding_without_a_delete_token_bans_no_real_token(scripted):
+    """delete_token_id None: the masked strategy may write every vocabulary id but [MASK] (here id 62,
+    which a model with a delete token would never be allowed to write)."""
+    from core.decode import generate
+
+    def fn(ids):
+        logits = torch.zeros(ids.shape[0], ids.shape[1], 64)
+        logits[..., 62] = 10.0  # the favourite is the id a delete token would have had
+        return logits, None
+
+    out = generate(scripted(fn, delete_token_id=None), [[5, 6]], 4, "masked", "1/1").tokens
+    assert out.tolist() == [[62] * 4]
+    banned = generate(scripted(fn), [[5, 6]], 4, "masked", "1/1").tokens  # delete_token_id 62 in the fixture
+    assert 62 not in banned.tolist()[0]

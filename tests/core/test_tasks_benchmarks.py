@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 import core.tasks.benchmarks  # noqa: F401  (registers the four tasks)
+from core.errors import UsageError
 from core.tasks.base import TASKS, Example, get_task
 from core.tasks.benchmarks import (
     CODE_SYSTEM, MATH_SYSTEM, extract_code, last_boxed, last_number, verified_equal,
@@ -333,16 +334,34 @@ def test_corrupt_gzip_and_bad_mbpp_fields_name_the_file(tmp_path):
         get_task("mbpp", data_dir=str(tmp_path)).examples("test")
 
 
-def test_without_data_dir_goes_to_the_hub_and_fails_clearly_offline(monkeypatch):
+def test_without_data_dir_refuses_fast_and_names_the_key(monkeypatch):
+    """No data_dir and no from_hub: one line naming the task and the data_dir key, without touching the hub."""
     calls = []
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(
+        load_dataset=lambda *a, **k: calls.append(a) or []))
+    for name in ("gsm8k", "math500", "humaneval", "mbpp"):
+        with pytest.raises(UsageError) as err:
+            get_task(name).examples("test")
+        message = str(err.value)
+        assert f"task {name!r} needs data_dir" in message and "kwargs.data_dir" in message and "\n" not in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE is on"):
+        get_task("gsm8k", from_hub=True).examples("test")
+    assert calls == []
+
+
+def test_from_hub_goes_to_the_hub_and_fails_clearly_offline(monkeypatch):
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
 
     def offline(name, config=None, split=None):
         calls.append((name, config, split))
         raise ConnectionError("Couldn't reach the Hugging Face Hub\n(more detail)")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
-    with pytest.raises(RuntimeError) as err:
-        get_task("math500").examples("test")
+    with pytest.raises(UsageError) as err:
+        get_task("math500", from_hub=True).examples("test")
     message = str(err.value)
     assert "\n" not in message and "pass data_dir=" in message and "ConnectionError" in message
     assert calls == [("HuggingFaceH4/MATH-500", None, "test")]
@@ -350,7 +369,7 @@ def test_without_data_dir_goes_to_the_hub_and_fails_clearly_offline(monkeypatch)
     rows = [{"question": "2+2?", "answer": "2+2=4\n#### 4"}, {"question": "3+3?", "answer": "#### 6"}]
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(
         load_dataset=lambda name, config=None, split=None: calls.append((name, config, split)) or rows))
-    got = get_task("gsm8k").examples("train", seed=0)
+    got = get_task("gsm8k", from_hub=True).examples("train", seed=0)
     assert sorted(e.reference for e in got) == ["4", "6"] and calls[-1] == ("openai/gsm8k", "main", "train")
-    get_task("mbpp", sanitized=True)._records("test")
+    get_task("mbpp", sanitized=True, from_hub=True)._records("test")
     assert calls[-1] == ("google-research-datasets/mbpp", "sanitized", "test")

@@ -1,0 +1,29 @@
+"""The project's error type for a user's mistake, and the file readers that name the file.
+
+A :class:`UsageError` is raised where the mistake is detected, with a message that names the
+file, key or field and says what to do; ``refinery`` prints it as one line and exits 2. Any
+other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """Bad input (a flag, a path, a file's content): one line naming the file/key/field and the reason."""
+
+
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """``data`` (the bytes of ``path``) as text; a non-UTF-8 file raises a UsageError naming it and the offset."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}, line {line}); "
+                         "save it as UTF-8") from None
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file; a file in another encoding raises a UsageError naming the file."""
+    return decode_utf8(Path(path).read_bytes(), path)
