@@ -1,6 +1,6 @@
 """Training recipes: `recipe:` fills a paper's field values through the typed config; the medlm (ME-DLM)
 and conv-paper (Conv R2FT) recipes give the same losses as independent ports of the reference code
-(tests/core/ports/) on fixed batches and a tiny random model; medlm trains the tiny Stage-3 config."""
+(tests/core/recipe_ports/) on fixed batches and a tiny random model; medlm trains the tiny Stage-3 config."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from core.train.data import ChatExample, collate_chat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _train_helpers as H  # noqa: E402
-from ports import conv_r2ft, medlm  # noqa: E402
+from recipe_ports import conv_r2ft, medlm  # noqa: E402
 
 MASK, DEL, EOS, EOT = 99, 98, 1, 2
 SPECIAL = {"mask_token_id": MASK, "delete_token_id": DEL, "eos_token_id": EOS, "pad_token_id": EOS,
