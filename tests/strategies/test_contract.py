@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import math
 from pathlib import Path
 
@@ -95,6 +97,9 @@ def test_contract_of_every_named_preset(tiny_model, name, preset, budget):
     """The budget, the replayable trace, passes that find work, seeding and batch = rows hold for presets too
     (a preset may leave a predicted mask id in the output, as its reference does)."""
     params = PRESET_OVERRIDES.get(name, {})
+    need = get_strategy(name, preset=preset, **params).min_passes(L)  # e.g. edit's project preset: 1 + 4 passes
+    if Fraction(budget) * L < need:
+        budget = f"{need}/{L}"  # the lowest budget the preset runs at, instead of skipping the case
     res = generate(tiny_model, PROMPTS, L, get_strategy(name, preset=preset, **params), budget, seed=7)
     assert (res.nfe <= res.max_nfe).all() and (res.nfe >= 1).all(), res.nfe
     compact = res.trace.compact()

@@ -356,7 +356,7 @@ def test_decode_takes_a_preset_and_a_bad_one_is_one_line(tmp_path, capsys):
     base = ["decode", "Tom has 3 apples", "--model", str(tmp_path), "--budget", "1/4", "--gen-length", "8"]
     assert main(base + ["--preset", "paper", "--param", "block_length=4"]) == 0
     out = capsys.readouterr().out
-    assert "bans='none'" in out and "uneven_steps='refuse'" in out and "block_length=4" in out
+    assert "preset paper" in out and "bans=none" in out and "uneven_steps=refuse" in out and "block_length=4" in out
     assert main(base + ["--preset", "papr"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Did you mean 'paper'" in err[0]
