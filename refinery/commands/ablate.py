@@ -46,6 +46,10 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / config.name
     run_dir = run_ablation(config, out, progress=not args.no_progress, repair=args.repair,
                            on_repair=lambda report: print(report.repair_line(), flush=True))
+    from experiments.shard import current
+
+    if current().rank != 0:  # under torchrun: every rank has finished; rank 0 prints the table of all shards
+        return 0
     rows = load_rows(run_dir)
     print(f"{len(rows)} rows in {run_dir}")
     print(main_table_markdown(rows_frame(rows)))
