@@ -193,13 +193,14 @@ def _tmp_suffix(shard: ShardInfo, name: str) -> str:
 def _opening(run_dir: Path):
     """Writers open a run directory one at a time (a short lock of its own, waited for): the ranks of a
     sharded run start together and would otherwise race to write ``config.yaml``, or one would find
-    another's writer lock taken while it checks whether that shard's writer is gone."""
-    fd = os.open(run_dir / ".lock.open", os.O_RDWR | os.O_CREAT, 0o644)
+    another's writer lock taken while it checks whether that shard's writer is gone. The lock is on the
+    directory itself, so a refused writer leaves no file behind."""
+    fd = os.open(run_dir, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:  # no flock here (see acquire_lock): ranks may race, as before locks existed
-            log.warning("%s: cannot lock .lock.open (%s)", run_dir, e)
+            log.warning("%s: cannot lock the directory (%s)", run_dir, e)
         yield
     finally:
         os.close(fd)

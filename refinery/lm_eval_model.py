@@ -139,9 +139,10 @@ class RefineryLM(LM):
 
         if self._world_size == 1:
             return tensor
-        parts = [torch.zeros_like(tensor) for _ in range(self._world_size)]
-        dist.all_gather(parts, tensor)
-        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+        local = tensor.detach().cpu()  # the group is gloo, which gathers host tensors
+        parts = [torch.zeros_like(local) for _ in range(self._world_size)]
+        dist.all_gather(parts, local)
+        return (torch.stack(parts) if local.dim() == 0 else torch.cat(parts)).to(tensor.device)
 
     def gather_object(self, obj, dst=0):
         import torch.distributed as dist

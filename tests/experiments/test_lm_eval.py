@@ -69,19 +69,29 @@ def _env() -> dict:
     return env
 
 
-def test_offline_task_scores_what_ablate_scores(tmp_path):
+def _lm_eval(out: Path, nproc: int = 1) -> tuple[float, dict[str, str]]:
+    """Run the offline task -> (accuracy, example id -> generated text)."""
     model_args = ",".join(["pretrained=embedded", "strategy=edit", "budget=1/4", "gen_length=48", "device=cpu",
                            "batch_size=16", *(f"{k}={v}" for k, v in EDIT.items())])
+    launch = [sys.executable, "-m", "refinery"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m", "refinery"]
     proc = subprocess.run(
-        [sys.executable, "-m", "refinery", "lm-eval", "--model_args", model_args, "--tasks", "refinery_arith_dev",
-         "--include_path", str(TASKS), "--output_path", str(tmp_path / "lm"), "--log_samples"],
+        launch + ["lm-eval", "--model_args", model_args, "--tasks", "refinery_arith_dev", "--include_path", str(TASKS),
+                  "--output_path", str(out), "--log_samples"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(next((tmp_path / "lm").rglob("results_*.json")).read_text())
-    acc = results["results"]["refinery_arith_dev"]["acc,none"]
-    samples = [json.loads(line) for line in next((tmp_path / "lm").rglob("samples_*.jsonl")).read_text().splitlines()]
-    outputs = {s["doc"]["id"]: s["resps"][0][0] for s in samples}
+    results = json.loads(next(out.rglob("results_*.json")).read_text())
+    samples = [json.loads(line) for line in next(out.rglob("samples_*.jsonl")).read_text().splitlines()]
+    return results["results"]["refinery_arith_dev"]["acc,none"], {s["doc"]["id"]: s["resps"][0][0] for s in samples}
 
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return _lm_eval(tmp_path_factory.mktemp("lm_eval"))
+
+
+def test_offline_task_scores_what_ablate_scores(one_process, tmp_path):
+    acc, outputs = one_process
     config = dict(name="lm_eval_check", model="embedded", tasks=[dict(name="arith", n=4, split="dev", seed=0)],
                   strategies=[dict(name="edit", label="edit", params=EDIT)], budgets=["1/4"], gen_length=48,
                   batch_size=16, seeds=[0], device="cpu", dtype="fp32", save_traces=False)
@@ -94,3 +104,8 @@ def test_offline_task_scores_what_ablate_scores(tmp_path):
     assert len(rows) == len(outputs) == 4
     assert {r["example_id"]: r["output"] for r in rows} == outputs  # same strategy, budget, seed: same text
     assert acc == pytest.approx(sum(r["correct"] for r in rows) / len(rows))
+
+
+def test_two_processes_split_the_requests_and_agree(one_process, tmp_path):
+    acc, outputs = _lm_eval(tmp_path / "lm", nproc=2)  # lm-eval's way: each rank a share, gathered on rank 0
+    assert (acc, outputs) == one_process

@@ -125,6 +125,14 @@ def test_torchrun_two_ranks_write_the_rows_of_one_process(single_and_sharded):
     assert _by_key(sharded) == expected
 
 
+def test_report_reads_every_shard(single_and_sharded, tmp_path, capsys):
+    from refinery.cli import main
+
+    assert main(["report", str(single_and_sharded[1]), "--out", str(tmp_path / "rep")]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "32 rows" in report and "rows read 32; dropped: 0 torn lines" in report
+
+
 def test_a_killed_rank_loses_only_its_unfinished_cells(single_and_sharded, tmp_path):
     single, sharded = single_and_sharded
     run = tmp_path / "run"
