@@ -51,7 +51,9 @@ class RefineryLM(LM):
         self._rank, self._world_size = info.rank, info.world
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._device = torch.device(info.device(device))
+        if info.sharded and device.startswith("cuda"):  # one process per GPU: lm-eval's cuda:0 means "a GPU"
+            device = f"cuda:{info.local_rank}"
+        self._device = torch.device(device)
         strategy_params.pop("trust_remote_code", None)  # lm-eval's generic model arg; meaningless here
         self.strategy = get_strategy(strategy, preset=preset, **strategy_params)  # bad names fail before loading
         self.strategy_name, self.budget = strategy, str(budget)
@@ -78,9 +80,12 @@ class RefineryLM(LM):
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: Optional[dict] = None) -> "RefineryLM":
         """lm-eval's entry point: ``--model_args`` win over its own ``--device`` / ``--batch_size``; other
-        options of lm-eval's (max_batch_size, ...) mean nothing here."""
+        options of lm-eval's (max_batch_size, ...) mean nothing here. Under several processes each rank
+        takes its own GPU (``cuda:LOCAL_RANK``)."""
         extra = {k: v for k, v in (additional_config or {}).items()
                  if k in ("device", "batch_size") and v is not None and str(v) != "auto"}
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            extra.pop("device")  # lm-eval's default --device is cuda:0; on a host without CUDA, use the CPU
         return cls(**{k: _typed(k, v) for k, v in {**extra, **arg_dict}.items()})
 
     @property

@@ -52,6 +52,9 @@ def test_model_args_keep_budgets_as_text(tiny_checkpoint):
         {"pretrained": str(tiny_checkpoint), "strategy": "edit", "budget": "1/8", "gen_length": "16",
          "edit_passes": "2"}, {"device": "cpu", "batch_size": 4, "max_batch_size": 64})
     assert (lm.budget, lm.gen_length, lm.batch_size_, lm.strategy.config.edit_passes) == ("1/8", 16, 4, 2)
+    if not torch.cuda.is_available():  # lm-eval's default --device cuda:0 falls back to the CPU here
+        lm = RefineryLM.create_from_arg_obj({"pretrained": str(tiny_checkpoint)}, {"device": "cuda:0"})
+        assert lm.device == torch.device("cpu")
     with pytest.raises(ValueError, match="gen_length"):
         RefineryLM.create_from_arg_string(f"pretrained={tiny_checkpoint},gen_length=long")
 

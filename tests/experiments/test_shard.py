@@ -150,3 +150,27 @@ def test_a_killed_rank_loses_only_its_unfinished_cells(single_and_sharded, tmp_p
     assert again[: len(kept)] == kept  # the finished batch was kept, not redone
     assert _by_key(run) == _by_key(single)
     assert read_rows(run).dropped == 0
+
+
+KILL_AFTER_FIRST_BATCH = """
+import os, sys
+from experiments.config import load_config
+from experiments.runner import run_ablation
+config = load_config(sys.argv[1]).with_overrides(limit=2, only=["masked", "edit"], device="cpu")
+run_ablation(config, sys.argv[2], progress=False, on_batch=lambda cell, rows: os._exit(9))
+"""
+
+
+def test_rank_one_killed_after_its_first_batch_then_a_rerun_completes(single_and_sharded, tmp_path):
+    single, _ = single_and_sharded
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_BATCH, str(CONFIG), str(run)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 9, proc.stderr[-3000:]
+    first = (run / "rows.rank1.jsonl").read_text()
+    assert len({json.loads(line)["batch_id"] for line in first.splitlines()}) == 1 and rows_files(run)[-1].name == \
+        "rows.rank1.jsonl"
+    _ablate(run, 2)
+    assert (run / "rows.rank1.jsonl").read_text().startswith(first)  # its finished batch stayed, once
+    assert _by_key(run) == _by_key(single)
