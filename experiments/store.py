@@ -191,10 +191,9 @@ def _tmp_suffix(shard: ShardInfo, name: str) -> str:
 
 @contextlib.contextmanager
 def _opening(run_dir: Path):
-    """Writers open a run directory one at a time (a short lock of its own, waited for): the ranks of a
-    sharded run start together and would otherwise race to write ``config.yaml``, or one would find
-    another's writer lock taken while it checks whether that shard's writer is gone. The lock is on the
-    directory itself, so a refused writer leaves no file behind."""
+    """Writers open a run directory one at a time (a lock on the directory itself, waited for): ranks
+    starting together would race to write ``config.yaml``, or find a shard's lock taken by another rank
+    checking whether that shard's writer is gone."""
     fd = os.open(run_dir, os.O_RDONLY)
     try:
         try:
