@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.trace import CompactTrace
+from experiments.shard import rows_files
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def find_runs(runs_dir: Optional[str | Path]) -> list[str]:
     root = Path(runs_dir).expanduser()
     if not root.is_dir():
         return []
-    found = [p.parent for p in root.rglob(ROWS_FILE)]
+    found = sorted({p.parent for p in root.rglob("rows*.jsonl") if rows_files(p.parent)})  # torchrun shards too
     found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return [str(p) for p in found]
 
@@ -34,20 +35,22 @@ def find_runs(runs_dir: Optional[str | Path]) -> list[str]:
 def load_rows(run_dir: str | Path) -> list[dict]:
     """All complete rows of a run (cached while rows.jsonl is unchanged). FileNotFoundError / ValueError
     name the file (and line)."""
-    path = Path(run_dir).expanduser() / ROWS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no rows.jsonl in this run directory")
+    run_dir = Path(run_dir).expanduser()
+    paths = rows_files(run_dir)  # rows.jsonl, or the shards of a torchrun run
+    if not paths:
+        raise FileNotFoundError(f"{run_dir / ROWS_FILE}: no rows.jsonl in this run directory")
     try:
-        return _load_rows_cached(str(path.parent), path.stat().st_mtime_ns, path.stat().st_size)
+        return _load_rows_cached(str(run_dir), tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in paths))
     except UnicodeDecodeError:
         from core.errors import read_text
 
-        read_text(path)  # raises the UsageError naming the file and the offending byte
+        for path in paths:
+            read_text(path)  # raises the UsageError naming the file and the offending byte
         raise
 
 
 @lru_cache(maxsize=8)
-def _load_rows_cached(run_dir: str, mtime_ns: int, size: int) -> list[dict]:
+def _load_rows_cached(run_dir: str, stamps: tuple) -> list[dict]:
     from experiments.store import load_rows as store_rows
 
     rows = store_rows(run_dir)

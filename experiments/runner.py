@@ -3,7 +3,8 @@
 A *cell* is (task, strategy entry, budget, seed) x one batch of up to ``batch_size`` examples:
 exactly one ``core.decode.generate`` call, so every row of a batch gets the same NFE budget.
 Cells already stored in the run directory are skipped, which makes a killed run resumable by
-running the same command again (see :mod:`experiments.store`).
+running the same command again (see :mod:`experiments.store`). Under ``torchrun`` each rank runs
+its share of the cells into its own shard files (see :mod:`experiments.shard`).
 
     run_dir = run_ablation(load_config(path), "runs/default")
 """
@@ -19,7 +20,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional
 
+from experiments import shard as sharding
 from experiments.config import ExperimentConfig, StrategySpec, TaskSpec, validate
+from experiments.shard import rows_files
 from experiments.store import RowsRead, RunStore, row_key
 
 log = logging.getLogger(__name__)
@@ -142,12 +145,14 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
     (a model that will not load, a prompt too long for it) removes the directory it created, so the
     corrected command can run. The run directory's writer lock is held until this returns. ``repair``:
     drop damaged rows first (see :func:`experiments.store.repair_damage`); ``on_repair`` gets what was
-    dropped."""
+    dropped. Under torchrun (``RANK``/``WORLD_SIZE`` set) this process runs only its rank's cells, into
+    its own shard, and returns once every rank has finished, so the run directory then holds every row."""
+    info = sharding.current()
     validate(config, check_paths=check_paths)
     out_dir = check_out_dir(out_dir)
     examples = load_examples(config)  # before the run directory exists: a missing data file leaves no trace
     created = not out_dir.exists()
-    with _open_store(out_dir, config, repair) as store:
+    with _open_store(out_dir, config, repair, info) as store:
         if store.repair is not None:
             log.info("%s: repair: %s", out_dir, store.repair.summary())
             if on_repair is not None:
@@ -158,19 +163,21 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
             if created:
                 _remove_new_run_dir(out_dir)  # only when no row landed: nothing computed is lost
             raise
+    sharding.finish(info)
     return store.run_dir
 
 
 def _run_cells(config: ExperimentConfig, examples: dict, store: RunStore, progress: bool,
                on_batch: Optional[Callable[[Cell, list[dict]], None]]) -> None:
     """Generate and store every cell of ``config`` not yet in ``store``."""
-    cells = plan_cells(config, examples)
+    cells = sharding.my_cells(plan_cells(config, examples), store.shard, config.gen_length)
     todo = [c for c in (_pending(c, store) for c in cells) if c is not None]
-    log.info("%s: %d cells, %d already stored, %d to run", store.run_dir, len(cells), len(cells) - len(todo),
-             len(todo))
+    log.info("%s: %d cells%s, %d already stored, %d to run", store.run_dir, len(cells),
+             f" of rank {store.shard.rank}/{store.shard.world}" if store.shard.sharded else "",
+             len(cells) - len(todo), len(todo))
     if not todo:
         return
-    model, tokenizer = load_model_for(config)
+    model, tokenizer = load_model_for(config, store.shard)
     bar = _progress(len(cells), len(cells) - len(todo), enabled=progress)
     try:
         for cell in todo:
@@ -203,9 +210,9 @@ def _part_id(examples: tuple) -> str:
     return hashlib.sha1("|".join(ex.id for ex in examples).encode()).hexdigest()[:8]
 
 
-def _open_store(out_dir: Path, config: ExperimentConfig, repair: bool) -> RunStore:
+def _open_store(out_dir: Path, config: ExperimentConfig, repair: bool, shard: sharding.ShardInfo) -> RunStore:
     try:
-        return RunStore.open(out_dir, config, repair=repair)
+        return RunStore.open(out_dir, config, repair=repair, shard=shard)
     except UnicodeDecodeError:  # the codec's message names no file: name it
         from core.errors import read_text
 
@@ -234,14 +241,14 @@ def _remove_new_run_dir(run_dir: Path) -> None:
     row landed (nothing computed is lost)."""
     import shutil
 
-    rows = run_dir / "rows.jsonl"
-    if rows.exists() and rows.stat().st_size > 0:
+    if any(p.stat().st_size > 0 for p in rows_files(run_dir)):  # every shard's rows, not only this rank's
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     log.info("%s: removed the run directory of a start that failed before its first row", run_dir)
 
 
-def load_model_for(config: ExperimentConfig):
+def load_model_for(config: ExperimentConfig, shard: sharding.ShardInfo = sharding.ShardInfo()):
+    """-> (model, tokenizer) of ``config`` on its device (each torchrun rank on its own GPU)."""
     import torch
 
     from core.checkpoint import load_model, parse_dtype, resolve_model_path
@@ -251,6 +258,7 @@ def load_model_for(config: ExperimentConfig):
     device = config.device
     if device == "auto":  # the GPU where there is one
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = shard.device(device)
     model = load_model(model_dir, device, parse_dtype(config.dtype))
     tokenizer = load_tokenizer(config.tokenizer or model_dir, delete_token=config.delete_token)
     return model, tokenizer

@@ -2,6 +2,8 @@
 
     RUN/config.yaml          resolved config; first line "# ... sha256 <hash>"
     RUN/rows.jsonl           one JSON object per (task, example, strategy entry, budget, seed)
+    RUN/rows.rank<k>.jsonl   the same, written by rank k of a torchrun (see :mod:`experiments.shard`);
+                             readers take the union of every rows file, a rerun skips any shard's rows
     RUN/traces/<batch>.npz   CompactTrace of one generate() call; rows point at it with
                              ``trace_file`` (relative path) and ``trace_row`` (row in the batch)
 
@@ -17,6 +19,7 @@ runner then skips the rows already stored.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -34,6 +37,7 @@ from typing import Optional
 
 from experiments.config import ExperimentConfig, dump_config
 from experiments.extend import merge_configs
+from experiments.shard import ShardInfo, other_shards_rows, rows_files
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +56,14 @@ class RunLocked(ValueError):
     """Another live process holds the run directory's writer lock."""
 
 
-def acquire_lock(run_dir: Path) -> int:
-    """Take the exclusive writer lock on ``run_dir/.lock`` -> its file descriptor (close it to release).
+def acquire_lock(run_dir: Path, name: str = LOCK_FILE) -> int:
+    """Take the exclusive writer lock on ``run_dir/name`` -> its file descriptor (close it to release).
+    A sharded run locks one file per rank (``.lock.rank<k>``), so its ranks never wait on each other.
 
     ``flock`` is advisory and belongs to the open file: the kernel frees it when the holder exits or is
     killed, so a ``.lock`` file left behind never blocks. The holder's pid, host, start time and command
     line are written into the file so that a refused writer can name it. Raises :class:`RunLocked`."""
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(run_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -91,8 +96,10 @@ def _describe_holder(text: str) -> str:
 class RunStore:
     """Appends whole batches to a run directory; see the module docstring for the guarantees."""
 
-    def __init__(self, run_dir: Path, done_batches: set[str], num_rows: int, lock_fd: Optional[int] = None):
+    def __init__(self, run_dir: Path, done_batches: set[str], num_rows: int, lock_fd: Optional[int] = None,
+                 shard: ShardInfo = ShardInfo()):
         self.run_dir = run_dir
+        self.shard = shard  # which rows file this writer appends to
         self.done_batches = done_batches  # batch ids whose rows are all stored
         self.done_keys: set[str] = set()  # row keys stored (a grown run fills batches stored in part)
         self.num_rows = num_rows
@@ -100,27 +107,35 @@ class RunStore:
         self.repair: Optional[RowsRead] = None  # what ``open(..., repair=True)`` dropped
 
     @classmethod
-    def open(cls, run_dir: str | Path, config: ExperimentConfig, repair: bool = False) -> "RunStore":
+    def open(cls, run_dir: str | Path, config: ExperimentConfig, repair: bool = False,
+             shard: ShardInfo = ShardInfo()) -> "RunStore":
         """Create ``run_dir`` for ``config``, or verify and repair a previous run of the same config.
 
         Takes the directory's writer lock first, so a second writer is refused before anything changes
         (:class:`RunLocked`). ``repair``: drop duplicate keys, garbage lines and rows whose trace is
-        missing (after a backup, see :func:`repair_damage`) instead of refusing them."""
+        missing (after a backup, see :func:`repair_damage`) instead of refusing them. ``shard``: the
+        rank this writer is (its own rows file and lock); the rows of every shard count as done."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = acquire_lock(run_dir)
+        with _opening(run_dir):
+            return cls._open_locked(run_dir, config, repair, shard)
+
+    @classmethod
+    def _open_locked(cls, run_dir: Path, config: ExperimentConfig, repair: bool, shard: ShardInfo) -> "RunStore":
+        lock_fd = acquire_lock(run_dir, shard.lock_name)
         try:
             (run_dir / TRACE_DIR).mkdir(exist_ok=True)
             _check_or_write_config(run_dir, config)
-            for stale in (run_dir / TRACE_DIR).glob("*.tmp"):
-                stale.unlink()  # a trace that was being written when the last run died
-            report = repair_damage(run_dir) if repair else None
-            rows = repair_rows(run_dir / ROWS_FILE)
+            for stale in (run_dir / TRACE_DIR).glob(_tmp_suffix(shard, "*")):
+                stale.unlink()  # a trace that was being written when this writer's last run died
+            report = repair_damage(run_dir, shard.rows_name) if repair else None
+            rows = repair_rows(run_dir / shard.rows_name)
+            others = other_shards_rows(run_dir, shard)
         except BaseException:
             os.close(lock_fd)
             raise
-        store = cls(run_dir, {r["batch_id"] for r in rows}, len(rows), lock_fd)
-        store.done_keys = {str(r["key"]) for r in rows}
+        store = cls(run_dir, {r["batch_id"] for r in rows + others}, len(rows), lock_fd, shard)
+        store.done_keys = {str(r["key"]) for r in rows + others}
         store.repair = report
         return store
 
@@ -144,7 +159,7 @@ class RunStore:
         if trace is not None:
             rel = f"{TRACE_DIR}/{batch_id}.npz"
             final = self.run_dir / rel
-            tmp = final.with_name(final.name + ".tmp")
+            tmp = final.with_name(_tmp_suffix(self.shard, final.name))
             with open(tmp, "wb") as f:
                 trace.save(f)
                 f.flush()
@@ -156,7 +171,7 @@ class RunStore:
         for row in rows:
             row["batch_id"], row["batch_rows"] = batch_id, len(rows)
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-        fd = os.open(self.run_dir / ROWS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.run_dir / self.shard.rows_name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             written = 0
             while written < len(data):  # regular files take it in one write; loop for the odd short write
@@ -167,6 +182,27 @@ class RunStore:
         self.done_batches.add(batch_id)
         self.done_keys.update(str(r["key"]) for r in rows if "key" in r)
         self.num_rows += len(rows)
+
+
+def _tmp_suffix(shard: ShardInfo, name: str) -> str:
+    """A trace's temporary name; per rank, so no rank removes another's half-written trace."""
+    return f"{name}.rank{shard.rank}.tmp" if shard.sharded else f"{name}.tmp"
+
+
+@contextlib.contextmanager
+def _opening(run_dir: Path):
+    """Writers open a run directory one at a time (a lock on the directory itself, waited for): ranks
+    starting together would race to write ``config.yaml``, or find a shard's lock taken by another rank
+    checking whether that shard's writer is gone."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # no flock here (see acquire_lock): ranks may race, as before locks existed
+            log.warning("%s: cannot lock the directory (%s)", run_dir, e)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_or_write_config(run_dir: Path, config: ExperimentConfig) -> None:
@@ -188,8 +224,8 @@ def _check_or_write_config(run_dir: Path, config: ExperimentConfig) -> None:
             log.info("%s: extending the stored config (%s)", run_dir, _diff_note(path, config).lstrip("; "))
             _write_config(path, union)
         return
-    if (run_dir / ROWS_FILE).exists() and (run_dir / ROWS_FILE).stat().st_size:
-        raise ValueError(f"{run_dir}: has {ROWS_FILE} but no {CONFIG_FILE}; refusing to mix runs")
+    if any(p.stat().st_size for p in rows_files(run_dir)):
+        raise ValueError(f"{run_dir}: has rows but no {CONFIG_FILE}; refusing to mix runs")
     _write_config(path, config)
 
 
@@ -324,18 +360,33 @@ def _scan(path: Path, store_fields: bool) -> RowsRead:
 def read_rows(run_dir: str | Path) -> RowsRead:
     """Every row of a run that can be trusted, and counts of what was not (for ``refinery report``:
     a torn last line, garbage lines and later duplicates of a key are dropped and counted, never
-    silently; read-only, so safe while the run is still writing)."""
-    path = Path(run_dir) / ROWS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no rows here (not an ablation run directory?)")
-    return _scan(path, store_fields=False)
+    silently; read-only, so safe while the run is still writing). A sharded run's rows files are
+    read as one: ``rows.jsonl`` first, then ``rows.rank<k>.jsonl`` by rank."""
+    paths = rows_files(run_dir)
+    if not paths:
+        raise FileNotFoundError(f"{Path(run_dir) / ROWS_FILE}: no rows here (not an ablation run directory?)")
+    out = _scan(paths[0], store_fields=False)
+    seen = {_identity(r) for r in out.rows}
+    for path in paths[1:]:
+        more = _scan(path, store_fields=False)
+        out.torn += more.torn
+        out.garbage += [f"{path.name}: {g}" for g in more.garbage]
+        out.duplicates += more.duplicates
+        for row in more.rows:
+            if _identity(row) in seen:  # the same row in two shards (two runs at once): keep the first
+                out.duplicates += 1
+                continue
+            seen.add(_identity(row))
+            out.rows.append(row)
+    return out
 
 
-def repair_damage(run_dir: Path) -> RowsRead:
+def repair_damage(run_dir: Path, rows_name: str = ROWS_FILE) -> RowsRead:
     """``--repair``: drop garbage lines, later duplicates of a key (the first is kept), rows whose trace
     file is missing, a torn tail and batches left incomplete by all that; the original goes to
-    ``rows.jsonl.bak-<UTC time>`` first. Nothing to drop: the file is left alone and no backup made."""
-    path = run_dir / ROWS_FILE
+    ``rows.jsonl.bak-<UTC time>`` first. Nothing to drop: the file is left alone and no backup made.
+    ``rows_name``: the rows file to repair (a rank repairs its own shard)."""
+    path = run_dir / rows_name
     if not path.is_file():
         return RowsRead(path, [])
     read = _scan(path, store_fields=True)
@@ -411,18 +462,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 def load_rows(run_dir: str | Path) -> list[dict]:
-    """Every complete row of a run, duplicates included (read-only: safe while the run is still writing).
-    Raises ValueError naming the file and line for a complete line that is not a JSON row; see
-    :func:`read_rows` for the lenient read that counts what it drops."""
-    path = Path(run_dir) / ROWS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no rows here (not an ablation run directory?)")
+    """Every complete row of a run, duplicates included (read-only: safe while the run is still writing);
+    every shard's rows file, in :func:`read_rows`'s order. Raises ValueError naming the file and line
+    for a complete line that is not a JSON row; see :func:`read_rows` for the lenient read that counts
+    what it drops."""
+    paths = rows_files(run_dir)
+    if not paths:
+        raise FileNotFoundError(f"{Path(run_dir) / ROWS_FILE}: no rows here (not an ablation run directory?)")
     rows = []
-    for lineno, line in _lines(path.read_bytes())[0]:
-        try:
-            rows.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}:{lineno}: not a JSON row ({e})") from None
+    for path in paths:
+        for lineno, line in _lines(path.read_bytes())[0]:
+            try:
+                rows.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON row ({e})") from None
     return rows
 
 

@@ -8,7 +8,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("decode", "strategies", "convert", "train", "ablate", "tune", "report", "app")
+COMMANDS = ("decode", "strategies", "convert", "train", "ablate", "tune", "report", "app", "lm-eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"refinery.commands.{name}")
+            module = importlib.import_module(f"refinery.commands.{name.replace('-', '_')}")  # lm-eval: lm_eval.py
         except ModuleNotFoundError as e:
-            if e.name == f"refinery.commands.{name}":
+            if e.name == f"refinery.commands.{name.replace('-', '_')}":
                 continue  # subcommand not installed in this build
             raise
         module.add_parser(sub)
@@ -31,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "pass_through", False):  # only lm-eval hands its arguments on
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_args = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "command", None):

@@ -52,6 +52,10 @@ def run(args) -> int:
         print(f"test look {looks} of the tune protocol named by {config.source}", flush=True)
     run_dir = run_ablation(config, out, progress=not args.no_progress, repair=args.repair,
                            on_repair=lambda report: print(report.repair_line(), flush=True))
+    from experiments.shard import current
+
+    if current().rank != 0:  # under torchrun: every rank has finished; rank 0 prints the table of all shards
+        return 0
     rows = load_rows(run_dir)
     print(f"{len(rows)} rows in {run_dir}")
     print(main_table_markdown(rows_frame(rows)))
