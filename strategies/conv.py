@@ -15,7 +15,7 @@ it, so unmasking flows outward from the context without semi-AR segmentation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,13 @@ def conv_gate(state: DecodeState, ctx: DecodeContext, window: int, gate_scale: f
 class ConvStrategy(Strategy):
     description = "Convolutional decoding: a soft tanh window around decoded text decides where to unmask"
     config_class = ConvConfig
+    # The soft window may unmask any region column: only the prompt's keys and values can be kept.
+    cache_modes = ("none", "prefix")
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode == "dual":
+            return "the soft window may unmask any region column, so no column beyond the prompt stays fixed for a dual cache; use cache='prefix'"
+        return super().refuse_cache(mode)
 
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
         masks = (state.x[:, ctx.prompt_width:] == ctx.mask_id).sum(1)

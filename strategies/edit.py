@@ -95,6 +95,22 @@ class EditConfig(StrategyConfig):
 class EditStrategy(Strategy):
     description = "ME-DLM: mask phase, then parallel replace / delete / insert passes with a next-token head"
     config_class = EditConfig
+    # The mask phase caches as ``masked`` does (dual only with blocks). Edit passes insert and delete, which
+    # moves every region column, so they recompute the whole region (and the gap before it) on a cache of
+    # the prompt alone: the loop refills it with a full pass when the edit phase starts.
+    cache_modes = ("none", "prefix", "dual")
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode == "dual" and self.config.block_length is None:
+            return ("the mask phase runs as one block (block_length=None) and edit passes may change every region "
+                    "column, so a dual cache would keep nothing a prefix cache does not; set block_length or use "
+                    "cache='prefix'")
+        return super().refuse_cache(mode)
+
+    def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
+        if state.step < state.extra["mask_passes"]:
+            return self._mask.cache_window(self._mask_ctx, state)
+        return 0, ctx.gen_length
 
     def min_passes(self, gen_length: int) -> int:
         blocks = self.config.mask_config().num_blocks(gen_length)

@@ -18,7 +18,7 @@ The final pass always goes to alpha = 1 without re-masking, so no mask survives.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -53,6 +53,14 @@ class RemdmConfig(StrategyConfig):
 class RemdmStrategy(Strategy):
     description = "ReMDM: also re-mask committed tokens so they can be revised (cap / rescale / conf / loop)"
     config_class = RemdmConfig
+    # Re-masking may hit any region column, so only the prompt's keys and values can be kept (a dual cache has
+    # no fixed columns beyond them): every pass recomputes the whole region.
+    cache_modes = ("none", "prefix")
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode == "dual":
+            return "re-masking may hit any region column, so no column beyond the prompt stays fixed for a dual cache; use cache='prefix'"
+        return super().refuse_cache(mode)
 
     def min_passes(self, gen_length: int) -> int:
         return 2

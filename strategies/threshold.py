@@ -39,6 +39,23 @@ class ThresholdConfig(StrategyConfig):
 class ThresholdStrategy(Strategy):
     description = "Fast-dLLM: commit every masked position above a confidence threshold (>= 1 per pass), by block"
     config_class = ThresholdConfig
+    cache_modes = ("none", "prefix", "dual")  # a pass writes only inside each row's current block
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode == "dual" and self.config.block_length is None:
+            return ("without block_length every pass may write anywhere in the region, so a dual cache would keep "
+                    "nothing a prefix cache does not; set block_length or use cache='prefix'")
+        return super().refuse_cache(mode)
+
+    def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
+        """The span of the active rows' current blocks (rows advance at their own pace; one host sync)."""
+        size = self._size(ctx.gen_length)
+        block = _current_block(ctx, state, size)[0]
+        blocks = torch.where(state.active, block, -1), torch.where(state.active, block, ctx.gen_length)
+        last, first = (int(v) for v in torch.stack([blocks[0].max(), blocks[1].min()]).tolist())
+        if last < 0:  # no active row: the loop stops before any pass
+            return 0, ctx.gen_length
+        return first * size, (last + 1) * size
 
     def _size(self, L: int) -> int:
         return self.config.block_length or L
@@ -54,14 +71,11 @@ class ThresholdStrategy(Strategy):
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         size = self._size(ctx.gen_length)
         region = state.x[:, ctx.prompt_width:]
-        masked = region == ctx.mask_id
-        L = ctx.gen_length
-        pos = torch.arange(L, device=region.device)
-        first = torch.where(masked, pos, L).min(1).values.clamp(max=L - 1)
-        block = first // size  # (B,) each row's current block
-        in_block = masked & ((pos[None, :] // size) == block[:, None])
+        block, in_block = _current_block(ctx, state, size)
         logits = ban_tokens(out.logits, (ctx.mask_id, ctx.delete_id))
-        x0, conf = predict(logits, self.config.temperature, ctx.generators, where=in_block)
+        off, n = out.offset, logits.shape[1]  # a cached pass computes only the columns [off, off + n)
+        x0, conf = predict(logits, self.config.temperature, ctx.generators, where=in_block[:, off:off + n])
+        x0, conf = out.widen(x0, region), out.widen(conf, torch.zeros(region.shape, dtype=conf.dtype, device=conf.device))
         left = in_block.sum(1)
         passes_left = (state.extra["cum_passes"][block] - state.nfe + 1).clamp(min=1)  # this pass included
         need = -(-left // passes_left)
@@ -69,3 +83,14 @@ class ThresholdStrategy(Strategy):
         k = torch.maximum(torch.maximum(above, need), torch.ones_like(need))
         select = select_topk(torch.where(in_block, conf, NEG_INF), k)
         return commit(ctx, state, select, x0, conf)
+
+
+def _current_block(ctx: DecodeContext, state: DecodeState, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) each row's current block (the one holding its first mask), (B, L) its masked positions in it."""
+    region = state.x[:, ctx.prompt_width:]
+    masked = region == ctx.mask_id
+    L = ctx.gen_length
+    pos = torch.arange(L, device=region.device)
+    first = torch.where(masked, pos, L).min(1).values.clamp(max=L - 1)
+    block = first // size
+    return block, masked & ((pos[None, :] // size) == block[:, None])
