@@ -14,6 +14,9 @@ def add_parser(sub) -> None:
                    help="strategy parameter, value parsed as JSON when possible (repeatable)")
     p.add_argument("--budget", default="1/1", help="forward passes per generated token, e.g. 1/8")
     p.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
+    p.add_argument("--cache", default="none", choices=("none", "prefix", "dual"),
+                   help="KV cache: none recomputes every column each pass; prefix keeps the columns before the "
+                        "strategy's block; dual also those after it (Fast-dLLM; approximate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="fp32 / bf16 / fp16 (default: fp32 on a CPU, as stored on a GPU)")
@@ -37,26 +40,28 @@ def parse_params(items: list[str]) -> dict:
 
 def run(args) -> int:
     from core.checkpoint import load_model_and_tokenizer, parse_dtype
-    from core.decode import generate
+    from core.decode import check_cache, generate
     from core.tokenizer import decode_response, render_prompt
     from strategies import get_strategy
 
     strategy = get_strategy(args.strategy, **parse_params(args.param))
+    check_cache(strategy, args.cache)  # before loading the model: a refused mode fails at once
     model, tok = load_model_and_tokenizer(args.model, args.device, parse_dtype(args.dtype))
     ids = tok.encode(args.prompt, add_special_tokens=False) if args.raw else \
         render_prompt(tok, [{"role": "user", "content": args.prompt}])
-    res = generate(model, [ids], args.gen_length, strategy, args.budget, seed=args.seed)
+    res = generate(model, [ids], args.gen_length, strategy, args.budget, seed=args.seed, cache=args.cache)
     row = res.tokens[0, : int(res.lengths[0])].tolist()
     text = decode_response(tok, row)
     if args.quiet:
         print(text)
         return 0
     print(f"strategy {strategy!r}  budget {args.budget}  NFE {int(res.nfe[0])}/{res.max_nfe}  "
-          f"{res.seconds:.2f}s")
+          f"{res.seconds:.2f}s" + (f"  cache {args.cache}" if args.cache != "none" else ""))
     for s, rec in enumerate(res.trace.records):
         c = rec.counts()
         ops = " ".join(f"{k}={v}" for k, v in c.items() if v)
-        print(f"  pass {s + 1:3d} [{rec.phase}] {ops or 'no change'}")
+        ran = f" ({rec.cache})" if rec.cache else ""
+        print(f"  pass {s + 1:3d} [{rec.phase}]{ran} {ops or 'no change'}")
     print("output:")
     print(text)
     return 0
