@@ -149,3 +149,32 @@ def test_two_layer_cache_is_an_approximation():
     stale1 = one(x, attention_mask=mask, use_cache=True).kv_cache
     torch.testing.assert_close(one(y[:, 7:], attention_mask=mask, kv_cache=stale1, cache_start=7).logits,
                                one(y, attention_mask=mask, logits_from=7).logits, rtol=1e-5, atol=1e-5)
+
+
+def _ablation(**top) -> dict:
+    return dict(tasks=["arith"], budgets=["1/2"], gen_length=16, batch_size=4, **top,
+                strategies=[{"name": "masked", "params": {"block_length": 8}},
+                            {"name": "masked", "label": "masked@dual", "cache": "dual", "params": {"block_length": 8}}])
+
+
+def test_ablation_config_cache_keys():
+    from experiments.config import config_from_dict, validate
+
+    config = config_from_dict(_ablation(), source="c.yaml")
+    assert [config.cache_for(s) for s in config.strategies] == ["none", "dual"]
+    assert "cache" not in config.to_dict() and "cache" not in config.to_dict()["strategies"][0]
+    assert config.to_dict()["strategies"][1]["cache"] == "dual"
+    assert config_from_dict(_ablation(cache="prefix")).cache_for(config.strategies[0]) == "prefix"
+    validate(config)
+
+
+def test_ablation_config_cache_mistakes_name_the_key():
+    from experiments.config import ConfigError, config_from_dict, validate
+
+    with pytest.raises(ConfigError, match=r"c\.yaml: cache: 'full' is not a cache mode"):
+        config_from_dict(_ablation(cache="full"), source="c.yaml")
+    bad = _ablation()
+    bad["strategies"][1] = {"name": "remdm", "cache": "dual"}
+    with pytest.raises(ConfigError, match=r"c\.yaml: strategies\[1\]\.cache: strategy 'remdm' cannot decode with "
+                                          r"cache='dual': re-masking"):
+        validate(config_from_dict(bad, source="c.yaml"))
