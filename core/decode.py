@@ -111,7 +111,7 @@ class _CacheState:
 
     mode: str  # one of CACHE_MODES
     kv: Optional[KVCache] = None
-    key: Optional[tuple] = None  # (kept columns, cfg batch) the cache was filled for; a new key refills it
+    key: Optional[tuple] = None  # (lo, hi or None, uncond, next head) it was filled for; a new key refills it
 
 
 def _forward(model, state: DecodeState, P: int, req: ForwardRequest, mask_id: int, cache: _CacheState,

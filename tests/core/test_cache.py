@@ -178,3 +178,15 @@ def test_ablation_config_cache_mistakes_name_the_key():
     with pytest.raises(ConfigError, match=r"c\.yaml: strategies\[1\]\.cache: strategy 'remdm' cannot decode with "
                                           r"cache='dual': re-masking"):
         validate(config_from_dict(bad, source="c.yaml"))
+
+
+def test_a_trace_saved_before_caching_existed_loads_as_uncached(tmp_path):
+    import numpy as np
+
+    res = generate(_model(1), PROMPTS, 16, "masked", "1/2", cache="prefix")
+    res.trace.compact().save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as z:
+        old = {k: z[k] for k in z.files if k != "cache"}
+    np.savez_compressed(tmp_path / "old.npz", **old)
+    assert CompactTrace.load(tmp_path / "old.npz").cache.tolist() == [""] * 8
+    assert CompactTrace.load(tmp_path / "new.npz").cache.tolist() == ["refresh"] + ["prefix"] * 7
