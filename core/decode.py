@@ -10,6 +10,16 @@ which runs the prompt-masked canvas too). A budget ``b`` lets a row use at most
 Prompts are left-padded into a block of width P, so the generation region is the same
 columns [P, P+L) for every row; position ids are counted over real tokens, which makes a
 padded batch decode exactly like its rows one at a time.
+
+KV caching (``cache=``, Fast-dLLM, Wu et al., 2025): each pass the strategy names the region
+window [lo, hi) it may change (:meth:`Strategy.cache_window`). ``prefix`` keeps the keys and values
+of the columns before the window, ``dual`` also those after it; a pass then computes only the
+window (prefix: from the window to the end of the canvas) and reads the rest from the cache. A
+full pass refills the cache whenever the window moves (each new block, the start of an edit
+phase), and its logits are used as any pass's. In a bidirectional model the cached keys and
+values go stale as the window's tokens change, so both modes approximate the uncached loop; the
+cache is exact only for the columns whose inputs did not change (every layer-0 key and value of
+them). NFE is charged as without a cache; ``StepRecord.cache`` says how each pass ran.
 """
 
 from __future__ import annotations
@@ -22,8 +32,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from core.model import KVCache
 from core.trace import StepRecord, Trace
-from strategies.base import DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy
+from strategies.base import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy
 from strategies.registry import get_strategy
 from strategies.sampling import passes_for_budget
 
@@ -116,27 +127,59 @@ def _special_ids(model) -> dict:
                 delete_id=getattr(c, "delete_token_id", None), eot_id=getattr(c, "eot_token_id", None))
 
 
-def _forward(model, state: DecodeState, P: int, req: ForwardRequest, mask_id: int) -> ForwardOutput:
-    """The single model call site of generation.
+@dataclass
+class _CacheState:
+    """The loop's KV cache between passes: the mode, the cache and what it was filled for."""
 
-    The output head is evaluated on the region only, so its logits are one contiguous block; the
-    next-token head also reads the last prompt column (gap 0), which shifts both heads by one. A canvas
-    without padding is passed without an attention mask, which lets SDPA take its flash kernel."""
+    mode: str  # one of CACHE_MODES
+    kv: Optional[KVCache] = None
+    key: Optional[tuple] = None  # (lo, hi or None, uncond, next head) it was filled for; a new key refills it
+
+
+def _forward(model, state: DecodeState, P: int, req: ForwardRequest, mask_id: int, cache: _CacheState,
+             window: tuple[int, int]) -> tuple[ForwardOutput, str]:
+    """The single model call site of generation -> (outputs, how the pass ran: StepRecord.cache).
+
+    The output head is evaluated from the window's first column on (the region without a cache), so its
+    logits are one contiguous block; the next-token head also reads the column before it (gap lo), which
+    shifts both heads by one. A canvas without padding is passed without an attention mask, which lets
+    SDPA take its flash kernel."""
     x, attn = state.x, (None if state.dense else state.attention_mask)
     if req.uncond:
         un = x.clone()
         un[:, :P] = torch.where(state.attention_mask[:, :P], torch.full_like(un[:, :P], mask_id), un[:, :P])
         x, attn = torch.cat([x, un]), (None if attn is None else torch.cat([attn, attn]))
-    start = P - 1 if req.next_head else P
-    out = model(x, attention_mask=attn, compute_next=req.next_head, logits_from=start)
-    logits = out.logits[:, P - start:]
+    nh = 1 if req.next_head else 0
+    lo, hi = window if cache.mode != "none" else (0, state.x.shape[1] - P)
+    start = P + lo - nh
+    key = (lo, hi if cache.mode == "dual" else None, req.uncond, nh)
+    if cache.mode == "none":
+        out, ran = model(x, attention_mask=attn, compute_next=req.next_head, logits_from=start), ""
+    elif cache.kv is None or cache.key != key:  # the window moved: one full pass refills the cache
+        out = model(x, attention_mask=attn, compute_next=req.next_head, logits_from=start, use_cache=True)
+        cache.kv, cache.key, ran = out.kv_cache, key, "refresh"
+    else:
+        end = P + hi if cache.mode == "dual" else x.shape[1]
+        out = model(x[:, start:end], attention_mask=attn, compute_next=req.next_head, kv_cache=cache.kv,
+                    cache_start=start)
+        ran = cache.mode
+    logits = out.logits[:, nh:]
     next_logits = out.next_logits if req.next_head else None
     if req.next_head and next_logits is None:
         raise ValueError("this strategy needs the model's next-token head (config.next_token_head=True)")
     if req.uncond:
         B = state.x.shape[0]
-        return ForwardOutput(logits[:B], None if next_logits is None else next_logits[:B], logits[B:])
-    return ForwardOutput(logits, next_logits)
+        return ForwardOutput(logits[:B], None if next_logits is None else next_logits[:B], logits[B:], lo), ran
+    return ForwardOutput(logits, next_logits, offset=lo), ran
+
+
+def check_cache(strategy: Strategy, cache: str) -> None:
+    """Raise ValueError naming the strategy and the mode when ``strategy`` cannot decode with ``cache``."""
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache {cache!r} unknown; choose one of {list(CACHE_MODES)}")
+    reason = strategy.refuse_cache(cache)
+    if reason is not None:
+        raise ValueError(f"strategy {strategy.name!r} cannot decode with cache={cache!r}: {reason}")
 
 
 @torch.no_grad()
@@ -152,15 +195,20 @@ def generate(
     record_trace: bool = True,
     on_step: Optional[Callable[[int, StepRecord], None]] = None,
     strategy_params: Optional[dict] = None,
+    cache: str = "none",
 ) -> GenerationResult:
     """Generate ``gen_length`` tokens after each prompt with ``strategy`` under ``budget``.
 
     prompts: ragged id lists, or (ids (B, P), mask (B, P)) padded on either side.
     init: optional (B, L) starting region (mask id where unknown), e.g. a partially masked answer.
     on_step: called after every pass with (pass index, record) - the app streams from it.
+    cache: "none" | "prefix" | "dual" (see the module docstring); a strategy that cannot run on the mode
+    raises ValueError before any pass.
     """
     if isinstance(strategy, str):
         strategy = get_strategy(strategy, **(strategy_params or {}))
+    check_cache(strategy, cache)
+    kv = _CacheState(cache)
     ids = _special_ids(model)
     device = next(model.parameters()).device
     max_nfe = check_budget(budget, gen_length)
@@ -211,10 +259,11 @@ def generate(
                     break
                 if over:
                     raise RuntimeError(f"{strategy!r} asked for more than {max_nfe} passes (budget {budget})")
-            out = _forward(model, state, P, req, ctx.mask_id)
+            window = strategy.cache_window(ctx, state) if cache != "none" else (0, gen_length)
+            out, ran = _forward(model, state, P, req, ctx.mask_id, kv, window)
             state.nfe += req.nfe_cost * charged
             record = strategy.step(ctx, state, out)
-            record.active = charged
+            record.active, record.cache = charged, ran
             if trace is not None:
                 trace.append(record)
             if on_step is not None:

@@ -180,11 +180,44 @@ def eager_attention(q, k, v, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
 ATTENTION_BACKENDS: dict[str, Callable] = {"sdpa": sdpa_attention, "eager": eager_attention}
 
 
+class KVCache:
+    """Keys and values of every layer over a whole canvas, for cached bidirectional decoding.
+
+    A forward with ``use_cache=True`` and no cache fills one from the full canvas: keys[i], values[i] are
+    (B, n_kv_heads, T, head_dim), keys after rotary. A later forward on the columns [start, start + n) of
+    the same canvas (``kv_cache=cache, cache_start=start``) writes its fresh keys and values over
+    those columns in place and attends to all T columns: the other columns are read as cached. Which
+    columns are worth caching (a prefix, or all but the active block) is the decode loop's decision.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.start: Optional[int] = None  # column of the current input's first token; None while filling
+
+    @property
+    def width(self) -> int:
+        """T: columns covered (0 when empty)."""
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v (B, H_kv, n, D) of the current input -> keys and values to attend to, (B, H_kv, T, D)."""
+        if self.start is None:
+            self.keys.append(k)
+            self.values.append(v)
+            return k, v
+        end = self.start + k.shape[2]
+        self.keys[layer_idx][:, :, self.start:end] = k
+        self.values[layer_idx][:, :, self.start:end] = v
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
 class Attention(nn.Module):
     """Bidirectional multi-head self-attention (optionally grouped-query), no biases."""
 
-    def __init__(self, config: LLaDAConfig):
+    def __init__(self, config: LLaDAConfig, layer_idx: int = 0):
         super().__init__()
+        self.layer_idx = layer_idx  # this layer's slot in a KVCache
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.q_proj = nn.Linear(config.d_model, config.n_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.d_model, config.n_kv_heads * self.head_dim, bias=False)
@@ -193,7 +226,7 @@ class Attention(nn.Module):
         self.backend = ATTENTION_BACKENDS[config.attn_backend]
         self.kernels = KernelSet()  # set by LLaDAModel.set_kernels
 
-    def forward(self, x, cos, sin, key_mask):
+    def forward(self, x, cos, sin, key_mask, cache: Optional[KVCache] = None):
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -201,6 +234,8 @@ class Attention(nn.Module):
         fused = self.kernels.rope is not None and not torch.compiler.is_compiling()
         rotated = self.kernels.rope(q, k, cos, sin) if fused else None
         q, k = rotated if rotated is not None else (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin))
+        if cache is not None:  # queries stay the input's columns; keys and values span the whole canvas
+            k, v = cache.update(k, v, self.layer_idx)
         if self.n_kv_heads != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -229,38 +264,40 @@ class MLP(nn.Module):
 class Block(GradientCheckpointingLayer):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: LLaDAConfig):
+    def __init__(self, config: LLaDAConfig, layer_idx: int = 0):
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.rms_norm_eps)
-        self.attn = Attention(config)
+        self.attn = Attention(config, layer_idx)
         self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps)
         self.mlp = MLP(config)
         self.compiled: Optional[Callable] = None  # torch.compile of eager_forward (kernels "compile")
         self.compiled_shape: Optional[torch.Size] = None  # the one input shape it runs (no recompiles)
 
-    def forward(self, x, cos, sin, key_mask):
-        if self.compiled is not None and x.is_cuda and torch.is_grad_enabled():
+    def forward(self, x, cos, sin, key_mask, cache: Optional[KVCache] = None):
+        if self.compiled is not None and cache is None and x.is_cuda and torch.is_grad_enabled():
             # Training batches share one shape; the rare random-length crop and every decoding call run
             # eager instead of paying a recompile (tens of seconds) for a shape seen once.
             if self.compiled_shape is None:
                 self.compiled_shape = x.shape
             if x.shape == self.compiled_shape:
                 return self.compiled(x, cos, sin, key_mask)
-        return self.eager_forward(x, cos, sin, key_mask)
+        return self.eager_forward(x, cos, sin, key_mask, cache)
 
-    def eager_forward(self, x, cos, sin, key_mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, key_mask)
+    def eager_forward(self, x, cos, sin, key_mask, cache: Optional[KVCache] = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, key_mask, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
 @dataclass
 class MaskPredictorOutput(ModelOutput):
     """logits (B, L, V): token at each position; next_logits (B, L, V) or None: token in the gap after each
-    position (ME-DLM next-token head); hidden_states (B, L, d_model): final normed hidden states."""
+    position (ME-DLM next-token head); hidden_states (B, L, d_model): final normed hidden states;
+    kv_cache: the KVCache the pass filled or updated (``use_cache``), else None."""
 
     logits: Optional[torch.Tensor] = None
     next_logits: Optional[torch.Tensor] = None
     hidden_states: Optional[torch.Tensor] = None
+    kv_cache: Optional[KVCache] = None
 
 
 class LLaDAPreTrainedModel(PreTrainedModel):
@@ -294,7 +331,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
     def __init__(self, config: LLaDAConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -342,30 +379,62 @@ class LLaDAModel(LLaDAPreTrainedModel):
         compute_next: bool = True,
         logits_from: int = 0,
         compute_logits: bool = True,
+        kv_cache: Optional[KVCache] = None,
+        use_cache: bool = False,
+        cache_start: int = 0,
         **kwargs,
     ) -> MaskPredictorOutput:
         """input_ids (B, L); attention_mask (B, L), 1 = real token, 0 = padding (keys only: padded query rows
         produce values nobody should read); position_ids (B, L), by default counted over real tokens so that
         a left- or right-padded row sees the same positions as the unpadded row. ``logits_from``: evaluate the heads
         only on positions >= it (generation skips the prompt's logits); hidden_states are always full length.
-        ``compute_logits=False`` skips both heads (a trainer with a fused linear cross-entropy reads hidden_states)."""
+        ``compute_logits=False`` skips both heads (a trainer with a fused linear cross-entropy reads hidden_states).
+
+        Cached decoding: ``use_cache=True`` without a cache fills a :class:`KVCache` from this (whole) canvas
+        and returns it as ``kv_cache``. With ``kv_cache``, input_ids (B, n) are the columns
+        [cache_start, cache_start + n) of a canvas of the cache's width T, attention_mask (B, T) covers the
+        whole canvas (keys), default position ids are those columns' positions in it, and the cache's
+        other columns stand in for the tokens not passed."""
+        cache = kv_cache if kv_cache is not None else (KVCache() if use_cache else None)
+        if kv_cache is not None:
+            self._check_cache_call(input_ids, attention_mask, kv_cache, cache_start)
+            cache.start = cache_start
         if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-            else:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            position_ids = self._positions(input_ids, attention_mask, cache_start if kv_cache is not None else 0)
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
         with attention_priority(kernel_set(self.config.kernels).cudnn_attention, x.device):
             for layer in self.layers:
-                x = layer(x, cos, sin, key_mask)
+                x = layer(x, cos, sin, key_mask, cache)
         h = self.norm(x)
         if not compute_logits:
             return MaskPredictorOutput(hidden_states=h)
         hh = h[:, logits_from:] if logits_from else h
         next_logits = self.next_token_head(hh) if (self.next_token_head is not None and compute_next) else None
-        return MaskPredictorOutput(logits=self.lm_head(hh), next_logits=next_logits, hidden_states=h)
+        return MaskPredictorOutput(logits=self.lm_head(hh), next_logits=next_logits, hidden_states=h,
+                                   kv_cache=cache)
+
+    @staticmethod
+    def _positions(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], start: int) -> torch.Tensor:
+        """(B, n) positions of the input's columns [start, start + n), counted over the real tokens of the
+        (B, T) attention mask when there is one."""
+        n = input_ids.shape[1]
+        if attention_mask is None:
+            return torch.arange(start, start + n, device=input_ids.device).expand_as(input_ids)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:start + n]
+
+    @staticmethod
+    def _check_cache_call(input_ids, attention_mask, cache: KVCache, start: int) -> None:
+        T = cache.width
+        if not cache.keys or cache.keys[0].shape[0] != input_ids.shape[0]:
+            raise ValueError(f"kv_cache covers batch {cache.keys[0].shape[0] if cache.keys else 0}, "
+                             f"input_ids has {input_ids.shape[0]} rows")
+        if not (0 <= start and start + input_ids.shape[1] <= T):
+            raise ValueError(f"cache_start={start} + {input_ids.shape[1]} columns exceed the cache's width {T}")
+        if attention_mask is not None and attention_mask.shape[1] != T:
+            raise ValueError(f"with kv_cache the attention_mask covers the whole canvas ({T} columns), "
+                             f"got {attention_mask.shape[1]}")
 
 
 AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig)

@@ -50,6 +50,9 @@ class StepRecord:
     inserted_tokens: Optional[torch.Tensor] = None
     scores: Optional[torch.Tensor] = None
     reverted: Optional[torch.Tensor] = None  # (B,) long: the row went back to its text before that pass; -1 = not
+    # KV cache of the pass (set by the loop): "" = no cache in use; "refresh" = a full pass that (re)filled the
+    # cache; "prefix" / "dual" = only the strategy's window was computed, the other columns read from the cache
+    cache: str = ""
 
     def detach_to(self, device: str | torch.device = "cpu") -> "StepRecord":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -77,6 +80,7 @@ class CompactTrace:
     mask_id: int = -1
     pad_id: int = -1
     eos_id: int = -1
+    cache: np.ndarray = field(default_factory=lambda: np.zeros(0, "<U7"))  # (S,) StepRecord.cache per pass; "" = none
 
     @property
     def num_passes(self) -> int:
@@ -86,7 +90,7 @@ class CompactTrace:
         arrays = {f"event_{k}": v for k, v in self.events.items()}
         np.savez_compressed(
             path, initial=self.initial, initial_lengths=self.initial_lengths, tokens=self.tokens,
-            lengths=self.lengths, active=self.active, phases=self.phases, scores=self.scores,
+            lengths=self.lengths, active=self.active, phases=self.phases, scores=self.scores, cache=self.cache,
             ids=np.array([self.mask_id, self.pad_id, self.eos_id], np.int64), **arrays,
         )
 
@@ -95,8 +99,10 @@ class CompactTrace:
         with np.load(path, allow_pickle=False) as z:
             events = {k[len("event_"):]: z[k] for k in z.files if k.startswith("event_")}
             mask_id, pad_id, eos_id = (int(v) for v in z["ids"])
+            # traces saved before cached decoding existed ran every pass uncached
+            cache = z["cache"] if "cache" in z.files else np.full(len(z["phases"]), "", "<U7")
             return cls(z["initial"], z["initial_lengths"], z["tokens"], z["lengths"], z["active"], z["phases"],
-                       events, z["scores"], mask_id, pad_id, eos_id)
+                       events, z["scores"], mask_id, pad_id, eos_id, cache)
 
     def row_events(self, step: int, row: int) -> dict[str, np.ndarray]:
         """kind -> (n, 2) (position, token) of one row in one pass."""
@@ -215,6 +221,7 @@ class Trace:
             initial, self.initial_lengths.numpy(), tokens, lengths, active,
             np.array([r.phase for r in recs]), events,
             np.concatenate(scores) if scores else np.zeros(0, np.float32), self.mask_id, self.pad_id, self.eos_id,
+            np.array([r.cache for r in recs], "<U7"),
         )
 
 

@@ -9,6 +9,8 @@ expands one strategy entry into one entry per value (the Cartesian product over 
 ``preset: paper`` starts the entry from the strategy's named preset (``refinery strategies --presets``);
 ``params`` and ``sweep`` override single parameters of it. The preset is resolved here, so every row
 records the parameters it ran with; the default label is ``NAME-PRESET``.
+``cache: none | prefix | dual`` (KV-cached decoding, see ``core.decode``) sets the mode for every entry at
+the top level, or for one entry.
 
 Every mistake raises :class:`ConfigError` naming the file, the dotted key
 (``strategies[2].params.block_length``) and the reason. YAML is read with ``yaml.safe_load``
@@ -35,9 +37,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "ablations" / "embedded_default.yaml"
 TOP_KEYS = {"name", "model", "tokenizer", "delete_token", "tasks", "strategies", "budgets", "gen_length",
-            "batch_size", "device", "dtype", "seeds", "score_workers", "save_traces", "protocol"}
+            "batch_size", "device", "dtype", "seeds", "score_workers", "save_traces", "protocol",
+            "cache"}
 TASK_KEYS = {"name", "n", "split", "seed", "kwargs"}
-STRATEGY_KEYS = {"name", "label", "preset", "params", "sweep", "budgets"}
+STRATEGY_KEYS = {"name", "label", "preset", "params", "sweep", "budgets", "cache"}
+CACHE_MODES = ("none", "prefix", "dual")  # the loop's KV-cache modes (strategies.base.CACHE_MODES)
 DTYPES = (None, "auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 
@@ -70,6 +74,7 @@ class StrategySpec:
     swept: tuple[str, ...] = field(default=(), compare=False)  # params that came from ``sweep``
     preset: Optional[str] = None  # the named preset the params started from (already merged into params)
     from_preset: tuple[str, ...] = field(default=(), compare=False)  # params set by the preset alone
+    cache: Optional[str] = None  # KV-cache mode of this entry; None = the config's ``cache``
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class ExperimentConfig:
     dtype: Optional[str] = None
     score_workers: int = 2  # sandbox processes for code scoring
     save_traces: bool = True
+    cache: str = "none"  # KV-cache mode of entries that do not set their own
     source: str = field(default="<dict>", compare=False)  # file the config came from
     # tune protocol file (relative to the config file) whose test_looks each run of this config counts;
     # bookkeeping, not part of the config's hash (experiments.tune)
@@ -96,12 +102,18 @@ class ExperimentConfig:
     def budgets_for(self, spec: StrategySpec) -> tuple[str, ...]:
         return spec.budgets if spec.budgets is not None else self.budgets
 
+    def cache_for(self, spec: StrategySpec) -> str:
+        return spec.cache if spec.cache is not None else self.cache
+
     def to_dict(self) -> dict:
         """The resolved config (sweeps expanded) as plain YAML-able data; ``load_config`` reads it back."""
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "protocol")}
+        # cache keys only when set: configs without them keep their hash (and their run directories)
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k not in ("source", "protocol") and (k != "cache" or v != "none")}
         d["tasks"] = [dict(t.__dict__, kwargs=dict(t.kwargs)) for t in self.tasks]
         d["strategies"] = [{"name": s.name, "label": s.label, **({"preset": s.preset} if s.preset else {}),
-                            "params": dict(s.params), **({"budgets": list(s.budgets)} if s.budgets is not None else {})}
+                            "params": dict(s.params), **({"budgets": list(s.budgets)} if s.budgets is not None else {}),
+                            **({"cache": s.cache} if s.cache is not None else {})}
                            for s in self.strategies]
         d["budgets"], d["seeds"] = list(self.budgets), list(self.seeds)
         return d
@@ -186,6 +198,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> ExperimentConfig:
         dtype=dtype,
         score_workers=_positive_int(data.get("score_workers", 2), "score_workers", err),
         save_traces=_typed(data.get("save_traces", True), bool, "save_traces", err),
+        cache=_cache_mode(data.get("cache", "none"), "cache", err),
         source=source,
         protocol=_typed(data.get("protocol"), (str, type(None)), "protocol", err),
     )
@@ -230,6 +243,12 @@ def _positive_int(value, key: str, err: _Errors) -> int:
 def _list(value, key: str, err: _Errors) -> list:
     if not isinstance(value, list) or not value:
         raise err(key, f"expected a non-empty list, got {value!r}")
+    return value
+
+
+def _cache_mode(value, key: str, err: _Errors) -> str:
+    if value not in CACHE_MODES:
+        raise err(key, f"{value!r} is not a cache mode; choose one of {list(CACHE_MODES)}")
     return value
 
 
@@ -300,8 +319,9 @@ def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
     from_preset = tuple(k for k in base if k not in params and k not in sweep)
     params = {**base, **params}  # the entry's params, then its sweep, override the preset
     budgets = _budgets(entry["budgets"], f"{where}.budgets", err) if "budgets" in entry else None
+    cache = _cache_mode(entry["cache"], f"{where}.cache", err) if "cache" in entry else None
     if not sweep:
-        return [StrategySpec(name, label, dict(params), budgets, where, (), preset, from_preset)]
+        return [StrategySpec(name, label, dict(params), budgets, where, (), preset, from_preset, cache)]
     keys = list(sweep)
     specs = []
     for values in itertools.product(*(sweep[k] for k in keys)):
@@ -314,7 +334,7 @@ def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
         else:
             point_label = f"{label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
         specs.append(StrategySpec(name, point_label, {**params, **point}, budgets, where, tuple(keys), preset,
-                                  from_preset))
+                                  from_preset, cache))
     return specs
 
 

@@ -93,8 +93,9 @@ def run_cell(cell: Cell, task, model, tokenizer, config: ExperimentConfig) -> tu
 
     strategy = get_strategy(cell.strategy.name, **cell.strategy.params)
     prompts = [render_prompt(tokenizer, ex.messages()) for ex in cell.examples]
+    cache = config.cache_for(cell.strategy)
     res = generate(model, prompts, config.gen_length, strategy, cell.budget, seed=cell.seed,
-                   record_trace=config.save_traces)
+                   record_trace=config.save_traces, cache=cache)
     stop = {model.config.eos_token_id, getattr(model.config, "eot_token_id", None)} - {None}
     outputs, generated = [], []
     for b in range(len(prompts)):
@@ -122,6 +123,7 @@ def run_cell(cell: Cell, task, model, tokenizer, config: ExperimentConfig) -> tu
             nfe=int(res.nfe[b]), max_nfe=int(res.max_nfe), tokens_generated=generated[b],
             wall_seconds=res.seconds / len(prompts), batch_seconds=res.seconds,
             draft_output=draft, draft_correct=None if draft_ok is None else bool(draft_ok),
+            **({"cache": cache} if cache != "none" else {}),  # uncached rows stay as they were
         ))
     trace = res.trace.compact() if res.trace is not None else None
     return rows, trace

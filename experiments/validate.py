@@ -97,6 +97,11 @@ def _check_strategy(config: ExperimentConfig, spec: StrategySpec) -> None:
         strategy = cls(cls.config_class.from_dict(dict(spec.params), where=spec.name))
     except (ValueError, TypeError) as e:
         raise ConfigError(src, f"{where}.params", str(e)) from None
+    reason = strategy.refuse_cache(config.cache_for(spec))
+    if reason is not None:
+        key = f"{where}.cache" if spec.cache is not None else "cache"
+        raise ConfigError(src, key, f"strategy {spec.label!r} cannot decode with cache="
+                                    f"{config.cache_for(spec)!r}: {reason}")
     budget_key = f"{where}.budgets" if spec.budgets is not None else "budgets"
     need = strategy.min_passes(config.gen_length)
     for j, budget in enumerate(config.budgets_for(spec)):

@@ -135,12 +135,31 @@ class ForwardRequest:
 class ForwardOutput:
     """Model outputs over the generation region, owned by the strategy for this pass (edit them in place).
 
-    logits (B, L, V); next_logits (B, L+1, V) or None, where next_logits[:, g] predicts gap g (gap 0 is
-    before the first region token, read at the last prompt position); uncond_logits (B, L, V) or None."""
+    logits (B, n, V) for the region columns [offset, offset + n): the whole region (offset 0, n = L) unless
+    the pass ran on a KV cache, which computes only the window the strategy declared
+    (:meth:`Strategy.cache_window`); next_logits (B, n+1, V) or None, where next_logits[:, g] predicts
+    gap offset + g (gap 0 is before the first region token, read at the last prompt position);
+    uncond_logits (B, n, V) or None."""
 
     logits: torch.Tensor
     next_logits: Optional[torch.Tensor] = None
     uncond_logits: Optional[torch.Tensor] = None
+    offset: int = 0  # region column of logits[:, 0]
+
+    def widen(self, values: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+        """(B, n) per-position values computed from these logits -> (B, L): ``outside`` (B, L) with
+        ``values`` over the computed columns. The whole-region case returns ``values`` itself (no copy)."""
+        n = values.shape[1]
+        if self.offset == 0 and n == outside.shape[1]:
+            return values
+        out = outside.clone()
+        out[:, self.offset:self.offset + n] = values
+        return out
+
+
+# Cache modes of the one loop (core.decode): none recomputes the whole canvas every pass; prefix keeps the
+# keys and values of every column before the strategy's window; dual also keeps those after it.
+CACHE_MODES = ("none", "prefix", "dual")
 
 
 class Strategy(ABC):
@@ -150,6 +169,9 @@ class Strategy(ABC):
     description: ClassVar[str] = ""
     config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
     presets: ClassVar[dict[str, Preset]] = {}  # e.g. {"paper": Preset({...}, "LLaDA generate.py ...")}
+    # KV-cache modes the strategy's step can run on (it reads ForwardOutput.offset); refuse_cache may narrow
+    # them for a configuration. A new strategy supports none until it says otherwise.
+    cache_modes: ClassVar[tuple[str, ...]] = ("none",)
 
     def __init__(self, config: Optional[StrategyConfig] = None):
         self.config = config if config is not None else self.config_class()
@@ -170,6 +192,21 @@ class Strategy(ABC):
         The loop skips its per-pass host check ("any row left?") for these, so the CPU can queue the
         next pass while the GPU still runs this one. Strategies with a fixed plan know it at ``begin``."""
         return 0
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        """Why this configuration cannot decode with KV-cache ``mode``, or None when it can."""
+        if mode not in CACHE_MODES:
+            return f"unknown cache mode {mode!r}; choose one of {list(CACHE_MODES)}"
+        if mode not in self.cache_modes:
+            return f"{self.name or type(self).__name__} supports cache modes {list(self.cache_modes)} only"
+        return None
+
+    def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
+        """Region columns [lo, hi) that the next pass may change in any row (cached modes only).
+
+        The loop keeps cached keys and values outside it (prefix: before lo; dual: before lo and from hi on)
+        and refreshes the cache with a full pass whenever the window moves. Default: the whole region."""
+        return 0, ctx.gen_length
 
     @abstractmethod
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:

@@ -23,7 +23,7 @@ the dataclass default (the repo's ``generate_llada_convolution`` confidence vari
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,14 @@ class ConvStrategy(Strategy):
         "project": Preset({}, "the defaults: the repo's generate_llada_convolution (gated LLaDA confidence, "
                               "uniform schedule), window 32, greedy; mask and delete ids never predicted"),
     }
+    # The soft window may unmask any region column: only the prompt's keys and values can be kept.
+    cache_modes = ("none", "prefix")
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode == "dual":
+            return ("the soft window may unmask any region column, so no column beyond the prompt stays fixed "
+                    "for a dual cache; use cache='prefix'")
+        return super().refuse_cache(mode)
 
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
         masks = (state.x[:, ctx.prompt_width:] == ctx.mask_id).sum(1)

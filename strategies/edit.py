@@ -136,6 +136,25 @@ class EditStrategy(Strategy):
             "this project's tuned edit entry (experiments/ablations/embedded_default.yaml, chosen on the dev "
             "split): 4 edit passes, edits only where the head doubts the text, back to the best text"),
     }
+    # The mask phase caches as ``masked`` does (dual only with blocks). Edit passes insert and delete, which
+    # moves every region column, so they recompute the whole region (and the gap before it) on a cache of
+    # the prompt alone: the loop refills it with a full pass when the edit phase starts.
+    cache_modes = ("none", "prefix", "dual")
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode != "none" and (self.config.mask_phase == "medlm" or self.config.max_length is not None):
+            return ("ME-DLM's mask phase and a growing canvas (mask_phase='medlm', max_length) are not cache-aware "
+                    "yet; use cache='none'")
+        if mode == "dual" and self.config.block_length is None:
+            return ("the mask phase runs as one block (block_length=None) and edit passes may change every region "
+                    "column, so a dual cache would keep nothing a prefix cache does not; set block_length or use "
+                    "cache='prefix'")
+        return super().refuse_cache(mode)
+
+    def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
+        if state.step < state.extra["mask_passes"]:
+            return self._mask.cache_window(self._mask_ctx, state)
+        return 0, ctx.gen_length
 
     def min_passes(self, gen_length: int) -> int:
         blocks = self.config.mask_config().num_blocks(gen_length)

@@ -74,6 +74,17 @@ class MaskedStrategy(Strategy):
                         "step = 2 forwards), steps not dividing over blocks refused"),
         "project": Preset({}, "the defaults: mask and delete ids never predicted, uneven step splits allowed"),
     }
+    cache_modes = ("none", "prefix", "dual")  # a pass writes only inside its block
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode == "dual" and self.config.block_length is None:
+            return ("without block_length every pass may write anywhere in the region, so a dual cache would keep "
+                    "nothing a prefix cache does not; set block_length or use cache='prefix'")
+        return super().refuse_cache(mode)
+
+    def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
+        block_of_pass, _, bounds = state.extra["plan"]
+        return bounds[block_of_pass[min(state.step, len(block_of_pass) - 1)]]
 
     def min_passes(self, gen_length: int) -> int:
         return self.config.num_blocks(gen_length) * (2 if self.config.cfg_scale > 0 else 1)
@@ -102,9 +113,12 @@ class MaskedStrategy(Strategy):
         # and LLaDA ranks it again with the current block.
         candidates = region == ctx.mask_id
         candidates[:, hi:] = False
-        x0, conf = predict(logits, cfg.temperature, ctx.generators, where=candidates)
+        off, n = out.offset, logits.shape[1]  # a cached pass computes only the columns [off, off + n)
+        x0, conf = predict(logits, cfg.temperature, ctx.generators, where=candidates[:, off:off + n])
         if cfg.confidence_eos_eot_inf:
             conf = eos_eot_confidence(logits, x0, ctx, cfg.temperature)
+        x0 = out.widen(x0, region)
+        conf = out.widen(conf, torch.zeros(region.shape, dtype=conf.dtype, device=conf.device))
         scores = uniform_rand(x0.shape, ctx.generators, x0.device) if cfg.remasking == "random" else conf
         if cfg.suppress_eos:
             scores = torch.where(eos_like(x0, ctx), scores - 2.0, scores)  # below every ordinary confidence

@@ -28,7 +28,7 @@ Applied to a prompted model, the prompt is never re-masked (ReMDM's scripts gene
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -87,6 +87,15 @@ class RemdmStrategy(Strategy):
         "project": Preset({}, "the defaults: greedy tokens, eta 0.04 for every schedule, the last of the N passes "
                               "goes to alpha = 1; mask and delete ids never predicted"),
     }
+    # Re-masking may hit any region column, so only the prompt's keys and values can be kept (a dual cache has
+    # no fixed columns beyond them): every pass recomputes the whole region.
+    cache_modes = ("none", "prefix")
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode == "dual":
+            return ("re-masking may hit any region column, so no column beyond the prompt stays fixed for a "
+                    "dual cache; use cache='prefix'")
+        return super().refuse_cache(mode)
 
     def min_passes(self, gen_length: int) -> int:
         return 2

@@ -59,6 +59,25 @@ class ThresholdStrategy(Strategy):
         "project": Preset({}, "the defaults: > threshold, one block, per-block allotment of the budget, mask and "
                               "delete ids never predicted"),
     }
+    cache_modes = ("none", "prefix", "dual")  # a pass writes only inside each row's current block
+
+    def refuse_cache(self, mode: str) -> Optional[str]:
+        if mode == "dual" and self.config.block_length is None:
+            return ("without block_length every pass may write anywhere in the region, so a dual cache would keep "
+                    "nothing a prefix cache does not; set block_length or use cache='prefix'")
+        return super().refuse_cache(mode)
+
+    def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
+        """The span of the active rows' current blocks (rows advance at their own pace; one host sync)."""
+        size = self._size(ctx.gen_length)
+        block = _current_block(ctx, state, size)[0]
+        blocks = torch.where(state.active, block, -1), torch.where(state.active, block, ctx.gen_length)
+        last, first = (int(v) for v in torch.stack([blocks[0].max(), blocks[1].min()]).tolist())
+        if last < 0:  # no active row: the loop stops before any pass
+            return 0, ctx.gen_length
+        if not self.config.allot and bool((state.active & (state.nfe + 1 >= ctx.max_nfe)).any()):
+            return 0, ctx.gen_length  # a row's last budgeted pass may commit in any block: compute them all
+        return first * size, (last + 1) * size
 
     def _size(self, L: int) -> int:
         return self.config.block_length or L
@@ -76,18 +95,16 @@ class ThresholdStrategy(Strategy):
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         size = self._size(ctx.gen_length)
         region = state.x[:, ctx.prompt_width:]
-        masked = region == ctx.mask_id
-        L = ctx.gen_length
-        pos = torch.arange(L, device=region.device)
-        first = torch.where(masked, pos, L).min(1).values.clamp(max=L - 1)
-        block = first // size  # (B,) each row's current block
-        in_block = masked & ((pos[None, :] // size) == block[:, None])
+        block, in_block = _current_block(ctx, state, size)
         cfg = self.config
         logits = ban_tokens(out.logits, banned_ids(cfg.bans, ctx.mask_id, ctx.delete_id))
         final = state.nfe >= ctx.max_nfe  # (B,) this is the row's last budgeted pass
         if not cfg.allot:  # the final pass may commit outside the current block
-            in_block = in_block | (masked & final[:, None])
-        x0, conf = predict(logits, cfg.temperature, ctx.generators, where=in_block)
+            in_block = in_block | ((region == ctx.mask_id) & final[:, None])
+        off, n = out.offset, logits.shape[1]  # a cached pass computes only the columns [off, off + n)
+        x0, conf = predict(logits, cfg.temperature, ctx.generators, where=in_block[:, off:off + n])
+        x0 = out.widen(x0, region)
+        conf = out.widen(conf, torch.zeros(region.shape, dtype=conf.dtype, device=conf.device))
         left = in_block.sum(1)
         if cfg.allot:
             passes_left = (state.extra["cum_passes"][block] - state.nfe + 1).clamp(min=1)  # this pass included
@@ -101,3 +118,14 @@ class ThresholdStrategy(Strategy):
         if cfg.bans != "mask+delete":  # a committed mask id can leave masks after the last budgeted pass
             state.active = state.active & ~final
         return record
+
+
+def _current_block(ctx: DecodeContext, state: DecodeState, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) each row's current block (the one holding its first mask), (B, L) its masked positions in it."""
+    region = state.x[:, ctx.prompt_width:]
+    masked = region == ctx.mask_id
+    L = ctx.gen_length
+    pos = torch.arange(L, device=region.device)
+    first = torch.where(masked, pos, L).min(1).values.clamp(max=L - 1)
+    block = first // size
+    return block, masked & ((pos[None, :] // size) == block[:, None])

@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
                    help="strategy parameter over the preset, value parsed as JSON when possible (repeatable)")
     p.add_argument("--budget", default="1/1", help="forward passes per generated token, e.g. 1/8")
     p.add_argument("--gen-length", type=int, default=48, help="tokens to generate (48: as in the results table)")
+    p.add_argument("--cache", default="none", choices=("none", "prefix", "dual"),
+                   help="KV cache: none recomputes every column each pass; prefix keeps the columns before the "
+                        "strategy's block; dual also those after it (Fast-dLLM; approximate)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice of the strategy")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None,
@@ -69,7 +72,7 @@ def parse_params(items: list[str]) -> dict:
 def run(args) -> int:
     _quiet_start(args.quiet)
     from core.checkpoint import load_model_and_tokenizer, parse_dtype
-    from core.decode import check_budget, generate
+    from core.decode import check_budget, check_cache, generate
     from core.errors import UsageError
     from core.tokenizer import decode_response, render_prompt
 
@@ -77,6 +80,7 @@ def run(args) -> int:
         raise UsageError(f"--gen-length {args.gen_length}: must be at least 1 token")
     check_budget(args.budget, args.gen_length)  # before the model loads: a budget under one pass is refused
     strategy, preset = build_strategy(args.strategy, args.preset, parse_params(args.param))
+    check_cache(strategy, args.cache)  # before loading the model: a refused mode fails at once
     choice = draw_example(args.task, args.example, args.split, args.data_dir) if args.task else None
     if choice is None and args.prompt is None:
         raise UsageError("decode: give a PROMPT or --task NAME (e.g. --task arith --example 0)")
@@ -87,7 +91,7 @@ def run(args) -> int:
     else:
         ids = tok.encode(args.prompt, add_special_tokens=False) if args.raw else \
             render_prompt(tok, [{"role": "user", "content": args.prompt}])
-    res = generate(model, [ids], args.gen_length, strategy, args.budget, seed=args.seed)
+    res = generate(model, [ids], args.gen_length, strategy, args.budget, seed=args.seed, cache=args.cache)
     row = res.tokens[0, : int(res.lengths[0])].tolist()
     text = decode_response(tok, row)
     if args.quiet:
@@ -96,8 +100,9 @@ def run(args) -> int:
     if choice is not None:
         print(f"prompt ({choice.label}):\n{choice.example.prompt}")
     print(f"strategy {strategy_line(strategy, preset)}  budget {args.budget}  NFE {int(res.nfe[0])}/{res.max_nfe}  "
-          f"{res.seconds:.2f}s")
-    for line in pass_summary([(rec.phase, rec.counts()) for rec in res.trace.records]):
+          f"{res.seconds:.2f}s" + (f"  cache {args.cache}" if args.cache != "none" else ""))
+    passes = [(rec.phase + (f", {rec.cache}" if rec.cache else ""), rec.counts()) for rec in res.trace.records]
+    for line in pass_summary(passes):
         print("  " + line)
     if res.draft_tokens is not None:
         draft = decode_response(tok, res.draft_tokens[0, : int(res.draft_lengths[0])].tolist())

@@ -1,6 +1,14 @@
 """GPU decoding benchmark: every strategy against the model's own cost and a reference LLaDA loop.
 
     PYTHONPATH=. python tests/benchmarks/gpu_decode.py --out decode.json [--cells 32:1/8:masked+edit:2] [--profile 25]
+    PYTHONPATH=. python tests/benchmarks/gpu_decode.py --shape 8b --gen-length 512 \
+        --cells 1:1/8:masked_blocks+threshold+edit_blocks:2:none+prefix+dual --out cache512.json   # KV caches
+    PYTHONPATH=. python tests/benchmarks/gpu_decode.py --smoke      # a tiny CPU run of every code path
+
+A cell's optional fifth field lists KV-cache modes (``none+prefix+dual``, see ``core.decode``): each
+strategy runs once per mode, and every row reports ``speed_vs_reference``, the uncached LLaDA
+reference loop's time over its own at the same budget (the same NFE for fixed-schedule strategies).
+Cached modes need blocks for ``dual`` (``masked_blocks``, ``threshold``, ``edit_blocks``: blocks of 32).
 
 Builds a ~1B-parameter LLaDA-architecture model in bf16 with random weights (plus a next-token head
 for the edit strategy), and for batch sizes 1 and 32, generation length 512, prompt 128, budgets
@@ -34,7 +42,33 @@ STRATEGIES = {
     "conv": {},
     "threshold": {"block_length": 32, "threshold": 0.9},
     "edit": {},
+    "edit_blocks": ("edit", {"block_length": 32}),
 }
+SHAPES = {  # --shape: (d_model, n_layers, n_heads, mlp) of published models
+    "1b": (2048, 14, 16, 5632),
+    "8b": (4096, 32, 32, 12288),  # LLaDA-8B
+}
+CACHE_MODES = ("none", "prefix", "dual")
+DEVICE = "cuda"  # "cpu" for --smoke
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+class _WallEvent:
+    """CPU stand-in for a CUDA timing event (the --smoke run): on a CPU the forward is synchronous."""
+
+    def record(self) -> None:
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: "_WallEvent") -> float:
+        return (end.t - self.t) * 1e3
+
+
+def timing_event():
+    return torch.cuda.Event(enable_timing=True) if DEVICE == "cuda" else _WallEvent()
 
 
 class TimedModel(nn.Module):
@@ -45,10 +79,10 @@ class TimedModel(nn.Module):
         super().__init__()
         self.model = model
         self.config = model.config
-        self.events: list[tuple[bool, torch.cuda.Event, torch.cuda.Event]] = []
+        self.events: list[tuple[bool, object, object]] = []
 
     def forward(self, *args, **kwargs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = timing_event(), timing_event()
         start.record()
         out = self.model(*args, **kwargs)
         end.record()
@@ -57,7 +91,7 @@ class TimedModel(nn.Module):
 
     def forward_ms(self) -> dict[bool, list[float]]:
         """{with next head: [ms of each call]}; clears the record."""
-        torch.cuda.synchronize()
+        sync()
         out: dict[bool, list[float]] = {False: [], True: []}
         for nxt, s, e in self.events:
             out[nxt].append(s.elapsed_time(e))
@@ -137,36 +171,39 @@ def check_kernel() -> float:
 
 def build_model(args) -> LLaDAModel:
     cfg = LLaDAConfig(vocab_size=126464, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-                      mlp_hidden_size=args.mlp, max_sequence_length=1024, rope_theta=500000.0,
-                      mask_token_id=126336, delete_token_id=126084, eos_token_id=126081, eot_token_id=126348,
-                      next_token_head=True)
+                      mlp_hidden_size=args.mlp, max_sequence_length=max(1024, args.prompt + args.gen_length),
+                      rope_theta=500000.0, mask_token_id=126336, delete_token_id=126084, eos_token_id=126081,
+                      eot_token_id=126348, next_token_head=True)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(args.device):
         model = LLaDAModel(cfg)
-    return model.to(torch.bfloat16).eval()
+    return model.to(torch.bfloat16 if args.device == "cuda" else torch.float32).eval()
 
 
-def prompts(B: int, P: int, seed: int) -> torch.Tensor:
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randint(0, 126000, (B, P), device="cuda", generator=g)
+def prompts(B: int, P: int, seed: int, device: str = "cuda") -> torch.Tensor:
+    g = torch.Generator(device=device).manual_seed(seed)
+    return torch.randint(0, 126000, (B, P), device=device, generator=g)
 
 
-def time_strategy(tm: TimedModel, name: str, spec, B: int, budget: str, args, seed: int) -> dict:
+def time_strategy(tm: TimedModel, name: str, spec, B: int, budget: str, args, seed: int, cache: str = "none") -> dict:
     strat_name, params = spec if isinstance(spec, tuple) else (name, spec)
     strategy = get_strategy(strat_name, **params)
-    x = prompts(B, args.prompt, seed)
+    x = prompts(B, args.prompt, seed, args.device)
     tm.forward_ms()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     res = generate(tm, (x, torch.ones_like(x)), args.gen_length, strategy, budget, seed=seed,
-                   record_trace=True)
-    torch.cuda.synchronize()
+                   record_trace=True, cache=cache)
+    sync()
     total = (time.perf_counter() - t0) * 1e3
     fwd = tm.forward_ms()
     passes = len(res.trace)
-    row = dict(strategy=name, batch=B, budget=budget, ms_total=total, ms_forward=sum(fwd[False] + fwd[True]),
-               passes=passes, nfe=float(res.nfe.float().mean()), ms_per_token=total / (B * args.gen_length),
-               ms_per_pass=total / passes, edit_passes=len(fwd[True]), tokens=res.tokens)
+    kinds = [r.cache for r in res.trace.records]
+    row = dict(strategy=name, cache=cache, batch=B, budget=budget, gen_length=args.gen_length, ms_total=total,
+               ms_forward=sum(fwd[False] + fwd[True]), passes=passes, nfe=float(res.nfe.float().mean()),
+               ms_per_token=total / (B * args.gen_length), ms_per_pass=total / passes, edit_passes=len(fwd[True]),
+               cached_passes=sum(k in ("prefix", "dual") for k in kinds), refresh_passes=kinds.count("refresh"),
+               tokens=res.tokens)
     row["overhead"] = 1 - row["ms_forward"] / total
     if fwd[True]:
         row["fwd_ms_mask_pass"] = statistics.median(fwd[False])
@@ -174,16 +211,30 @@ def time_strategy(tm: TimedModel, name: str, spec, B: int, budget: str, args, se
     return row
 
 
-def parse_cells(spec: str) -> list[tuple[int, str, list[str], int]]:
-    """'32:1/8:all:2,32:1/1:masked+edit:1' -> [(batch, budget, strategies, timed repeats)]."""
+def parse_cells(spec: str) -> list[tuple[int, str, list[str], int, list[str]]]:
+    """'32:1/8:all:2,1:1/8:masked_blocks+edit_blocks:1:none+dual' -> [(batch, budget, strategies, timed
+    repeats, cache modes)]; the modes default to none. A (strategy, mode) pair the strategy refuses stops here."""
     cells = []
     for cell in spec.split(","):
-        B, budget, names, repeats = cell.split(":")
+        fields = cell.split(":")
+        if len(fields) not in (4, 5):
+            raise SystemExit(f"--cells {cell!r}: expected batch:budget:strategies:repeats[:cache modes]")
+        B, budget, names, repeats = fields[:4]
         names = list(STRATEGIES) if names == "all" else names.split("+")
         unknown = [n for n in names if n not in STRATEGIES]
         if unknown:
             raise SystemExit(f"--cells: unknown strategies {unknown}; known: {list(STRATEGIES)}")
-        cells.append((int(B), budget, names, int(repeats)))
+        modes = fields[4].split("+") if len(fields) == 5 else ["none"]
+        bad = [m for m in modes if m not in CACHE_MODES]
+        if bad:
+            raise SystemExit(f"--cells {cell!r}: unknown cache modes {bad}; known: {list(CACHE_MODES)}")
+        for name in names:
+            strat_name, params = STRATEGIES[name] if isinstance(STRATEGIES[name], tuple) else (name, STRATEGIES[name])
+            for m in modes:
+                reason = get_strategy(strat_name, **params).refuse_cache(m)
+                if reason:
+                    raise SystemExit(f"--cells {cell!r}: {name} cannot decode with cache={m!r}: {reason}")
+        cells.append((int(B), budget, names, int(repeats), modes))
     return cells
 
 
@@ -196,8 +247,10 @@ def profile_pass(tm: TimedModel, args, B: int = 32, budget: str = "1/8", name: s
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.profile), flush=True)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                    help="a published shape (8b = LLaDA-8B); overrides --d-model/--n-layers/--n-heads/--mlp")
     ap.add_argument("--d-model", type=int, default=2048)
     ap.add_argument("--n-layers", type=int, default=14)
     ap.add_argument("--n-heads", type=int, default=16)
@@ -205,12 +258,75 @@ def main() -> None:
     ap.add_argument("--gen-length", type=int, default=512)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--cells", default="1:1/8:all:2,32:1/8:all:2,1:1/1:all:1,32:1/1:masked:1",
-                    help="batch:budget:strategies(+-joined or all):timed repeats, comma-separated; a warm-up run "
-                         "precedes the first run of each (strategy, batch)")
+                    help="batch:budget:strategies(+-joined or all):timed repeats[:cache modes, +-joined], "
+                         "comma-separated; a warm-up run precedes the first run of each (strategy, batch, mode)")
     ap.add_argument("--profile", type=int, default=0, help="print the top-N kernels of one masked B=32 1/8 run")
     ap.add_argument("--launch", default=None, help="JSON launch settings of the fused kernel (kernel_tune.py)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a tiny fp32 CPU model, L=32, prompt 8, budget 1/4, the cached strategies under every mode: "
+                         "checks the code paths, times nothing worth reporting")
     ap.add_argument("--out", default="decode.json")
     args = ap.parse_args()
+    args.device = "cpu" if args.smoke else "cuda"
+    if args.smoke:
+        args.d_model, args.n_layers, args.n_heads, args.mlp, args.gen_length, args.prompt = 32, 2, 4, 64, 32, 8
+        args.cells = "2:1/4:masked+masked_blocks+edit:1:none+prefix,1:1/4:masked_blocks+threshold+edit_blocks:1:none+dual"
+    elif args.shape:
+        args.d_model, args.n_layers, args.n_heads, args.mlp = SHAPES[args.shape]
+    global DEVICE
+    DEVICE = args.device
+    return args
+
+
+def reference_row(model, B: int, budget: str, repeats: int, args, warm: set, device: str):
+    """Time the uncached LLaDA reference loop -> (row, tokens of the seed-101 run)."""
+    steps = math.ceil(eval(budget) * args.gen_length)
+    first = 0 if ("llada_reference", B) in warm else 1  # run 0 is a warm-up on a new batch size
+    warm.add(("llada_reference", B))
+    ref_ms, ref_tokens = [], None
+    for r in range(1 - first, repeats + 1):
+        x = prompts(B, args.prompt, 100 + r, args.device)
+        sync()
+        t0 = time.perf_counter()
+        out = llada_reference(model, x, steps, args.gen_length, 126336, [126336, 126084])
+        sync()
+        if r:
+            ref_ms.append((time.perf_counter() - t0) * 1e3)
+        if r == 1:
+            ref_tokens = out
+    ref = dict(strategy="llada_reference", cache="none", batch=B, budget=budget, gen_length=args.gen_length,
+               ms_total=statistics.median(ref_ms), nfe=steps, ms_per_token=statistics.median(ref_ms) / (B * args.gen_length),
+               ms_per_pass=statistics.median(ref_ms) / steps, device=device)
+    return ref, ref_tokens
+
+
+def strategy_row(tm, name: str, cache: str, B: int, budget: str, repeats: int, args, warm: set, rows: list,
+                 ref: dict, ref_tokens) -> dict:
+    """Time one strategy under one cache mode (median of the timed repeats) and compare it to the reference."""
+    first = 0 if (name, B, cache) in warm else 1
+    warm.add((name, B, cache))
+    runs = [time_strategy(tm, name, STRATEGIES[name], B, budget, args, 100 + r, cache)
+            for r in range(1 - first, repeats + 1)][first:]
+    best = sorted(runs, key=lambda d: d["ms_total"])[len(runs) // 2]
+    row = {k: v for k, v in best.items() if k != "tokens"}
+    row["device"] = ref["device"]
+    row["speed_vs_reference"] = ref["ms_total"] / row["ms_total"]  # same budget; fixed plans: same NFE
+    if name == "edit" and row["edit_passes"] and cache == "none":
+        mask = next((r for r in rows if r["strategy"] == "masked" and r["batch"] == B and r["cache"] == "none"), None)
+        if mask is not None:  # wall time of an edit pass, taking mask passes at masked's cost
+            e = row["edit_passes"]
+            edit_ms = (row["ms_total"] - (row["passes"] - e) * mask["ms_per_pass"]) / e
+            row["edit_pass_over_mask_pass"] = edit_ms / mask["ms_per_pass"]
+            row["edit_forward_over_mask_forward"] = row["fwd_ms_edit_pass"] / row["fwd_ms_mask_pass"]
+    if name == "masked":
+        same = runs[0]["tokens"] == ref_tokens  # runs[0] used seed 101, like ref_tokens
+        row["identical_to_reference"] = bool(same.all())  # expected True without a cache only
+        row["tokens_equal_share"] = float(same.float().mean())
+    return row
+
+
+def main() -> None:
+    args = parse_args()
     if args.launch:
         from strategies import kernels
 
@@ -219,64 +335,36 @@ def main() -> None:
     cells = parse_cells(args.cells)
     model = build_model(args)
     n_params = sum(p.numel() for p in model.parameters())
-    device = torch.cuda.get_device_name()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (smoke)"
     print(f"{device}  params {n_params / 1e9:.2f}B (incl. next-token head)", flush=True)
-    print(f"fused argmax/probability kernel: relative error {check_kernel():.2e} vs float64", flush=True)
+    if args.device == "cuda":
+        print(f"fused argmax/probability kernel: relative error {check_kernel():.2e} vs float64", flush=True)
     tm = TimedModel(model)
     rows, warm = [], set()
-    for B, budget, names, repeats in cells:
-        steps = math.ceil(eval(budget) * args.gen_length)
-        first = 0 if ("llada_reference", B) in warm else 1  # run 0 is a warm-up on a new batch size
-        warm.add(("llada_reference", B))
-        ref_ms, ref_tokens = [], None
-        for r in range(1 - first, repeats + 1):
-            x = prompts(B, args.prompt, 100 + r)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = llada_reference(model, x, steps, args.gen_length, 126336, [126336, 126084])
-            torch.cuda.synchronize()
-            if r:
-                ref_ms.append((time.perf_counter() - t0) * 1e3)
-            if r == 1:
-                ref_tokens = out
-        ref = dict(strategy="llada_reference", batch=B, budget=budget, ms_total=statistics.median(ref_ms),
-                   nfe=steps, ms_per_token=statistics.median(ref_ms) / (B * args.gen_length),
-                   ms_per_pass=statistics.median(ref_ms) / steps, device=device)
+    for B, budget, names, repeats, modes in cells:
+        ref, ref_tokens = reference_row(model, B, budget, repeats, args, warm, device)
         rows.append(ref)
         print(json.dumps(ref), flush=True)
         for name in names:
-            first = 0 if (name, B) in warm else 1
-            warm.add((name, B))
-            runs = [time_strategy(tm, name, STRATEGIES[name], B, budget, args, 100 + r)
-                    for r in range(1 - first, repeats + 1)][first:]
-            best = sorted(runs, key=lambda d: d["ms_total"])[len(runs) // 2]
-            row = {k: v for k, v in best.items() if k != "tokens"}
-            row["device"] = device
-            if name == "edit" and row["edit_passes"]:
-                mask = next((r for r in rows if r["strategy"] == "masked" and r["batch"] == B), None)
-                if mask is not None:  # wall time of an edit pass, taking mask passes at masked's cost
-                    e = row["edit_passes"]
-                    edit_ms = (row["ms_total"] - (row["passes"] - e) * mask["ms_per_pass"]) / e
-                    row["edit_pass_over_mask_pass"] = edit_ms / mask["ms_per_pass"]
-                    row["edit_forward_over_mask_forward"] = row["fwd_ms_edit_pass"] / row["fwd_ms_mask_pass"]
-            if name == "masked":
-                same = runs[0]["tokens"] == ref_tokens  # runs[0] used seed 101, like ref_tokens
-                row["identical_to_reference"] = bool(same.all())
-                row["tokens_equal_share"] = float(same.float().mean())
-                row["speed_vs_reference"] = ref["ms_total"] / row["ms_total"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for cache in modes:
+                rows.append(strategy_row(tm, name, cache, B, budget, repeats, args, warm, rows, ref, ref_tokens))
+                print(json.dumps(rows[-1]), flush=True)
     if args.profile:
         profile_pass(tm, args)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
-    print(f"\n{'strategy':<16}{'B':>4}{'budget':>7}{'ms/tok':>9}{'ms/pass':>9}{'NFE':>7}{'overhead':>10}{'ratio':>8}")
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'strategy':<16}{'cache':>7}{'B':>4}{'L':>5}{'budget':>7}{'ms/tok':>9}{'ms/pass':>9}{'NFE':>7}"
+          f"{'overhead':>10}{'vs ref':>8}{'edit/mask':>10}")
     for r in rows:
         ov = f"{100 * r['overhead']:.1f}%" if "overhead" in r else "-"
-        vs = (f"{r['speed_vs_reference']:.2f}x" if "speed_vs_reference" in r
-              else f"{r['edit_pass_over_mask_pass']:.2f}x" if "edit_pass_over_mask_pass" in r else "")
-        print(f"{r['strategy']:<16}{r['batch']:>4}{r['budget']:>7}{r['ms_per_token']:>9.3f}{r['ms_per_pass']:>9.2f}"
-              f"{r['nfe']:>7.1f}{ov:>10}{vs:>8}")
+        vs = f"{r['speed_vs_reference']:.2f}x" if "speed_vs_reference" in r else ""
+        em = f"{r['edit_pass_over_mask_pass']:.2f}x" if "edit_pass_over_mask_pass" in r else ""
+        print(f"{r['strategy']:<16}{r['cache']:>7}{r['batch']:>4}{r['gen_length']:>5}{r['budget']:>7}"
+              f"{r['ms_per_token']:>9.3f}{r['ms_per_pass']:>9.2f}{r['nfe']:>7.1f}{ov:>10}{vs:>8}{em:>10}")
 
 
 if __name__ == "__main__":

@@ -139,3 +139,17 @@ def test_llada_8b_shape_expressible():
     n = sum(p.numel() for p in m.parameters())
     assert c.n_layers == 32 and c.d_model == 4096 and c.vocab_size == 126464 and c.max_sequence_length == 4096
     assert 7.5e9 < n < 8.5e9
+
+
+@torch.no_grad()
+def test_filling_a_kv_cache_leaves_the_forward_unchanged():
+    torch.manual_seed(0)
+    model = LLaDAModel(tiny(n_kv_heads=2)).eval()
+    ids = torch.randint(2, 90, (2, 11))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    plain = model(ids, attention_mask=mask)
+    cached = model(ids, attention_mask=mask, use_cache=True)
+    assert plain.kv_cache is None
+    torch.testing.assert_close(cached.logits, plain.logits, rtol=0, atol=0)
+    assert [tuple(k.shape) for k in cached.kv_cache.keys] == [(2, 2, 11, 8)] * 2  # (B, n_kv_heads, T, head_dim)

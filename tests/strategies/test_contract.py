@@ -12,7 +12,7 @@ import torch
 
 from core.decode import generate
 from strategies import available_strategies, get_strategy
-from strategies.base import Strategy, commit
+from strategies.base import CACHE_MODES, Strategy, commit
 
 L = 16
 BUDGETS = ("1/1", "1/2", "1/4", "1/8")
@@ -112,6 +112,42 @@ def test_contract_of_every_named_preset(tiny_model, name, preset, budget):
                        record_trace=False)
         n = int(res.lengths[b])
         assert torch.equal(one.tokens[0, :n], res.tokens[b, :n]) and int(one.nfe[0]) == int(res.nfe[b])
+
+
+CACHE_CASES = [(name, params, mode) for name in VARIANTS for params in VARIANTS[name] for mode in CACHE_MODES[1:]]
+
+
+@pytest.mark.parametrize("name,params,mode", CACHE_CASES, ids=lambda v: str(v))
+def test_cache_mode_supported_or_refused(tiny_model, name, params, mode):
+    """Every strategy either decodes on each cache mode within the contract, or refuses it before any pass
+    with a ValueError naming the strategy and the mode (never a silent fallback to no cache)."""
+    if not runnable(name, params, "1/2"):
+        pytest.skip("strategy not registered or budget below its minimum")
+    strategy = get_strategy(name, **params)
+    assert "none" in strategy.cache_modes and strategy.refuse_cache("none") is None
+    reason = strategy.refuse_cache(mode)
+    if reason is not None:
+        calls = []
+        hook = tiny_model.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            with pytest.raises(ValueError, match=f"strategy '{name}' cannot decode with cache='{mode}': .+"):
+                generate(tiny_model, PROMPTS, L, strategy, "1/2", cache=mode)
+        finally:
+            hook.remove()
+        assert not calls
+        return
+    res = generate(tiny_model, PROMPTS, L, strategy, "1/2", seed=7, cache=mode)
+    cap = math.ceil(L / 2)
+    assert (res.nfe <= cap).all() and (res.nfe >= 1).all(), res.nfe
+    mask = tiny_model.config.mask_token_id
+    for b in range(len(PROMPTS)):
+        assert (res.tokens[b, : res.lengths[b]] != mask).all()
+    compact = res.trace.compact()
+    assert (compact.replay() == res.tokens.numpy()).all()
+    assert (compact.active.sum(0) * (2 if params.get("cfg_scale") else 1) == res.nfe.numpy()).all()
+    assert compact.cache[0] == "refresh" and set(compact.cache) <= {"refresh", mode}
+    again = generate(tiny_model, PROMPTS, L, get_strategy(name, **params), "1/2", seed=7, cache=mode)
+    assert torch.equal(again.tokens, res.tokens) and torch.equal(again.nfe, res.nfe)
 
 
 def test_right_padded_tensor_prompts_equal_ragged_lists(tiny_model):
