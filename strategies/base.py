@@ -172,6 +172,8 @@ class Strategy(ABC):
     # KV-cache modes the strategy's step can run on (it reads ForwardOutput.offset); refuse_cache may narrow
     # them for a configuration. A new strategy supports none until it says otherwise.
     cache_modes: ClassVar[tuple[str, ...]] = ("none",)
+    no_cache_reason: ClassVar[str] = ""  # why a mode outside cache_modes cannot work (said when it is asked for)
+    dual_needs_blocks: ClassVar[bool] = False  # a pass writes only inside its block: dual needs block_length
 
     def __init__(self, config: Optional[StrategyConfig] = None):
         self.config = config if config is not None else self.config_class()
@@ -198,7 +200,11 @@ class Strategy(ABC):
         if mode not in CACHE_MODES:
             return f"unknown cache mode {mode!r}; choose one of {list(CACHE_MODES)}"
         if mode not in self.cache_modes:
-            return f"{self.name or type(self).__name__} supports cache modes {list(self.cache_modes)} only"
+            return self.no_cache_reason or \
+                f"{self.name or type(self).__name__} supports cache modes {list(self.cache_modes)} only"
+        if mode == "dual" and self.dual_needs_blocks and getattr(self.config, "block_length", None) is None:
+            return ("without block_length every pass may write anywhere in the region, so a dual cache would keep "
+                    "nothing a prefix cache does not; set block_length or use cache='prefix'")
         return None
 
     def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:

@@ -83,12 +83,8 @@ class ConvStrategy(Strategy):
     }
     # The soft window may unmask any region column: only the prompt's keys and values can be kept.
     cache_modes = ("none", "prefix")
-
-    def refuse_cache(self, mode: str) -> Optional[str]:
-        if mode == "dual":
-            return ("the soft window may unmask any region column, so no column beyond the prompt stays fixed "
-                    "for a dual cache; use cache='prefix'")
-        return super().refuse_cache(mode)
+    no_cache_reason = ("the soft window may unmask any region column, so no column beyond the prompt stays fixed "
+                       "for a dual cache; use cache='prefix'")
 
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
         masks = (state.x[:, ctx.prompt_width:] == ctx.mask_id).sum(1)

@@ -74,13 +74,8 @@ class MaskedStrategy(Strategy):
                         "step = 2 forwards), steps not dividing over blocks refused"),
         "project": Preset({}, "the defaults: mask and delete ids never predicted, uneven step splits allowed"),
     }
-    cache_modes = ("none", "prefix", "dual")  # a pass writes only inside its block
-
-    def refuse_cache(self, mode: str) -> Optional[str]:
-        if mode == "dual" and self.config.block_length is None:
-            return ("without block_length every pass may write anywhere in the region, so a dual cache would keep "
-                    "nothing a prefix cache does not; set block_length or use cache='prefix'")
-        return super().refuse_cache(mode)
+    cache_modes = ("none", "prefix", "dual")
+    dual_needs_blocks = True  # a pass writes only inside its block
 
     def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
         block_of_pass, _, bounds = state.extra["plan"]

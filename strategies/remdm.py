@@ -90,12 +90,8 @@ class RemdmStrategy(Strategy):
     # Re-masking may hit any region column, so only the prompt's keys and values can be kept (a dual cache has
     # no fixed columns beyond them): every pass recomputes the whole region.
     cache_modes = ("none", "prefix")
-
-    def refuse_cache(self, mode: str) -> Optional[str]:
-        if mode == "dual":
-            return ("re-masking may hit any region column, so no column beyond the prompt stays fixed for a "
-                    "dual cache; use cache='prefix'")
-        return super().refuse_cache(mode)
+    no_cache_reason = ("re-masking may hit any region column, so no column beyond the prompt stays fixed for a "
+                       "dual cache; use cache='prefix'")
 
     def min_passes(self, gen_length: int) -> int:
         return 2

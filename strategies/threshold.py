@@ -59,13 +59,8 @@ class ThresholdStrategy(Strategy):
         "project": Preset({}, "the defaults: > threshold, one block, per-block allotment of the budget, mask and "
                               "delete ids never predicted"),
     }
-    cache_modes = ("none", "prefix", "dual")  # a pass writes only inside each row's current block
-
-    def refuse_cache(self, mode: str) -> Optional[str]:
-        if mode == "dual" and self.config.block_length is None:
-            return ("without block_length every pass may write anywhere in the region, so a dual cache would keep "
-                    "nothing a prefix cache does not; set block_length or use cache='prefix'")
-        return super().refuse_cache(mode)
+    cache_modes = ("none", "prefix", "dual")
+    dual_needs_blocks = True  # a pass writes only inside each row's current block
 
     def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
         """The span of the active rows' current blocks (rows advance at their own pace; one host sync)."""

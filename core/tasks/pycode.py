@@ -277,36 +277,32 @@ def predicates_v2(k: int) -> list[Pred]:
     return predicates(k) + [Pred("div", f"divisible by {k}", f"{{x}} % {k} == 0", lambda v: v % k == 0)]
 
 
-def fam_any(rng, k, pools=None):
+def _quantifier(rng, k, pools, every: bool):
+    """any_* (some number passes the predicate) or all_* (every number does), as a loop or a builtin."""
     pools = pools or V2
     p = rng.choice(pools.preds(k))
+    word = "all" if every else "any"
 
     def write(r, fname, arg):
         x = r.choice(pools.vars)
         cond = p.expr.format(x=x)
         if r.random() < 0.5:
-            return _loop(fname, arg, "", [f"for {x} in {arg}:", f"{IND}if {cond}:", f"{IND * 2}return True"],
-                         "return False")
-        return f"def {fname}({arg}):\n{IND}return any({cond} for {x} in {arg})"
+            test, hit = (f"not ({cond})", "False") if every else (cond, "True")
+            return _loop(fname, arg, "", [f"for {x} in {arg}:", f"{IND}if {test}:", f"{IND * 2}return {hit}"],
+                         f"return {every}")
+        return f"def {fname}({arg}):\n{IND}return {word}({cond} for {x} in {arg})"
 
-    return (f"any_{p.short}", f"returns True if some number in {{arg}} is {p.text}, else False",
-            lambda xs: any(p.test(v) for v in xs), write, "ints")
+    spec = f"returns True if {'every' if every else 'some'} number in {{arg}} is {p.text}, else False"
+    test = all if every else any
+    return (f"{word}_{p.short}", spec, lambda xs: test(p.test(v) for v in xs), write, "ints")
+
+
+def fam_any(rng, k, pools=None):
+    return _quantifier(rng, k, pools, every=False)
 
 
 def fam_all(rng, k, pools=None):
-    pools = pools or V2
-    p = rng.choice(pools.preds(k))
-
-    def write(r, fname, arg):
-        x = r.choice(pools.vars)
-        cond = p.expr.format(x=x)
-        if r.random() < 0.5:
-            return _loop(fname, arg, "", [f"for {x} in {arg}:", f"{IND}if not ({cond}):", f"{IND * 2}return False"],
-                         "return True")
-        return f"def {fname}({arg}):\n{IND}return all({cond} for {x} in {arg})"
-
-    return (f"all_{p.short}", f"returns True if every number in {{arg}} is {p.text}, else False",
-            lambda xs: all(p.test(v) for v in xs), write, "ints")
+    return _quantifier(rng, k, pools, every=True)
 
 
 def fam_last_index(rng, k, pools=None):
