@@ -16,7 +16,7 @@ and a later resume see all entries; :func:`merge_configs` builds it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from experiments.config import ExperimentConfig, StrategySpec, TaskSpec
 
@@ -49,35 +49,34 @@ def _fixed_key_changes(stored: ExperimentConfig, new: ExperimentConfig) -> list[
 
 
 def _merge_tasks(stored: tuple[TaskSpec, ...], new: tuple[TaskSpec, ...]) -> tuple[tuple[TaskSpec, ...], list[str]]:
-    by_name = {t.name: t for t in stored}
-    merged, problems = dict(by_name), []
-    for t in new:
-        old = by_name.get(t.name)
-        if old is None:
-            merged[t.name] = t
-            continue
-        for field in ("split", "seed", "kwargs"):
-            if _plain(getattr(old, field)) != _plain(getattr(t, field)):
-                problems.append(f"tasks: {t.name}.{field}: {_plain(getattr(old, field))!r} -> "
-                                f"{_plain(getattr(t, field))!r}")
-        n = None if old.n is None or t.n is None else max(old.n, t.n)
-        merged[t.name] = dataclasses.replace(old, n=n)
-    return tuple(merged.values()), problems
+    def grow(old: TaskSpec, t: TaskSpec) -> TaskSpec:  # a larger n (--limit) only adds examples
+        return dataclasses.replace(old, n=None if old.n is None or t.n is None else max(old.n, t.n))
+
+    return _merge("tasks", stored, new, "name", ("split", "seed", "kwargs"), grow)
 
 
 def _merge_strategies(stored: tuple[StrategySpec, ...],
                       new: tuple[StrategySpec, ...]) -> tuple[tuple[StrategySpec, ...], list[str]]:
-    by_label = {s.label: s for s in stored}
-    merged, problems = dict(by_label), []
-    for s in new:
-        old = by_label.get(s.label)
+    return _merge("strategies", stored, new, "label", ("name", "params", "budgets"), lambda old, s: old)
+
+
+def _merge(section: str, stored: tuple, new: tuple, key: str, fixed: tuple[str, ...],
+           grow: Callable[[Any, Any], Any]) -> tuple[tuple, list[str]]:
+    """The union of two spec lists matched by ``key``: new specs are added, a matched spec keeps its
+    ``fixed`` fields (each change is a problem, named) and is ``grow``n by the new one."""
+    merged = {getattr(x, key): x for x in stored}
+    problems = []
+    for x in new:
+        name = getattr(x, key)
+        old = merged.get(name)
         if old is None:
-            merged[s.label] = s
+            merged[name] = x
             continue
-        for field in ("name", "params", "budgets"):
-            if _plain(getattr(old, field)) != _plain(getattr(s, field)):
-                problems.append(f"strategies: {s.label}.{field}: {_plain(getattr(old, field))!r} -> "
-                                f"{_plain(getattr(s, field))!r}")
+        for field in fixed:
+            if _plain(getattr(old, field)) != _plain(getattr(x, field)):
+                problems.append(f"{section}: {name}.{field}: {_plain(getattr(old, field))!r} -> "
+                                f"{_plain(getattr(x, field))!r}")
+        merged[name] = grow(merged[name], x)
     return tuple(merged.values()), problems
 
 
