@@ -24,6 +24,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Sequence, TypeVar
 
+from core.torchrun import torchrun_env
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -57,22 +59,9 @@ class ShardInfo:
         return f"cuda:{self.local_rank}" if self.sharded and device == "cuda" else device
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from None
-
-
 def current() -> ShardInfo:
     """The shard of this process from torchrun's environment (rank 0 of 1 outside torchrun)."""
-    info = ShardInfo(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
-    if not 0 <= info.rank < info.world:
-        raise ValueError(f"environment: RANK={info.rank} is not in [0, WORLD_SIZE={info.world})")
-    return info
+    return ShardInfo(*torchrun_env())
 
 
 def cell_cost(cell, gen_length: int) -> float:

@@ -23,7 +23,7 @@ the dataclass default (the repo's ``generate_llada_convolution`` confidence vari
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

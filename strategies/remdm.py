@@ -28,7 +28,7 @@ Applied to a prompted model, the prompt is never re-masked (ReMDM's scripts gene
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 

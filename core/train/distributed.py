@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from core.torchrun import torchrun_env
 from core.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ class DistInfo:
 
 
 def dist_info() -> DistInfo:
-    env = os.environ
-    return DistInfo(int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)))
+    rank, world, local = torchrun_env()
+    return DistInfo(world, rank, local)
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
