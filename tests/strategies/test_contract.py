@@ -40,7 +40,7 @@ def runnable(name, params, budget) -> bool:
     if name not in available_strategies():
         return False
     s = get_strategy(name, **params)
-    return s.min_passes(L) <= math.ceil(eval(budget) * L)  # budget strings are plain fractions here
+    return s.min_passes(L) <= math.ceil(Fraction(budget) * L)
 
 
 def test_every_registered_strategy_is_covered_and_has_its_own_test_file():
@@ -57,19 +57,9 @@ def test_contract(tiny_model, name, params, budget):
         pytest.skip("strategy not registered or budget below its minimum")
     strategy = get_strategy(name, **params)
     res = generate(tiny_model, PROMPTS, L, strategy, budget, seed=7)
-    cap = math.ceil(eval(budget) * L)
-    # budget: never above ceil(b * L) passes, at least one
-    assert (res.nfe <= cap).all() and (res.nfe >= 1).all(), res.nfe
+    cap = math.ceil(Fraction(budget) * L)
+    compact = check_decoded(tiny_model, res, cap, params)
     assert len(res.trace) <= cap
-    # no mask left
-    mask = tiny_model.config.mask_token_id
-    for b in range(len(PROMPTS)):
-        assert (res.tokens[b, : res.lengths[b]] != mask).all()
-    # the trace replays to the final tokens
-    compact = res.trace.compact()
-    assert (compact.replay() == res.tokens.numpy()).all()
-    # NFE charged per row equals the passes in which the row was active
-    assert (compact.active.sum(0) * (2 if params.get("cfg_scale") else 1) == res.nfe.numpy()).all()
     # every recorded pass found work: sure_passes (which lets the loop skip its host check) never over-promises
     assert compact.active.any(1).all()
     # same seed, same output; also with the loop checking for finished rows before every pass
@@ -137,14 +127,7 @@ def test_cache_mode_supported_or_refused(tiny_model, name, params, mode):
         assert not calls
         return
     res = generate(tiny_model, PROMPTS, L, strategy, "1/2", seed=7, cache=mode)
-    cap = math.ceil(L / 2)
-    assert (res.nfe <= cap).all() and (res.nfe >= 1).all(), res.nfe
-    mask = tiny_model.config.mask_token_id
-    for b in range(len(PROMPTS)):
-        assert (res.tokens[b, : res.lengths[b]] != mask).all()
-    compact = res.trace.compact()
-    assert (compact.replay() == res.tokens.numpy()).all()
-    assert (compact.active.sum(0) * (2 if params.get("cfg_scale") else 1) == res.nfe.numpy()).all()
+    compact = check_decoded(tiny_model, res, math.ceil(L / 2), params)
     assert compact.cache[0] == "refresh" and set(compact.cache) <= {"refresh", mode}
     again = generate(tiny_model, PROMPTS, L, get_strategy(name, **params), "1/2", seed=7, cache=mode)
     assert torch.equal(again.tokens, res.tokens) and torch.equal(again.nfe, res.nfe)
@@ -200,3 +183,17 @@ def test_unknown_strategy_suggests_close_names():
         get_strategy("masked", blocklength=4)
     with pytest.raises(ValueError, match="temperature: expected a number"):
         get_strategy("masked", temperature="hot")
+
+
+def check_decoded(model, res, cap: int, params: dict):
+    """What every decode must satisfy -> its compact trace: at least one and at most ``cap`` passes per row,
+    no mask left, a trace that replays to the final tokens, and NFE per row = the passes it was active in
+    (2 per pass under classifier-free guidance)."""
+    assert (res.nfe <= cap).all() and (res.nfe >= 1).all(), res.nfe
+    mask = model.config.mask_token_id
+    for b in range(len(PROMPTS)):
+        assert (res.tokens[b, : res.lengths[b]] != mask).all()
+    compact = res.trace.compact()
+    assert (compact.replay() == res.tokens.numpy()).all()
+    assert (compact.active.sum(0) * (2 if params.get("cfg_scale") else 1) == res.nfe.numpy()).all()
+    return compact
