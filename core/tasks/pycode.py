@@ -142,17 +142,22 @@ def fam_filter(rng, k, pools=None):
             lambda xs: [v for v in xs if p.test(v)], write, "ints")
 
 
+def _elementwise(r: random.Random, fname: str, arg: str, pools, term) -> str:
+    """A new list holding ``term(x)`` for every x of ``arg``: an appending loop or a comprehension."""
+    acc, x = r.choice(("out", "result", "res")), r.choice(pools.vars)
+    if r.random() < 0.5:
+        return _loop(fname, arg, f"{acc} = []", [f"for {x} in {arg}:", f"{IND}{acc}.append({term(x)})"],
+                     f"return {acc}")
+    return f"def {fname}({arg}):\n{IND}return [{term(x)} for {x} in {arg}]"
+
+
 def fam_map(rng, k, pools=None):
     pools = pools or V1
     op, word, apply = rng.choice((("*", "multiplied by", operator.mul), ("+", "increased by", operator.add),
                                   ("-", "decreased by", operator.sub)))
 
     def write(r, fname, arg):
-        acc, x = r.choice(("out", "result", "res")), r.choice(pools.vars)
-        if r.random() < 0.5:
-            return _loop(fname, arg, f"{acc} = []", [f"for {x} in {arg}:", f"{IND}{acc}.append({x} {op} {k})"],
-                         f"return {acc}")
-        return f"def {fname}({arg}):\n{IND}return [{x} {op} {k} for {x} in {arg}]"
+        return _elementwise(r, fname, arg, pools, lambda x: f"{x} {op} {k}")
 
     stem = {"*": "scale", "+": "add", "-": "sub"}[op]
     return (f"{stem}_{k}", f"returns a new list with every number in {{arg}} {word} {k}",
@@ -362,11 +367,7 @@ def fam_cap(rng, k, pools=None):
     pools = pools or V2
 
     def write(r, fname, arg):
-        acc, x = r.choice(("out", "result", "res")), r.choice(pools.vars)
-        if r.random() < 0.5:
-            return _loop(fname, arg, f"{acc} = []", [f"for {x} in {arg}:", f"{IND}{acc}.append(min({x}, {k}))"],
-                         f"return {acc}")
-        return f"def {fname}({arg}):\n{IND}return [min({x}, {k}) for {x} in {arg}]"
+        return _elementwise(r, fname, arg, pools, lambda x: f"min({x}, {k})")
 
     return (f"cap_{k}", f"returns a new list with every number in {{arg}} greater than {k} replaced by {k}",
             lambda xs: [min(v, k) for v in xs], write, "ints")
