@@ -124,6 +124,8 @@ class EngineSection:
     log_every: int = 1  # steps between TensorBoard writes (metrics.jsonl gets every step)
     tensorboard: bool = True
     progress: bool = True  # tqdm bar
+    max_seconds: Optional[float] = None  # stop (and save the final model) after this much training time; the
+    # lr schedule is still sized by optim.max_steps, so a run cut short ends above its final lr
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,8 @@ class TrainConfig:
             (self.optim.micro_batch_size < 1, "optim.micro_batch_size", "must be >= 1"),
             (self.optim.grad_accum < 1, "optim.grad_accum", "must be >= 1"),
             (self.engine.save_every < 0, "engine.save_every", "must be >= 0"),
+            (self.engine.max_seconds is not None and self.engine.max_seconds <= 0, "engine.max_seconds",
+             "must be > 0 (or null: no time limit)"),
             (self.model.init_from is not None and bool(set(self.model.config) - {"kernels"}), "model.config",
              "give either model.init_from or a model shape in model.config, not both (model.config.kernels "
              "alone may go with init_from)"),

@@ -162,8 +162,9 @@ class Trainer:
             self._restore(start)
         self._open_logs(truncate_after=self.step)
         bar = self._progress_bar()
+        deadline = None if self.cfg.engine.max_seconds is None else time.monotonic() + self.cfg.engine.max_seconds
         try:
-            while self.step < self.cfg.optim.max_steps:
+            while self.step < self.cfg.optim.max_steps and not self._past(deadline):
                 t0 = time.perf_counter()
                 metrics = self.train_step()
                 self.step += 1
@@ -180,6 +181,19 @@ class Trainer:
             self._close_logs()
         self.save_final()
         return self.out
+
+    def _past(self, deadline: float | None) -> bool:
+        """Whether engine.max_seconds is spent; once any rank is past it, every rank stops at the same step."""
+        if deadline is None:
+            return False
+        late = {"late": float(time.monotonic() >= deadline)}
+        if self.info.world_size > 1:
+            late = all_reduce_mean(late, self.info, self.device)  # any rank late -> mean > 0 -> all stop
+        if late["late"] > 0:
+            log.warning("%s: engine.max_seconds (%s s) reached after %d of %d steps; saving the final model",
+                        self.where, self.cfg.engine.max_seconds, self.step, self.cfg.optim.max_steps)
+            return True
+        return False
 
     def _progress_bar(self):
         if not (self.cfg.engine.progress and self.info.is_main):

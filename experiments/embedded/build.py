@@ -11,6 +11,17 @@ measured seconds per step size Stages 2 and 3 to fit the rest of the time (Stage
 ``ROOT/stage2`` and the Stage-3 model into ``core/assets/embedded/`` in bf16 to ship them.
 ``--stages 1,2`` stops after Stage 2 (to continue Stage 3 in a later command, within a 10-minute
 device limit).
+
+``--finals NAME=CONFIG[:STEPS],...`` trains several final models from ``ROOT/stage2`` at the same time
+(one process each on the one GPU: at this size a step is mostly kernel launches, so they interleave),
+each into ``ROOT/NAME`` and capped at ``--final-seconds``; ``--references N`` also writes
+``ROOT/data_refs`` (valid alternative solutions, for ``nearest_reference``). The space-2 build of the
+shipped models (model cards) is
+
+    python -m experiments.embedded.build --root runs/embedded --space 2 --workers 14 --references 32 \
+        --steps 1:1200,2:2000 --stages 1,2 --final-seconds 300 --finals \
+        stage3=experiments/train/embedded_stage3_v2.yaml,stage3_medlm=experiments/train/embedded_stage3_medlm.yaml,\
+        r2ft_conv=experiments/train/embedded_r2ft_conv.yaml
 """
 
 from __future__ import annotations
@@ -45,6 +56,35 @@ def train(stage: int, root: Path, steps: int | None, extra: list[str]) -> float:
     return time.monotonic() - start
 
 
+def train_finals(root: Path, finals: str, seconds: float | None, extra: list[str]) -> dict:
+    """Train every ``NAME=CONFIG[:STEPS]`` of ``finals`` from ``root/stage2`` at once; returns their reports."""
+    procs, report = {}, {}
+    for item in finals.split(","):
+        name, _, spec = item.partition("=")
+        config, _, steps = spec.partition(":")
+        import yaml
+
+        data = Path(yaml.safe_load(Path(config).read_text())["data"]["train_files"][0])
+        data = root / data.parent.name / data.name  # runs/embedded/data_refs/sft.jsonl -> ROOT/data_refs/sft.jsonl
+        cmd = [sys.executable, "-m", "refinery", "train", config, "--out", str(root / name),
+               "--set", f"model.init_from={json.dumps(str(root / 'stage2'))}",
+               "--set", f"data.train_files=[{json.dumps(str(data))}]"]
+        cmd += ["--max-steps", steps] if steps else []
+        cmd += ["--max-seconds", str(seconds)] if seconds else []
+        log = open(root / f"{name}.log", "w")
+        procs[name] = (subprocess.Popen(cmd + extra, stdout=log, stderr=subprocess.STDOUT), time.monotonic(), log)
+    for name, (proc, start, log) in procs.items():
+        code = proc.wait()
+        log.close()
+        if code != 0:
+            raise SystemExit(f"final model {name!r} failed (exit {code}); see {root / (name + '.log')}")
+        out = root / name
+        n = sum(1 for _ in (out / "metrics.jsonl").open())
+        report[name] = {"steps": n, "seconds": round(time.monotonic() - start, 1), "step_seconds": round(step_seconds(out), 4)}
+        print(json.dumps({name: report[name]}), flush=True)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("runs/embedded"))
@@ -57,6 +97,12 @@ def main() -> None:
                     help="pycode: share of records whose argument is renamed to a name no evaluation problem uses")
     ap.add_argument("--device", default=None)
     ap.add_argument("--stages", default="1,2,3", help="which stages to run, e.g. 1,2")
+    ap.add_argument("--space", type=int, default=1, choices=(1, 2), help="the embedded tasks' problem space")
+    ap.add_argument("--references", type=int, default=0,
+                    help="also write ROOT/data_refs: 25,000 SFT records per task with this many drawn solutions each")
+    ap.add_argument("--finals", default=None, help="NAME=CONFIG[:STEPS],... trained at once from ROOT/stage2")
+    ap.add_argument("--final-seconds", type=float, default=None,
+                    help="time cap of each final model's training (with --minutes: at most what is left of it)")
     args, extra = ap.parse_known_args()
     if args.device:
         extra += ["--device", args.device]
@@ -65,8 +111,11 @@ def main() -> None:
     from experiments.embedded.prepare import prepare
 
     counts = prepare(args.root / "data", args.n_records, args.n_records, vocab_size=1024, seed=0, workers=args.workers,
-                     rename_prob=args.rename_prob)
-    report = {"data": counts, "prepare_seconds": round(time.monotonic() - t0, 1), "stages": {}}
+                     rename_prob=args.rename_prob, space=args.space)
+    if args.references:
+        counts["refs"] = prepare(args.root / "data_refs", 10, 25_000, vocab_size=1024, seed=0, workers=args.workers,
+                                 references=args.references, rename_prob=args.rename_prob, space=args.space)
+    report = {"data": counts, "space": args.space, "prepare_seconds": round(time.monotonic() - t0, 1), "stages": {}}
     budget_end = t0 + 60 * args.minutes if args.minutes else None
     stages = sorted({int(s) for s in args.stages.split(",")})
     if not set(stages) <= {1, 2, 3}:
@@ -82,6 +131,12 @@ def main() -> None:
         n = sum(1 for _ in (out / "metrics.jsonl").open())
         report["stages"][stage] = {"steps": n, "seconds": round(seconds, 1), "step_seconds": round(step_seconds(out), 4)}
         print(json.dumps({f"stage{stage}": report["stages"][stage]}), flush=True)
+    if args.finals:
+        cap = args.final_seconds
+        if budget_end is not None:  # the finals share what is left of --minutes (10 s kept for saving)
+            left = budget_end - time.monotonic() - 10
+            cap = left if cap is None else min(cap, left)
+        report["finals"] = train_finals(args.root, args.finals, cap, extra)
     (args.root / "build.json").write_text(json.dumps(report, indent=2))
 
 

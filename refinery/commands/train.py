@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="output directory (default: the config's engine.out_dir)")
     p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default: the config's optim.max_steps)")
     p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: the config's engine.device)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after this much training time and save the final model (default: run every step)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key (dotted; VALUE read as YAML), e.g. --set optim.lr=3e-4")
@@ -49,6 +51,8 @@ def run(args) -> int:
         overrides["optim.max_steps"] = args.max_steps
     if args.device is not None:
         overrides["engine.device"] = args.device
+    if args.max_seconds is not None:
+        overrides["engine.max_seconds"] = args.max_seconds
     if args.no_progress:
         overrides["engine.progress"] = False
     overrides.update(parse_sets(args.set))
@@ -57,7 +61,7 @@ def run(args) -> int:
     trainer = Trainer(cfg, where=args.config)
     out = trainer.train(resume=args.resume)
     if trainer.info.is_main:
-        print(f"trained {cfg.stage} for {cfg.optim.max_steps} steps -> {out}")
+        print(f"trained {cfg.stage} for {trainer.step} of {cfg.optim.max_steps} steps -> {out}")
     return 0
 
 

@@ -145,3 +145,28 @@ def test_checkpoint_dir_is_self_contained_and_pickle_free(stage3_cfg, tmp_path):
                                    "model.config": {}, "tokenizer": None})
     Trainer(nxt).train()
     assert (tmp_path / "next" / "config.json").is_file()
+
+
+def test_max_seconds_stops_early_and_still_saves_the_final_model(stage3_cfg, tmp_path, monkeypatch):
+    """engine.max_seconds cuts a run at a step boundary; the steps run are logged and the model is saved."""
+    from core.train import engine as engine_mod
+    from core.train.config import load_config
+    from core.train.engine import Trainer
+
+    clock = iter(range(10_000))  # a fake monotonic clock: one second per reading, so the cut is deterministic
+    monkeypatch.setattr(engine_mod.time, "monotonic", lambda: float(next(clock)))
+    out = tmp_path / "cut"
+    cfg = load_config(stage3_cfg, {"engine.out_dir": str(out), "engine.progress": False, "engine.max_seconds": 3.5,
+                                   "engine.save_every": 0})
+    trainer = Trainer(cfg)
+    trainer.train()
+    assert 0 < trainer.step < cfg.optim.max_steps
+    assert [r["step"] for r in H.read_metrics(out)] == list(range(1, trainer.step + 1))
+    assert (out / "model.safetensors").is_file()
+
+
+def test_max_seconds_must_be_positive(stage3_cfg):
+    from core.train.config import load_config
+
+    with pytest.raises(ValueError, match="engine.max_seconds"):
+        load_config(stage3_cfg, {"engine.max_seconds": 0})
