@@ -10,7 +10,9 @@ def add_parser(sub) -> None:
     p.add_argument("config", nargs="?", default=None,
                    help="ablation YAML (default: experiments/ablations/embedded_default.yaml)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--model", default=None, help="override the config's model (checkpoint directory or name)")
+    p.add_argument("--model", default=None,
+                   help="override the config's model (checkpoint directory or name); an entry that names its own "
+                        "model keeps it")
     p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N examples per task")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",

@@ -10,11 +10,13 @@ def add_parser(sub) -> None:
                     "start, preset + params, is trial 0), run them on the dev split as one resumable ablation, "
                     "pick the winners by the declared rule and write RUN/protocol.json (spaces, sampler, seed, "
                     "every trial's params and dev score, the rule, the winners, test_looks), RUN/winners.yaml "
-                    "(the winners on the test split: run it once with `refinery ablate RUN/winners.yaml`; every "
+                    "(each entry's untuned start, LABEL/paper, and its winner on the test split: run it once with `refinery ablate RUN/winners.yaml`; every "
                     "such run is counted in the protocol's test_looks) and RUN/trials.md (the trials table).")
     p.add_argument("config", help="tune YAML (e.g. experiments/ablations/embedded_tune.yaml)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--model", default=None, help="override the config's model (checkpoint directory or name)")
+    p.add_argument("--model", default=None,
+                   help="override the config's model (checkpoint directory or name); an entry that names its own "
+                        "model keeps it")
     p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N dev examples per task")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
