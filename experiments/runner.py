@@ -259,7 +259,7 @@ def _remove_new_run_dir(run_dir: Path) -> None:
 
 
 class ModelCache:
-    """(model, tokenizer) per checkpoint name of a config, each loaded on first use and kept: a run whose
+    """(model, tokenizer) per checkpoint directory of a config, each loaded on first use and kept: a run whose
     entries name several checkpoints loads each once, and one that never reaches an entry never loads it."""
 
     def __init__(self, config: ExperimentConfig, shard: sharding.ShardInfo = sharding.ShardInfo()):
@@ -267,10 +267,13 @@ class ModelCache:
         self.loaded: dict[str, tuple] = {}
 
     def get(self, name: str) -> tuple:
-        if name not in self.loaded:
-            log.info("loading model %s", name)
-            self.loaded[name] = load_model_for(self.config, self.shard, model=name)
-        return self.loaded[name]
+        from core.checkpoint import resolve_model_path
+
+        key = str(resolve_model_path(name))  # two names of one checkpoint ('embedded', 'embedded-stage3'): once
+        if key not in self.loaded:
+            log.info("loading model %s (%s)", name, key)
+            self.loaded[key] = load_model_for(self.config, self.shard, model=name)
+        return self.loaded[key]
 
 
 def load_model_for(config: ExperimentConfig, shard: sharding.ShardInfo = sharding.ShardInfo(),

@@ -280,15 +280,15 @@ def winners_config(tune: TuneConfig, winners: dict[str, dict[str, int]]) -> dict
         won = winners.get(e.label)
         if not won:
             continue
-        entries.append(dict(e.extra, name=e.name, label=start_label(e), params=e.trials[0]))
+        entries.append(dict(e.extra, name=e.name, label=start_label(e), params=dict(e.trials[0])))
         if "*" in won:
-            entries.append(dict(e.extra, name=e.name, label=e.label, params=e.trials[won["*"]]))
+            entries.append(dict(e.extra, name=e.name, label=e.label, params=dict(e.trials[won["*"]])))
             continue
         by_trial: dict[int, list] = defaultdict(list)
         for b, i in won.items():
             by_trial[i].append(b)
         for i in sorted(by_trial):  # one entry per winning trial, at the budgets it won
-            entries.append(dict(e.extra, name=e.name, label=e.trial_label(i), params=e.trials[i],
+            entries.append(dict(e.extra, name=e.name, label=e.trial_label(i), params=dict(e.trials[i]),
                                 budgets=by_trial[i]))
     name = tune.base.get("name", Path(tune.source).stem)
     return {**tune.base, "name": f"{name}_winners", "tasks": [dict(t) if isinstance(t, dict) else t
@@ -375,13 +375,20 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
         (run_dir / WINNERS_FILE).write_text(
             f"# winners of the tune protocol {run_dir / PROTOCOL_FILE} (select: {tune.select}), on the test split.\n"
             f"# Every `refinery ablate` of this file is counted in that protocol's test_looks.\n"
-            + yaml.safe_dump(winners_config(kept, winners), sort_keys=False))
+            + yaml.dump(winners_config(kept, winners), Dumper=_PlainDumper, sort_keys=False))
     with _protocol_lock(run_dir / PROTOCOL_FILE):  # a look may have been recorded meanwhile: keep it
         looks = read_protocol(run_dir / PROTOCOL_FILE) or {}
         record = protocol_record(kept, experiment, scores, winners, looks, limit)
         write_json_atomic(run_dir / PROTOCOL_FILE, record)
     (run_dir / TABLE_FILE).write_text(trials_markdown(record, detail=True))
     return record
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """safe_dump without anchors: a winner equal to its start is written out twice, readable on its own."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
 
 
 def _kept(tune: TuneConfig, experiment: ExperimentConfig) -> TuneConfig:

@@ -70,9 +70,15 @@ def test_each_entry_decodes_with_its_model_loaded_once(tmp_path, tiny_checkpoint
     real = runner.load_model_for
     monkeypatch.setattr(runner, "load_model_for", lambda config, shard, model=None: loads.append(model)
                         or real(config, shard, model=model))
-    mixed = load_rows(run_ablation(config_from_dict(two_model_config(tiny_checkpoint, other_checkpoint),
-                                                    source="m.yaml"), tmp_path / "mixed", progress=False))
+    data = two_model_config(tiny_checkpoint, other_checkpoint)
+    data["strategies"].append({"name": "masked", "label": "masked-again", "model": f"{tiny_checkpoint}/",
+                               "params": {"remasking": "low_confidence"}})  # another name of the file's model
+    rows = load_rows(run_ablation(config_from_dict(data, source="m.yaml"), tmp_path / "mixed", progress=False))
     assert sorted(loads) == sorted([str(tiny_checkpoint), str(other_checkpoint)])  # each once, not per cell
+    again = [r for r in rows if r["label"] == "masked-again"]
+    assert {r["model"] for r in again} == {f"{tiny_checkpoint}/"}  # the name it was given differs: recorded
+    mixed = [r for r in rows if r["label"] != "masked-again"]
+    assert [r["output"] for r in again] == [r["output"] for r in mixed if r["label"] == "masked"]
     alone = {}  # each entry run alone, as the file's model
     for label, path in (("masked", tiny_checkpoint), ("masked-other", other_checkpoint)):
         single = small_config(path, strategies=[{"name": "masked", "label": label,

@@ -215,6 +215,7 @@ def test_tune_then_ablate_the_winners_counts_every_look(tmp_path, tiny_checkpoin
         assert e["trials"][1]["dev"]["mean"] == pytest.approx(sum(r["correct"] for r in mine) / len(mine))
     assert "### masked" in (run / "trials.md").read_text()
 
+    assert "&id" not in (run / "winners.yaml").read_text()  # no YAML anchors, even where a start won
     winners = load_config(run / "winners.yaml")
     assert winners.protocol == "protocol.json" and {t.split for t in winners.tasks} == {"test"}
     by_label = {s.label: dict(s.params) for s in winners.strategies}
