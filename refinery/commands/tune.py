@@ -10,8 +10,9 @@ def add_parser(sub) -> None:
                     "start, preset + params, is trial 0), run them on the dev split as one resumable ablation, "
                     "pick the winners by the declared rule and write RUN/protocol.json (spaces, sampler, seed, "
                     "every trial's params and dev score, the rule, the winners, test_looks), RUN/winners.yaml "
-                    "(each entry's untuned start, LABEL/paper, and its winner on the test split: run it once with `refinery ablate RUN/winners.yaml`; every "
-                    "such run is counted in the protocol's test_looks) and RUN/trials.md (the trials table).")
+                    "(each entry's untuned start, LABEL/paper, and its winner on the test split: run it once "
+                    "with `refinery ablate RUN/winners.yaml`; every such run is counted in the protocol's "
+                    "test_looks) and RUN/trials.md (the trials table).")
     p.add_argument("config", help="tune YAML (e.g. experiments/ablations/embedded_tune.yaml)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--model", default=None,
