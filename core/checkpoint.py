@@ -22,16 +22,20 @@ from core.errors import UsageError
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# Shipped checkpoints, by name. "embedded" is the Stage-3 model (mask + edit heads) when present.
+# Shipped checkpoints, by name. "embedded" is the Stage-3 model (mask + edit heads) when present;
+# stage3_medlm is Stage 3 under the `medlm` recipe, r2ft_conv the R2FT (`conv-paper`) model from stage2.
 EMBEDDED = {
     "embedded-stage2": ASSETS / "embedded" / "stage2",
     "embedded-stage3": ASSETS / "embedded" / "stage3",
+    "embedded-stage3_medlm": ASSETS / "embedded" / "stage3_medlm",
+    "embedded-r2ft_conv": ASSETS / "embedded" / "r2ft_conv",
 }
 EMBEDDED["embedded"] = EMBEDDED["embedded-stage3"]
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """'embedded', 'embedded-stage2', 'embedded-stage3' or a directory -> an existing checkpoint directory."""
+    """A shipped name (``EMBEDDED``: 'embedded', 'embedded-stage2', ...) or a directory -> an existing
+    checkpoint directory."""
     key = str(name_or_path)
     path = EMBEDDED.get(key, Path(key).expanduser())
     if not (path / "config.json").is_file():

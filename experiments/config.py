@@ -10,7 +10,8 @@ expands one strategy entry into one entry per value (the Cartesian product over 
 ``params`` and ``sweep`` override single parameters of it. The preset is resolved here, so every row
 records the parameters it ran with; the default label is ``NAME-PRESET``.
 ``cache: none | prefix | dual`` (KV-cached decoding, see ``core.decode``) sets the mode for every entry at
-the top level, or for one entry.
+the top level, or for one entry. ``model:`` on an entry decodes that entry with another checkpoint
+(a directory or a shipped name such as ``embedded-r2ft_conv``); ``--model`` replaces the file's model only.
 
 Every mistake raises :class:`ConfigError` naming the file, the dotted key
 (``strategies[2].params.block_length``) and the reason. YAML is read with ``yaml.safe_load``
@@ -40,7 +41,7 @@ TOP_KEYS = {"name", "model", "tokenizer", "delete_token", "tasks", "strategies",
             "batch_size", "device", "dtype", "seeds", "score_workers", "save_traces", "protocol",
             "cache"}
 TASK_KEYS = {"name", "n", "split", "seed", "kwargs"}
-STRATEGY_KEYS = {"name", "label", "preset", "params", "sweep", "budgets", "cache"}
+STRATEGY_KEYS = {"name", "label", "preset", "params", "sweep", "budgets", "cache", "model"}
 CACHE_MODES = ("none", "prefix", "dual")  # the loop's KV-cache modes (strategies.base.CACHE_MODES)
 DTYPES = (None, "auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
@@ -75,6 +76,7 @@ class StrategySpec:
     preset: Optional[str] = None  # the named preset the params started from (already merged into params)
     from_preset: tuple[str, ...] = field(default=(), compare=False)  # params set by the preset alone
     cache: Optional[str] = None  # KV-cache mode of this entry; None = the config's ``cache``
+    model: Optional[str] = None  # checkpoint of this entry (directory or shipped name); None = the config's
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,14 @@ class ExperimentConfig:
     def cache_for(self, spec: StrategySpec) -> str:
         return spec.cache if spec.cache is not None else self.cache
 
+    def model_for(self, spec: StrategySpec) -> str:
+        """The checkpoint an entry decodes with: its own ``model``, else the config's."""
+        return spec.model if spec.model is not None else self.model
+
+    def models(self) -> tuple[str, ...]:
+        """Every distinct checkpoint the entries use, the config's first when any entry uses it."""
+        return tuple(dict.fromkeys(self.model_for(s) for s in self.strategies))
+
     def to_dict(self) -> dict:
         """The resolved config (sweeps expanded) as plain YAML-able data; ``load_config`` reads it back."""
         # cache keys only when set: configs without them keep their hash (and their run directories)
@@ -113,7 +123,8 @@ class ExperimentConfig:
         d["tasks"] = [dict(t.__dict__, kwargs=dict(t.kwargs)) for t in self.tasks]
         d["strategies"] = [{"name": s.name, "label": s.label, **({"preset": s.preset} if s.preset else {}),
                             "params": dict(s.params), **({"budgets": list(s.budgets)} if s.budgets is not None else {}),
-                            **({"cache": s.cache} if s.cache is not None else {})}
+                            **({"cache": s.cache} if s.cache is not None else {}),
+                            **({"model": s.model} if s.model is not None else {})}
                            for s in self.strategies]
         d["budgets"], d["seeds"] = list(self.budgets), list(self.seeds)
         return d
@@ -124,10 +135,19 @@ class ExperimentConfig:
         return hashlib.sha256(blob).hexdigest()
 
     def with_overrides(self, *, model: Optional[str] = None, device: Optional[str] = None,
-                       limit: Optional[int] = None, only: Optional[Sequence[str]] = None) -> "ExperimentConfig":
+                       limit: Optional[int] = None, only: Optional[Sequence[str]] = None,
+                       batch_size: Optional[int] = None, score_workers: Optional[int] = None) -> "ExperimentConfig":
         """Command-line overrides; ``limit`` caps the examples drawn per task, ``only`` keeps the strategy
-        entries with these labels."""
+        entries with these labels; ``batch_size`` and ``score_workers`` change how the run is carried out
+        (a row's output does not depend on its batch: every row draws from its own seeded generator)."""
         cfg = self
+        for flag, value in (("--batch-size", batch_size), ("--score-workers", score_workers)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{flag} {value}: must be an integer >= 1")
+        if batch_size is not None:
+            cfg = dataclasses.replace(cfg, batch_size=batch_size)
+        if score_workers is not None:
+            cfg = dataclasses.replace(cfg, score_workers=score_workers)
         if only is not None:
             labels = [s.label for s in cfg.strategies]
             unknown = [o for o in only if o not in labels]
@@ -320,8 +340,9 @@ def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
     params = {**base, **params}  # the entry's params, then its sweep, override the preset
     budgets = _budgets(entry["budgets"], f"{where}.budgets", err) if "budgets" in entry else None
     cache = _cache_mode(entry["cache"], f"{where}.cache", err) if "cache" in entry else None
+    model = str(_typed(entry["model"], (str, Path), f"{where}.model", err)) if "model" in entry else None
     if not sweep:
-        return [StrategySpec(name, label, dict(params), budgets, where, (), preset, from_preset, cache)]
+        return [StrategySpec(name, label, dict(params), budgets, where, (), preset, from_preset, cache, model)]
     keys = list(sweep)
     specs = []
     for values in itertools.product(*(sweep[k] for k in keys)):
@@ -334,7 +355,7 @@ def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
         else:
             point_label = f"{label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
         specs.append(StrategySpec(name, point_label, {**params, **point}, budgets, where, tuple(keys), preset,
-                                  from_preset, cache))
+                                  from_preset, cache, model))
     return specs
 
 

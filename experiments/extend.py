@@ -7,7 +7,7 @@ reuse the directory when every cell it shares with the stored config means the s
   another task, another strategy entry (a new label), another budget or seed; and any subset of the
   stored config (``--only``, a smaller ``--limit``) is simply a part of it;
 - refuses: a different model, tokenizer, gen_length, batch_size, dtype, device or trace setting, a
-  task whose split, seed or options changed, an existing label with other params, strategy or budgets.
+  task whose split, seed or options changed, an existing label with other params, strategy, budgets or model.
 
 The stored ``config.yaml`` then describes the union of every config that wrote rows, so ``report``
 and a later resume see all entries; :func:`merge_configs` builds it.
@@ -57,7 +57,7 @@ def _merge_tasks(stored: tuple[TaskSpec, ...], new: tuple[TaskSpec, ...]) -> tup
 
 def _merge_strategies(stored: tuple[StrategySpec, ...],
                       new: tuple[StrategySpec, ...]) -> tuple[tuple[StrategySpec, ...], list[str]]:
-    return _merge("strategies", stored, new, "label", ("name", "params", "budgets"), lambda old, s: old)
+    return _merge("strategies", stored, new, "label", ("name", "params", "budgets", "model"), lambda old, s: old)
 
 
 def _merge(section: str, stored: tuple, new: tuple, key: str, fixed: tuple[str, ...],

@@ -124,9 +124,17 @@ def run_cell(cell: Cell, task, model, tokenizer, config: ExperimentConfig) -> tu
             wall_seconds=res.seconds / len(prompts), batch_seconds=res.seconds,
             draft_output=draft, draft_correct=None if draft_ok is None else bool(draft_ok),
             **({"cache": cache} if cache != "none" else {}),  # uncached rows stay as they were
+            **_model_field(config, cell.strategy),
         ))
     trace = res.trace.compact() if res.trace is not None else None
     return rows, trace
+
+
+def _model_field(config: ExperimentConfig, spec: StrategySpec) -> dict:
+    """``{"model": ...}`` for an entry decoding with a checkpoint other than the file's; else {} (so rows of
+    configs without per-entry models stay byte-identical)."""
+    model = config.model_for(spec)
+    return {"model": model} if model != config.model else {}
 
 
 def _jsonable(value):
@@ -179,11 +187,12 @@ def _run_cells(config: ExperimentConfig, examples: dict, store: RunStore, progre
              len(cells) - len(todo), len(todo))
     if not todo:
         return
-    model, tokenizer = load_model_for(config, store.shard)
+    models = ModelCache(config, store.shard)
     bar = _progress(len(cells), len(cells) - len(todo), enabled=progress)
     try:
         for cell in todo:
             bar.set_postfix_str(f"{cell.task.name} {cell.strategy.label} {cell.budget}", refresh=False)
+            model, tokenizer = models.get(config.model_for(cell.strategy))
             rows, trace = run_cell(cell, examples[cell.task_index][0], model, tokenizer, config)
             store.write_batch(cell.batch_id, rows, trace)
             if on_batch is not None:
@@ -249,14 +258,34 @@ def _remove_new_run_dir(run_dir: Path) -> None:
     log.info("%s: removed the run directory of a start that failed before its first row", run_dir)
 
 
-def load_model_for(config: ExperimentConfig, shard: sharding.ShardInfo = sharding.ShardInfo()):
-    """-> (model, tokenizer) of ``config`` on its device (each torchrun rank on its own GPU)."""
+class ModelCache:
+    """(model, tokenizer) per checkpoint directory of a config, each loaded on first use and kept: a run whose
+    entries name several checkpoints loads each once, and one that never reaches an entry never loads it."""
+
+    def __init__(self, config: ExperimentConfig, shard: sharding.ShardInfo = sharding.ShardInfo()):
+        self.config, self.shard = config, shard
+        self.loaded: dict[str, tuple] = {}
+
+    def get(self, name: str) -> tuple:
+        from core.checkpoint import resolve_model_path
+
+        key = str(resolve_model_path(name))  # two names of one checkpoint ('embedded', 'embedded-stage3'): once
+        if key not in self.loaded:
+            log.info("loading model %s (%s)", name, key)
+            self.loaded[key] = load_model_for(self.config, self.shard, model=name)
+        return self.loaded[key]
+
+
+def load_model_for(config: ExperimentConfig, shard: sharding.ShardInfo = sharding.ShardInfo(),
+                   model: Optional[str] = None):
+    """-> (model, tokenizer) of ``config`` (or of the checkpoint ``model`` an entry names) on its device
+    (each torchrun rank on its own GPU). The tokenizer is the config's ``tokenizer``, else the checkpoint's."""
     import torch
 
     from core.checkpoint import load_model, parse_dtype, resolve_model_path
     from core.tokenizer import load_tokenizer
 
-    model_dir = resolve_model_path(config.model)
+    model_dir = resolve_model_path(model if model is not None else config.model)
     device = config.device
     if device == "auto":  # the GPU where there is one
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,6 +9,7 @@ A tune YAML is an ablation YAML on the dev split plus a ``protocol`` block and a
         label: masked
         preset: paper                  # optional: strategies.preset_params(name, preset), then params
         params: {remasking: low_confidence}
+        model: embedded-r2ft_conv      # optional: this entry's checkpoint (default: the file's model)
         space: {remasking: [low_confidence, random], block_length: [null, 8, 16]}
 
 Every entry gets exactly ``trials`` settings (:mod:`experiments.search`), its start (preset + params) as
@@ -19,8 +20,9 @@ at each budget; ties go to the lowest trial index) and the run directory gets:
 
     RUN/protocol.json   spaces, trial count, sampler and seed, every trial's params and dev scores, the rule,
                         the winners, and ``test_looks``: how many times ``refinery ablate`` ran the winners
-    RUN/winners.yaml    an ablation config of the winning settings on the test split (``protocol:`` names
-                        the protocol file, so each ablate run on it is counted)
+    RUN/winners.yaml    an ablation config on the test split of every entry's start (``masked/paper``: its
+                        untuned preset) and its winning setting (``masked``); ``protocol:`` names the
+                        protocol file, so each ablate run on it is counted
     RUN/trials.md       the trials-per-strategy table
 """
 
@@ -84,7 +86,8 @@ class TuneConfig:
     test_tasks: tuple  # task entries of the winners config (default: the tune tasks on split test)
 
     def experiment_for(self, *, limit: Optional[int] = None, only: Optional[Sequence[str]] = None,
-                       model: Optional[str] = None, device: Optional[str] = None) -> ExperimentConfig:
+                       model: Optional[str] = None, device: Optional[str] = None,
+                       batch_size: Optional[int] = None, score_workers: Optional[int] = None) -> ExperimentConfig:
         """The trial ablation with command-line overrides; ``only`` names entry labels (all their trials)."""
         labels = [e.label for e in self.entries]
         if only is not None:
@@ -93,7 +96,8 @@ class TuneConfig:
                 raise ValueError(f"--only {','.join(only)}: {self.source} has no strategy entry labelled "
                                  f"{', '.join(map(repr, unknown)) or 'that'} (labels: {', '.join(labels)})")
             only = [e.trial_label(i) for e in self.entries if e.label in only for i in range(len(e.trials))]
-        return self.experiment.with_overrides(limit=limit, only=only, model=model, device=device)
+        return self.experiment.with_overrides(limit=limit, only=only, model=model, device=device,
+                                              batch_size=batch_size, score_workers=score_workers)
 
 
 def load_tune(path: str | Path) -> TuneConfig:
@@ -262,22 +266,29 @@ def select(entry: TuneEntry, scores: list[Optional[dict]], rule: str) -> dict[st
     return out
 
 
+def start_label(entry: TuneEntry) -> str:
+    """The winners config's label of an entry's untuned start (trial 0): ``masked/paper``, ``x/start``."""
+    return f"{entry.label}/{entry.preset or 'start'}"
+
+
 def winners_config(tune: TuneConfig, winners: dict[str, dict[str, int]]) -> dict:
-    """The ablation config (plain data) of the winners on the test split; ``protocol`` names the protocol
-    file relative to the winners file."""
+    """The ablation config (plain data) on the test split of every entry's untuned start (its preset,
+    labelled :func:`start_label`) and its winners; ``protocol`` names the protocol file relative to the
+    winners file. The start runs even when it won, so every strategy has a preset row and a tuned row."""
     entries = []
     for e in tune.entries:
         won = winners.get(e.label)
         if not won:
             continue
+        entries.append(dict(e.extra, name=e.name, label=start_label(e), params=dict(e.trials[0])))
         if "*" in won:
-            entries.append(dict(e.extra, name=e.name, label=e.label, params=e.trials[won["*"]]))
+            entries.append(dict(e.extra, name=e.name, label=e.label, params=dict(e.trials[won["*"]])))
             continue
         by_trial: dict[int, list] = defaultdict(list)
         for b, i in won.items():
             by_trial[i].append(b)
         for i in sorted(by_trial):  # one entry per winning trial, at the budgets it won
-            entries.append(dict(e.extra, name=e.name, label=e.trial_label(i), params=e.trials[i],
+            entries.append(dict(e.extra, name=e.name, label=e.trial_label(i), params=dict(e.trials[i]),
                                 budgets=by_trial[i]))
     name = tune.base.get("name", Path(tune.source).stem)
     return {**tune.base, "name": f"{name}_winners", "tasks": [dict(t) if isinstance(t, dict) else t
@@ -301,7 +312,8 @@ def protocol_record(tune: TuneConfig, experiment: ExperimentConfig, scores: dict
                                               per_budget={b: _num(v) for b, v in s["per_budget"].items()},
                                               cells={f"{t}|{b}": _num(v) for (t, b), v in s["cells"].items()})
             trials.append(dict(trial=i, label=e.trial_label(i), params=params, dev=dev))
-        entries.append(dict(label=e.label, strategy=e.name, preset=e.preset, start=e.start,
+        entries.append(dict(label=e.label, strategy=e.name, **({"model": e.extra["model"]} if "model" in e.extra
+                                                               else {}), preset=e.preset, start=e.start,
                             space={d.name: d.describe() for d in e.dims}, trials=trials,
                             winners=winners.get(e.label, {})))
     return dict(protocol_version=1, tune_config=tune.source, config_sha256=experiment.hash(), split="dev",
@@ -332,7 +344,7 @@ def read_protocol(path: Path) -> Optional[dict]:
 
 def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = None,
              only: Optional[Sequence[str]] = None, model: Optional[str] = None, device: Optional[str] = None,
-             progress: bool = True) -> dict:
+             batch_size: Optional[int] = None, score_workers: Optional[int] = None, progress: bool = True) -> dict:
     """Run (or finish) every trial on dev, select, and write the protocol, winners and table; -> protocol.
 
     The protocol file is written before the first trial (no scores yet) and again at the end, so a killed
@@ -341,7 +353,8 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
     from experiments.runner import run_ablation
     from experiments.store import load_rows
 
-    experiment = tune.experiment_for(limit=limit, only=only, model=model, device=device)
+    experiment = tune.experiment_for(limit=limit, only=only, model=model, device=device, batch_size=batch_size,
+                                     score_workers=score_workers)
     validate(experiment, check_paths=True)  # before the protocol file is written
     out = Path(out_dir)
     old = read_protocol(out / PROTOCOL_FILE)
@@ -362,13 +375,20 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
         (run_dir / WINNERS_FILE).write_text(
             f"# winners of the tune protocol {run_dir / PROTOCOL_FILE} (select: {tune.select}), on the test split.\n"
             f"# Every `refinery ablate` of this file is counted in that protocol's test_looks.\n"
-            + yaml.safe_dump(winners_config(kept, winners), sort_keys=False))
+            + yaml.dump(winners_config(kept, winners), Dumper=_PlainDumper, sort_keys=False))
     with _protocol_lock(run_dir / PROTOCOL_FILE):  # a look may have been recorded meanwhile: keep it
         looks = read_protocol(run_dir / PROTOCOL_FILE) or {}
         record = protocol_record(kept, experiment, scores, winners, looks, limit)
         write_json_atomic(run_dir / PROTOCOL_FILE, record)
     (run_dir / TABLE_FILE).write_text(trials_markdown(record, detail=True))
     return record
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """safe_dump without anchors: a winner equal to its start is written out twice, readable on its own."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
 
 
 def _kept(tune: TuneConfig, experiment: ExperimentConfig) -> TuneConfig:
@@ -392,7 +412,8 @@ def trials_markdown(record: dict, detail: bool = False) -> str:
         best = max((t["dev"]["mean"] for t in scored), default=None)
         won = ", ".join(f"t{i:02d}" if b == "*" else f"{b}: t{i:02d}" for b, i in e["winners"].items()) or "-"
         space = "; ".join(f"{k} {v}" for k, v in e["space"].items())
-        lines.append(f"| {e['label']} | {e['strategy']} | {len(scored)}/{len(e['trials'])} | {space} | "
+        strategy = f"{e['strategy']} ({e['model']})" if e.get("model") else e["strategy"]
+        lines.append(f"| {e['label']} | {strategy} | {len(scored)}/{len(e['trials'])} | {space} | "
                      f"{_pct(start and start['mean'])} | {_pct(best)} | {won} |")
     if detail:
         for e in record["entries"]:

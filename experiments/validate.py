@@ -6,7 +6,8 @@ through the task registry. With ``check_paths=True`` (what ``refinery ablate`` a
 ``--validate-only`` do) the machine and the files must be there too, all without loading a
 tensor: the device (CUDA available, the index exists), the checkpoint (``config.json`` parses
 and has the model's fields; every safetensors header is readable and its data ends at the
-end of the file; the next-token head the edit strategy needs), the tokenizer directory, and
+end of the file; the next-token head the edit strategy needs, of
+each entry's own ``model``), the tokenizer directory, and
 each task's data (the split's file under ``data_dir``; a benchmark without ``data_dir`` needs
 ``from_hub: true``). Shipped configs for real checkpoints validate with ``check_paths=False``
 because their model path is a placeholder.
@@ -36,25 +37,38 @@ def validate(config: ExperimentConfig, check_paths: bool = False) -> None:
         _check_strategy(config, spec)
     if check_paths:
         _check_device(config)
-        model_config = _model_config(config)
-        _check_tokenizer(config)
-        _check_model_fits(config, model_config)
+        model_configs = {}
+        for model in config.models():  # each checkpoint once, named by the key that chose it
+            key = _model_key(config, model)
+            model_configs[model] = _model_config(config, model, key)
+            _check_tokenizer(config, model, key)
+        _check_model_fits(config, model_configs)
 
 
-def _check_model_fits(config: ExperimentConfig, model_config: dict) -> None:
-    """What the strategies and lengths ask of the checkpoint: room for a prompt, the edit heads."""
-    limit = model_config.get("max_sequence_length")
-    if isinstance(limit, int) and config.gen_length >= limit:  # no room left for any prompt
-        raise ConfigError(config.source, "gen_length", f"{config.gen_length} leaves no room for a prompt: "
-                                                       f"the model's max_sequence_length is {limit}")
+def _model_key(config: ExperimentConfig, model: str) -> str:
+    """The dotted key that names ``model``: ``model`` for the file's, else the first entry naming it."""
+    if model == config.model:
+        return "model"
+    return next(f"{s.where}.model" for s in config.strategies if config.model_for(s) == model)
+
+
+def _check_model_fits(config: ExperimentConfig, model_configs: dict[str, dict]) -> None:
+    """What the strategies and lengths ask of each entry's checkpoint: room for a prompt, the edit heads."""
+    for model, model_config in model_configs.items():
+        limit = model_config.get("max_sequence_length")
+        if isinstance(limit, int) and config.gen_length >= limit:  # no room left for any prompt
+            raise ConfigError(config.source, "gen_length", f"{config.gen_length} leaves no room for a prompt: "
+                                                           f"{model}'s max_sequence_length is {limit}")
     for spec in config.strategies:
+        model = config.model_for(spec)
+        model_config = model_configs[model]
         if needs_next_head(spec.name) and not model_config.get("next_token_head", False):
             raise ConfigError(config.source, f"{spec.where}.name",
                               f"strategy {spec.name!r} needs the model's next-token head, but "
-                              f"{config.model} has next_token_head=false")
+                              f"{model} has next_token_head=false")
         if _needs_delete_token(spec.name) and model_config.get("delete_token_id") is None:
             raise ConfigError(config.source, f"{spec.where}.name",
-                              f"strategy {spec.name!r} needs a delete token, but {config.model} has none "
+                              f"strategy {spec.name!r} needs a delete token, but {model} has none "
                               "(delete_token_id is null: convert it with --delete-token NAME)")
 
 
@@ -183,24 +197,24 @@ def _check_device(config: ExperimentConfig) -> None:
         raise ConfigError(config.source, "device", str(e)) from None
 
 
-def _check_tokenizer(config: ExperimentConfig) -> None:
+def _check_tokenizer(config: ExperimentConfig, model: str, model_key: str) -> None:
     from core.checkpoint import resolve_model_path
     from core.tokenizer import check_tokenizer_dir
 
-    key = "tokenizer" if config.tokenizer else "model"
+    key = "tokenizer" if config.tokenizer else model_key
     try:
-        check_tokenizer_dir(config.tokenizer or resolve_model_path(config.model))
+        check_tokenizer_dir(config.tokenizer or resolve_model_path(model))
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(config.source, key, str(e)) from None
 
 
-def _model_config(config: ExperimentConfig) -> dict:
+def _model_config(config: ExperimentConfig, model: str, key: str) -> dict:
     from core.checkpoint import check_checkpoint, read_checkpoint_config
 
     try:
-        return read_checkpoint_config(check_checkpoint(config.model))
+        return read_checkpoint_config(check_checkpoint(model))
     except (ValueError, OSError) as e:
-        raise ConfigError(config.source, "model", str(e)) from None
+        raise ConfigError(config.source, key, str(e)) from None
 
 
 def validate_file(path: str | Path, check_paths: bool = False, limit: Optional[int] = None) -> ExperimentConfig:

@@ -14,8 +14,10 @@ has no looser notion, e.g. code that must pass its tests).
 
 from __future__ import annotations
 
+import collections
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 SPLITS = ("train", "dev", "test")  # "dev": held out from training, for choosing settings (generated tasks)
 
@@ -95,3 +97,49 @@ def get_task(name: str, **kwargs: Any) -> Task:
 
         raise KeyError(unknown_name_message("task", name, list(TASKS)))
     return TASKS[name](**kwargs)
+
+
+class VerdictMemo:
+    """A code task's sandbox verdicts in this process: (example id, program, timeout) -> (passed, error line).
+
+    Tuning trials and drafts write the same program for the same example many times and each sandbox run
+    costs ~60 ms, so each distinct program runs once. The program holds the extracted code and the
+    example's tests, so a key names both. A verdict is the first run's (a program that timed out once
+    stays timed out); the oldest are dropped past ``capacity``. Thread-safe (the app scores from threads)."""
+
+    def __init__(self, capacity: int = 200_000):
+        self.capacity, self._d, self._lock = capacity, collections.OrderedDict(), threading.Lock()
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._d
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key) -> tuple[bool, Optional[str]]:
+        """The stored verdict (KeyError when there is none)."""
+        with self._lock:
+            self._d.move_to_end(key)
+            return self._d[key]
+
+    def lookup(self, keys: Sequence[tuple], run: Callable[[list], list]) -> list:
+        """The verdict of every key, in order; ``run(keys)`` -> verdicts computes the missing ones, each
+        distinct key once."""
+        todo = list(dict.fromkeys(k for k in keys if k not in self))
+        fresh = dict(zip(todo, run(todo))) if todo else {}
+        self.update(fresh)
+        return [fresh[k] if k in fresh else self.get(k) for k in keys]
+
+    def update(self, verdicts: dict) -> None:
+        with self._lock:
+            self._d.update(verdicts)
+            while len(self._d) > self.capacity:
+                self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+VERDICTS = VerdictMemo()

@@ -33,7 +33,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from core.tasks.base import Example, Score, register_task
+from core.tasks.base import VERDICTS, Example, Score, register_task
 from core.tasks.embedded import GeneratedTask, Problem
 
 ARGS = ("xs", "nums", "values", "lst", "numbers")
@@ -464,11 +464,15 @@ class PyCodeTask(GeneratedTask):
         return self.score_many([(example, output)])[0]
 
     def score_many(self, pairs, workers: int = 1) -> list[Score]:
-        from core.sandbox import run_many
+        """Verdicts in order; each distinct program runs once per process (``core.tasks.base.VERDICTS``)."""
+        def run(keys: list) -> list:
+            from core.sandbox import run_many
+            results = run_many([k[1] for k in keys], workers=workers, timeout=self.timeout)
+            return [(r.passed, None if r.passed else _why(r)) for r in results]
 
-        results = run_many([self.program(ex, out) for ex, out in pairs], workers=workers, timeout=self.timeout)
-        return [Score(correct=r.passed, answer_correct=r.passed, extracted=extract_code(out),
-                      error=None if r.passed else _why(r)) for (ex, out), r in zip(pairs, results)]
+        verdicts = VERDICTS.lookup([(ex.id, self.program(ex, out), self.timeout) for ex, out in pairs], run)
+        return [Score(correct=ok, answer_correct=ok, extracted=extract_code(out), error=why)
+                for (ex, out), (ok, why) in zip(pairs, verdicts)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,9 +10,16 @@ def add_parser(sub) -> None:
     p.add_argument("config", nargs="?", default=None,
                    help="ablation YAML (default: experiments/ablations/embedded_default.yaml)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--model", default=None, help="override the config's model (checkpoint directory or name)")
+    p.add_argument("--model", default=None,
+                   help="override the config's model (checkpoint directory or name); an entry that names its own "
+                        "model keeps it")
     p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N examples per task")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="override the config's batch_size (examples per generate call; e.g. 256 on a GPU); "
+                        "rows are the same at any batch size")
+    p.add_argument("--score-workers", type=int, default=None, metavar="N",
+                   help="override the config's score_workers (sandbox processes scoring code)")
     p.add_argument("--only", default=None, metavar="LABEL[,LABEL]",
                    help="run only these strategy entries (labels as in the tables, e.g. masked,edit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -32,7 +39,8 @@ def run(args) -> int:
 
     config = load_config(args.config or DEFAULT_CONFIG)
     config = config.with_overrides(model=args.model, device=args.device, limit=args.limit,
-                                   only=args.only.split(",") if args.only is not None else None)
+                                   only=args.only.split(",") if args.only is not None else None,
+                                   batch_size=args.batch_size, score_workers=args.score_workers)
     if args.validate_only:
         validate(config, check_paths=True)
         n = len(config.strategies)

@@ -10,13 +10,21 @@ def add_parser(sub) -> None:
                     "start, preset + params, is trial 0), run them on the dev split as one resumable ablation, "
                     "pick the winners by the declared rule and write RUN/protocol.json (spaces, sampler, seed, "
                     "every trial's params and dev score, the rule, the winners, test_looks), RUN/winners.yaml "
-                    "(the winners on the test split: run it once with `refinery ablate RUN/winners.yaml`; every "
-                    "such run is counted in the protocol's test_looks) and RUN/trials.md (the trials table).")
+                    "(each entry's untuned start, LABEL/paper, and its winner on the test split: run it once "
+                    "with `refinery ablate RUN/winners.yaml`; every such run is counted in the protocol's "
+                    "test_looks) and RUN/trials.md (the trials table).")
     p.add_argument("config", help="tune YAML (e.g. experiments/ablations/embedded_tune.yaml)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--model", default=None, help="override the config's model (checkpoint directory or name)")
+    p.add_argument("--model", default=None,
+                   help="override the config's model (checkpoint directory or name); an entry that names its own "
+                        "model keeps it")
     p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N dev examples per task")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="override the config's batch_size (examples per generate call; e.g. 256 on a GPU); "
+                        "rows are the same at any batch size")
+    p.add_argument("--score-workers", type=int, default=None, metavar="N",
+                   help="override the config's score_workers (sandbox processes scoring code)")
     p.add_argument("--only", default=None, metavar="LABEL[,LABEL]",
                    help="tune only these strategy entries (their labels in CONFIG, e.g. masked,edit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,7 +43,8 @@ def run(args) -> int:
     if args.validate_only:
         from experiments.config import validate
 
-        experiment = tune.experiment_for(limit=args.limit, only=only, model=args.model, device=args.device)
+        experiment = tune.experiment_for(limit=args.limit, only=only, model=args.model, device=args.device,
+                                         batch_size=args.batch_size, score_workers=args.score_workers)
         validate(experiment, check_paths=True)
         kept = {s.label.rsplit("/", 1)[0] for s in experiment.strategies}
         print(f"{tune.source}: ok ({len(experiment.tasks)} dev tasks, {len(kept)} strategy entries x {tune.trials} "
@@ -43,7 +52,7 @@ def run(args) -> int:
         return 0
     out = Path(args.out) if args.out else Path("runs") / tune.experiment.name
     record = run_tune(tune, out, limit=args.limit, only=only, model=args.model, device=args.device,
-                      progress=not args.no_progress)
+                      batch_size=args.batch_size, score_workers=args.score_workers, progress=not args.no_progress)
     print(trials_markdown(record))
     if record["winners_config"]:
         print(f"protocol: {out / 'protocol.json'}\nwinners (test split, run once): refinery ablate "

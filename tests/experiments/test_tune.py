@@ -184,11 +184,12 @@ def test_per_budget_winners_become_one_entry_per_winning_trial_at_the_budgets_it
     cfg = winners_config(tune, {"masked": {"1/1": 2, "1/4": 2}, "threshold": {"1/1": 0, "1/4": 1}})
     got = [(s["label"], s.get("budgets"), s["params"]) for s in cfg["strategies"]]
     m, t = tune.entries
-    assert got == [("masked/t02", ["1/1", "1/4"], m.trials[2]), ("threshold/t00", ["1/1"], t.trials[0]),
+    assert got == [("masked/start", None, m.trials[0]), ("masked/t02", ["1/1", "1/4"], m.trials[2]),
+                   ("threshold/start", None, t.trials[0]), ("threshold/t00", ["1/1"], t.trials[0]),
                    ("threshold/t01", ["1/4"], t.trials[1])]
     assert cfg["protocol"] == "protocol.json" and [x["split"] for x in cfg["tasks"]] == ["test"]
     winners = config_from_dict(cfg, source="w.yaml")  # an ordinary ablation config
-    assert winners.budgets_for(winners.strategies[1]) == ("1/1",)
+    assert winners.budgets_for(winners.strategies[3]) == ("1/1",)
 
 
 # ---- end to end ------------------------------------------------------------------------------------------------
@@ -214,11 +215,14 @@ def test_tune_then_ablate_the_winners_counts_every_look(tmp_path, tiny_checkpoin
         assert e["trials"][1]["dev"]["mean"] == pytest.approx(sum(r["correct"] for r in mine) / len(mine))
     assert "### masked" in (run / "trials.md").read_text()
 
+    assert "&id" not in (run / "winners.yaml").read_text()  # no YAML anchors, even where a start won
     winners = load_config(run / "winners.yaml")
     assert winners.protocol == "protocol.json" and {t.split for t in winners.tasks} == {"test"}
     by_label = {s.label: dict(s.params) for s in winners.strategies}
+    assert len(by_label) == 2 * len(protocol["entries"])  # the untuned start beside every winner
     for e in protocol["entries"]:
         assert by_label[e["label"]] == e["trials"][e["winners"]["*"]]["params"]
+        assert by_label[e["label"] + "/start"] == e["trials"][0]["params"]
     for look in (1, 2):
         assert main(["ablate", str(run / "winners.yaml"), "--out", str(tmp_path / "test"), "--no-progress"]) == 0
         assert f"test look {look} " in capsys.readouterr().out
@@ -289,7 +293,8 @@ def test_the_shipped_tune_config_gives_every_entry_the_same_trials():
     path = Path(__file__).resolve().parents[2] / "experiments" / "ablations" / "embedded_tune.yaml"
     assert path in SHIPPED_TUNE
     tune = load_tune(path)
-    assert {e.label for e in tune.entries} == {"masked", "remdm", "conv", "threshold", "edit"}
+    assert {e.label for e in tune.entries} == {"masked", "remdm", "conv", "threshold", "edit", "conv-r2ft",
+                                              "masked-r2ft", "edit-medlm"}
     assert {len(e.trials) for e in tune.entries} == {tune.trials} and tune.trials == 8
     assert all(t.split == "dev" for t in tune.experiment.tasks)
     assert yaml.safe_load(path.read_text())["protocol"]["sampler"] == "random"
