@@ -124,8 +124,9 @@ class EngineSection:
     log_every: int = 1  # steps between TensorBoard writes (metrics.jsonl gets every step)
     tensorboard: bool = True
     progress: bool = True  # tqdm bar
-    max_seconds: Optional[float] = None  # stop (and save the final model) after this much training time; the
-    # lr schedule is still sized by optim.max_steps, so a run cut short ends above its final lr
+    max_seconds: Optional[float] = None  # stop at the first step boundary this long after the trainer started
+    # (data and model setup included) and save the final model; the lr schedule is still sized by
+    # optim.max_steps, so a run cut short ends above its final lr
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 class Trainer:
     def __init__(self, cfg: TrainConfig, where: str = "config"):
         self.cfg, self.where = cfg, where
+        self.started = time.monotonic()  # engine.max_seconds counts from here: data and model setup included
         self.info: DistInfo = dist_info()
         self.use_ds = cfg.engine.deepspeed is not None
         init_process_group_if_needed(self.info, self.use_ds, where)
@@ -162,7 +163,7 @@ class Trainer:
             self._restore(start)
         self._open_logs(truncate_after=self.step)
         bar = self._progress_bar()
-        deadline = None if self.cfg.engine.max_seconds is None else time.monotonic() + self.cfg.engine.max_seconds
+        deadline = None if self.cfg.engine.max_seconds is None else self.started + self.cfg.engine.max_seconds
         try:
             while self.step < self.cfg.optim.max_steps and not self._past(deadline):
                 t0 = time.perf_counter()

@@ -116,6 +116,7 @@ def main() -> None:
         counts["refs"] = prepare(args.root / "data_refs", 10, 25_000, vocab_size=1024, seed=0, workers=args.workers,
                                  references=args.references, rename_prob=args.rename_prob, space=args.space)
     report = {"data": counts, "space": args.space, "prepare_seconds": round(time.monotonic() - t0, 1), "stages": {}}
+    print(json.dumps({"prepare_seconds": report["prepare_seconds"]}), flush=True)
     budget_end = t0 + 60 * args.minutes if args.minutes else None
     stages = sorted({int(s) for s in args.stages.split(",")})
     if not set(stages) <= {1, 2, 3}:
