@@ -3,16 +3,18 @@
 Every registered strategy gets one input per config field (a dropdown for ``Literal`` choices, a checkbox
 for ``bool``, a number for ``int``/``float``, a JSON text box for anything else, blank meaning ``None``).
 Values that equal the field's default are left out, so the strategy's own ``from_dict`` validates
-only what the user changed and column labels stay short.
+only what the user changed and column labels stay short. Types, choices and ranges come from the config's
+field declarations through :mod:`core.typed`, the same rules a YAML file meets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import typing
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from core.typed import check_value, coerce, field_choices, type_hints, unwrap_optional
 
 
 @dataclass(frozen=True)
@@ -24,31 +26,28 @@ class FieldSpec:
     widget: str  # "choice" | "bool" | "int" | "float" | "json"
     default: Any
     choices: tuple = ()
-
-
-def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is typing.Union and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else hint), True
-    return hint, False
+    metadata: Mapping = field(default_factory=dict, compare=False)  # the config field's range / choices
+    hint: Any = field(default=Any, compare=False)  # the config field's type (core.typed coerces to it)
 
 
 def field_specs(strategy_name: str, config_class: type) -> list[FieldSpec]:
     """The form inputs of one strategy's config dataclass."""
-    hints = typing.get_type_hints(config_class)
+    hints = type_hints(config_class)
     specs = []
     for f in dataclasses.fields(config_class):
         default = f.default if f.default is not dataclasses.MISSING else None
-        hint, optional = _unwrap_optional(hints[f.name])
-        if typing.get_origin(hint) is typing.Literal:
-            specs.append(FieldSpec(strategy_name, f.name, "choice", default, typing.get_args(hint)))
+        hint, optional = unwrap_optional(hints[f.name])
+        choices = field_choices(f, hints[f.name])
+        if choices is not None:
+            widget = "choice"
         elif hint is bool and not optional:
-            specs.append(FieldSpec(strategy_name, f.name, "bool", default))
+            widget = "bool"
         elif hint in (int, float) and not optional:
-            specs.append(FieldSpec(strategy_name, f.name, hint.__name__, default))
+            widget = hint.__name__
         else:
-            specs.append(FieldSpec(strategy_name, f.name, "json", default))
+            widget = "json"
+        specs.append(FieldSpec(strategy_name, f.name, widget, default, choices or (), dict(f.metadata),
+                               hints[f.name]))
     return specs
 
 
@@ -60,8 +59,19 @@ def widget_value(spec: FieldSpec) -> Any:
 
 
 def parse_value(spec: FieldSpec, raw: Any) -> Any:
-    """Widget value -> config value. Raises ValueError naming the strategy and field."""
+    """Widget value -> config value, checked against the field's range and choices. Raises ValueError
+    naming the strategy and field."""
     where = f"strategy {spec.strategy!r}, parameter {spec.name!r}"
+    value = _widget_to_value(spec, raw, where)
+    if value is not None:  # JSON boxes can hold any type: the config's own coercion names the mistake
+        value = coerce(value, spec.hint, f"strategy {spec.strategy!r}", spec.name)
+    reason = check_value(value, spec.metadata)
+    if reason is not None:
+        raise ValueError(f"{where}: {reason}")
+    return value
+
+
+def _widget_to_value(spec: FieldSpec, raw: Any, where: str) -> Any:
     if spec.widget == "json":
         text = "" if raw is None else str(raw).strip()
         if not text:

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from core.errors import UsageError
+from core.typed import DTYPE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,9 @@ def load_model_and_tokenizer(name_or_path: str | Path, device: str | torch.devic
 
 
 def parse_dtype(name: Optional[str]) -> Optional[torch.dtype]:
-    table = {None: None, "auto": None, "fp32": torch.float32, "float32": torch.float32,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if name not in table:
+    """A config's dtype name (core.typed.DTYPE_NAMES: "bf16", "float32", "auto", ...) -> torch dtype;
+    None and "auto" -> None (the checkpoint's own)."""
+    if name not in DTYPE_NAMES:
         raise ValueError(f"dtype {name!r} unknown; use one of fp32, bf16, fp16")
-    return table[name]
+    attr = DTYPE_NAMES[name]
+    return None if attr is None else getattr(torch, attr)

@@ -14,6 +14,17 @@ class UsageError(ValueError):
     """Bad input (a flag, a path, a file's content): one line naming the file/key/field and the reason."""
 
 
+class ConfigError(UsageError):
+    """A config mistake: ``"FILE: KEY: reason"`` (``source`` may also be e.g. "strategy 'masked'")."""
+
+    def __init__(self, source: str, key: str, reason: str):
+        self.source, self.key, self.reason = source, key, reason
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+
+    def __reduce__(self):  # keeps the three parts when the error crosses a process boundary
+        return type(self), (self.source, self.key, self.reason)
+
+
 def decode_utf8(data: bytes, path: str | Path) -> str:
     """``data`` (the bytes of ``path``) as text; a non-UTF-8 file raises a UsageError naming it and the offset."""
     try:

@@ -14,7 +14,8 @@ the top level, or for one entry. ``model:`` on an entry decodes that entry with 
 (a directory or a shipped name such as ``embedded-r2ft_conv``); ``--model`` replaces the file's model only.
 
 Every mistake raises :class:`ConfigError` naming the file, the dotted key
-(``strategies[2].params.block_length``) and the reason. YAML is read with ``yaml.safe_load``
+(``strategies[2].params.block_length``) and the reason. Types, ranges and choices are declared on the
+dataclass fields below and checked by :mod:`core.typed`, the path every config of the project takes. YAML is read with ``yaml.safe_load``
 only, so no code runs from a config file. Relative paths (model, ``data_dir``) are taken
 relative to the working directory the command runs in.
 """
@@ -32,32 +33,22 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-from core.errors import read_text
+from core.errors import ConfigError, read_text
+from core.typed import DTYPE_NAMES, build
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "ablations" / "embedded_default.yaml"
-TOP_KEYS = {"name", "model", "tokenizer", "delete_token", "tasks", "strategies", "budgets", "gen_length",
-            "batch_size", "device", "dtype", "seeds", "score_workers", "save_traces", "protocol",
-            "cache"}
-TASK_KEYS = {"name", "n", "split", "seed", "kwargs"}
-STRATEGY_KEYS = {"name", "label", "preset", "params", "sweep", "budgets", "cache", "model"}
 CACHE_MODES = ("none", "prefix", "dual")  # the loop's KV-cache modes (strategies.base.CACHE_MODES)
-DTYPES = (None, "auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
-
-
-class ConfigError(ValueError):
-    """A config mistake: ``"FILE: KEY: reason"``."""
-
-    def __init__(self, source: str, key: str, reason: str):
-        self.source, self.key, self.reason = source, key, reason
-        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+DTYPES = tuple(DTYPE_NAMES)  # None, "auto", "fp32", ... (core.typed.DTYPE_NAMES; core.checkpoint maps them)
+CACHE = {"choices": CACHE_MODES, "noun": "cache mode"}  # field metadata of the cache keys
+AT_LEAST_ONE = {"range": (1, None)}
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str  # registered task name (core.tasks)
-    n: Optional[int] = None  # examples to draw; None = the whole split
+    n: Optional[int] = field(default=None, metadata=AT_LEAST_ONE)  # examples to draw; None = the whole split
     split: str = "test"
     seed: int = 0  # which examples are drawn (and, for generated tasks, how they are generated)
     kwargs: Mapping[str, Any] = field(default_factory=dict)  # task constructor arguments (e.g. data_dir)
@@ -83,20 +74,21 @@ class StrategySpec:
 class ExperimentConfig:
     name: str
     model: str  # checkpoint directory or shipped name ("embedded", ...)
-    tasks: tuple[TaskSpec, ...]
-    strategies: tuple[StrategySpec, ...]
-    budgets: tuple[str, ...]  # canonical "a/b" strings
-    gen_length: int
-    batch_size: int  # examples per generate() call (a "cell")
-    seeds: tuple[int, ...] = (0,)
+    # the lists of the file go through their parsers below (lambdas: those are defined after this class)
+    tasks: tuple[TaskSpec, ...] = field(metadata={"parse": lambda v, key, src: _tasks(v, key, src)})
+    strategies: tuple[StrategySpec, ...] = field(metadata={"parse": lambda v, key, src: _strategies(v, key, src)})
+    budgets: tuple[str, ...] = field(metadata={"parse": lambda v, key, src: _budgets(v, key, src)})  # "a/b" strings
+    gen_length: int = field(metadata=AT_LEAST_ONE)
+    batch_size: int = field(metadata=AT_LEAST_ONE)  # examples per generate() call (a "cell")
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"min_len": 1})
     tokenizer: Optional[str] = None  # tokenizer directory; None = the model directory
     delete_token: Optional[str] = None  # LLaDA-8B: the reserved token that plays <|del|>
     device: str = "cpu"
-    dtype: Optional[str] = None
-    score_workers: int = 2  # sandbox processes for code scoring
+    dtype: Optional[str] = field(default=None, metadata={"choices": DTYPES})
+    score_workers: int = field(default=2, metadata=AT_LEAST_ONE)  # sandbox processes for code scoring
     save_traces: bool = True
-    cache: str = "none"  # KV-cache mode of entries that do not set their own
-    source: str = field(default="<dict>", compare=False)  # file the config came from
+    cache: str = field(default="none", metadata=CACHE)  # KV-cache mode of entries that do not set their own
+    source: str = field(default="<dict>", compare=False, metadata={"internal": True})  # file the config came from
     # tune protocol file (relative to the config file) whose test_looks each run of this config counts;
     # bookkeeping, not part of the config's hash (experiments.tune)
     protocol: Optional[str] = field(default=None, compare=False)
@@ -180,95 +172,29 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> ExperimentConfig:
-    err = _Errors(source)
+    """Plain dict (a parsed YAML file) -> checked ExperimentConfig; mistakes raise ConfigError naming ``source``."""
     if not isinstance(data, dict):
-        raise err("", f"expected a mapping at the top level, got {type(data).__name__}")
-    err.unknown_keys(data, TOP_KEYS, "")
-    for key in ("tasks", "strategies", "budgets", "gen_length", "batch_size"):
-        if key not in data:
-            raise err(key, "required key is missing")
-    budgets = _budgets(data["budgets"], "budgets", err)
-    strategies = tuple(s for i, entry in enumerate(_list(data["strategies"], "strategies", err))
-                       for s in _strategy_specs(entry, f"strategies[{i}]", err))
-    seen: dict[str, str] = {}
-    for s in strategies:
-        if s.label in seen:
-            raise err(f"{s.where}.label", f"label {s.label!r} is used twice (also by {seen[s.label]}); "
-                                          "give each entry a distinct label")
-        seen[s.label] = s.where
-    tasks = tuple(_task_spec(t, f"tasks[{i}]", err) for i, t in enumerate(_list(data["tasks"], "tasks", err)))
-    for i, t in enumerate(tasks):
-        if any(u.name == t.name for u in tasks[:i]):
-            raise err(f"tasks[{i}].name", f"task {t.name!r} is listed twice; rows are keyed by task name")
-    dtype = data.get("dtype")
-    if dtype not in DTYPES:
-        raise err("dtype", f"{dtype!r} is not one of {[d for d in DTYPES if d]}")
-    return ExperimentConfig(
-        name=_typed(data.get("name", Path(source).stem), str, "name", err),
-        model=str(_typed(data.get("model", "embedded"), (str, Path), "model", err)),
-        tokenizer=_typed(data.get("tokenizer"), (str, type(None)), "tokenizer", err),
-        delete_token=_typed(data.get("delete_token"), (str, type(None)), "delete_token", err),
-        tasks=tasks,
-        strategies=strategies,
-        budgets=budgets,
-        gen_length=_positive_int(data["gen_length"], "gen_length", err),
-        batch_size=_positive_int(data["batch_size"], "batch_size", err),
-        seeds=tuple(_int(s, f"seeds[{i}]", err) for i, s in enumerate(_list(data.get("seeds", [0]), "seeds", err))),
-        device=_typed(data.get("device", "cpu"), str, "device", err),
-        dtype=dtype,
-        score_workers=_positive_int(data.get("score_workers", 2), "score_workers", err),
-        save_traces=_typed(data.get("save_traces", True), bool, "save_traces", err),
-        cache=_cache_mode(data.get("cache", "none"), "cache", err),
-        source=source,
-        protocol=_typed(data.get("protocol"), (str, type(None)), "protocol", err),
-    )
+        raise ConfigError(source, "", f"expected a mapping at the top level, got {type(data).__name__}")
+    return build(ExperimentConfig, {"name": Path(source).stem, "model": "embedded", **data}, source, source=source)
 
 
-class _Errors:
-    """Builds ConfigErrors for one source file."""
+@dataclass(frozen=True)
+class _StrategyEntry:
+    """One strategy entry as written in the file, before its preset is merged and its sweep expanded."""
 
-    def __init__(self, source: str):
-        self.source = source
-
-    def __call__(self, key: str, reason: str) -> ConfigError:
-        return ConfigError(self.source, key, reason)
-
-    def unknown_keys(self, data: dict, known: set, where: str) -> None:
-        for k in data:
-            if k not in known:
-                raise self(f"{where}.{k}" if where else str(k), f"unknown key; known keys: {sorted(known)}")
-
-
-def _typed(value, types, key: str, err: _Errors):
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
-        names = "/".join(t.__name__ for t in _as_tuple(types))
-        raise err(key, f"expected {names}, got {value!r}")
-    return value
+    name: str
+    label: Optional[str] = None  # default: NAME, or NAME-PRESET
+    preset: Optional[str] = None
+    params: Optional[dict] = None
+    sweep: Optional[dict] = None
+    budgets: Optional[tuple[str, ...]] = field(default=None, metadata={"parse": lambda v, k, src: _budgets(v, k, src)})
+    cache: Optional[str] = field(default=None, metadata=CACHE)
+    model: Optional[str] = None  # another checkpoint for this entry (a directory or a shipped name)
 
 
-def _as_tuple(types) -> tuple:
-    return types if isinstance(types, tuple) else (types,)
-
-
-def _int(value, key: str, err: _Errors) -> int:
-    return _typed(value, int, key, err)
-
-
-def _positive_int(value, key: str, err: _Errors) -> int:
-    if _int(value, key, err) < 1:
-        raise err(key, f"must be >= 1, got {value}")
-    return value
-
-
-def _list(value, key: str, err: _Errors) -> list:
+def _list(value, key: str, source: str) -> list:
     if not isinstance(value, list) or not value:
-        raise err(key, f"expected a non-empty list, got {value!r}")
-    return value
-
-
-def _cache_mode(value, key: str, err: _Errors) -> str:
-    if value not in CACHE_MODES:
-        raise err(key, f"{value!r} is not a cache mode; choose one of {list(CACHE_MODES)}")
+        raise ConfigError(source, key, f"expected a non-empty list, got {value!r}")
     return value
 
 
@@ -282,67 +208,68 @@ def canonical_budget(value) -> str:
     return f"{frac.numerator}/{frac.denominator}"
 
 
-def _budgets(value, key: str, err: _Errors) -> tuple[str, ...]:
+def _budgets(value, key: str, source: str) -> tuple[str, ...]:
     out = []
-    for j, b in enumerate(_list(value, key, err)):
+    for j, b in enumerate(_list(value, key, source)):
         try:
             out.append(canonical_budget(b))
         except ValueError as e:
-            raise err(f"{key}[{j}]", str(e)) from None
+            raise ConfigError(source, f"{key}[{j}]", str(e)) from None
     if len(set(out)) != len(out):
-        raise err(key, f"budgets repeat: {out}")
+        raise ConfigError(source, key, f"budgets repeat: {out}")
     return tuple(out)
 
 
-def _task_spec(entry, where: str, err: _Errors) -> TaskSpec:
-    if isinstance(entry, str):
-        entry = {"name": entry}
-    if not isinstance(entry, dict):
-        raise err(where, f"expected a task name or a mapping, got {entry!r}")
-    err.unknown_keys(entry, TASK_KEYS, where)
-    if "name" not in entry:
-        raise err(f"{where}.name", "required key is missing")
-    n = entry.get("n")
-    if n is not None:
-        _positive_int(n, f"{where}.n", err)
-    kwargs = entry.get("kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise err(f"{where}.kwargs", f"expected a mapping, got {kwargs!r}")
-    return TaskSpec(name=_typed(entry["name"], str, f"{where}.name", err), n=n,
-                    split=_typed(entry.get("split", "test"), str, f"{where}.split", err),
-                    seed=_int(entry.get("seed", 0), f"{where}.seed", err), kwargs=dict(kwargs))
+def _tasks(value, key: str, source: str) -> tuple[TaskSpec, ...]:
+    tasks: list[TaskSpec] = []
+    for i, entry in enumerate(_list(value, key, source)):
+        where = f"{key}[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict):
+            raise ConfigError(source, where, f"expected a task name or a mapping, got {entry!r}")
+        if "kwargs" in entry and entry["kwargs"] is None:  # an empty "kwargs:" line
+            entry = {k: v for k, v in entry.items() if k != "kwargs"}
+        task = build(TaskSpec, entry, source, at=where)
+        if any(t.name == task.name for t in tasks):
+            raise ConfigError(source, f"{where}.name",
+                              f"task {task.name!r} is listed twice; rows are keyed by task name")
+        tasks.append(task)
+    return tuple(tasks)
 
 
-def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
+def _strategies(value, key: str, source: str) -> tuple[StrategySpec, ...]:
+    specs = tuple(s for i, entry in enumerate(_list(value, key, source))
+                  for s in _strategy_specs(entry, f"{key}[{i}]", source))
+    seen: dict[str, str] = {}
+    for s in specs:
+        if s.label in seen:
+            raise ConfigError(source, f"{s.where}.label", f"label {s.label!r} is used twice (also by {seen[s.label]}); "
+                                                         "give each entry a distinct label")
+        seen[s.label] = s.where
+    return specs
+
+
+def _strategy_specs(entry, where: str, source: str) -> list[StrategySpec]:
     """One YAML strategy entry -> one spec, or one per point of its sweep grid."""
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict):
-        raise err(where, f"expected a strategy name or a mapping, got {entry!r}")
-    err.unknown_keys(entry, STRATEGY_KEYS, where)
-    if "name" not in entry:
-        raise err(f"{where}.name", "required key is missing")
-    name = _typed(entry["name"], str, f"{where}.name", err)
-    preset = _typed(entry.get("preset"), (str, type(None)), f"{where}.preset", err)
-    label = _typed(entry.get("label", f"{name}-{preset}" if preset else name), str, f"{where}.label", err)
-    params = entry.get("params") or {}
-    sweep = entry.get("sweep") or {}
-    for key, value in (("params", params), ("sweep", sweep)):
-        if not isinstance(value, dict):
-            raise err(f"{where}.{key}", f"expected a mapping, got {value!r}")
+        raise ConfigError(source, where, f"expected a strategy name or a mapping, got {entry!r}")
+    e = build(_StrategyEntry, entry, source, at=where)
+    label = e.label if e.label is not None else (f"{e.name}-{e.preset}" if e.preset else e.name)
+    params, sweep = e.params or {}, e.sweep or {}
     for k, values in sweep.items():
         if not isinstance(values, list) or not values:
-            raise err(f"{where}.sweep.{k}", f"expected a non-empty list of values, got {values!r}")
+            raise ConfigError(source, f"{where}.sweep.{k}", f"expected a non-empty list of values, got {values!r}")
         if k in params:
-            raise err(f"{where}.sweep.{k}", "is also set under params; set it in one place")
-    base = _preset_params(name, preset, where, err)
+            raise ConfigError(source, f"{where}.sweep.{k}", "is also set under params; set it in one place")
+    base = _preset_params(e.name, e.preset, where, source)
     from_preset = tuple(k for k in base if k not in params and k not in sweep)
     params = {**base, **params}  # the entry's params, then its sweep, override the preset
-    budgets = _budgets(entry["budgets"], f"{where}.budgets", err) if "budgets" in entry else None
-    cache = _cache_mode(entry["cache"], f"{where}.cache", err) if "cache" in entry else None
-    model = str(_typed(entry["model"], (str, Path), f"{where}.model", err)) if "model" in entry else None
+    model = e.model
     if not sweep:
-        return [StrategySpec(name, label, dict(params), budgets, where, (), preset, from_preset, cache, model)]
+        return [StrategySpec(e.name, label, dict(params), e.budgets, where, (), e.preset, from_preset, e.cache, model)]
     keys = list(sweep)
     specs = []
     for values in itertools.product(*(sweep[k] for k in keys)):
@@ -350,16 +277,17 @@ def _strategy_specs(entry, where: str, err: _Errors) -> list[StrategySpec]:
         if "{" in label:
             try:
                 point_label = label.format(**point)
-            except (KeyError, IndexError, ValueError) as e:
-                raise err(f"{where}.label", f"cannot fill {label!r} from the sweep keys {keys} ({e})") from None
+            except (KeyError, IndexError, ValueError) as err:
+                raise ConfigError(source, f"{where}.label", f"cannot fill {label!r} from the sweep keys {keys} "
+                                                            f"({err})") from None
         else:
             point_label = f"{label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
-        specs.append(StrategySpec(name, point_label, {**params, **point}, budgets, where, tuple(keys), preset,
-                                  from_preset, cache, model))
+        specs.append(StrategySpec(e.name, point_label, {**params, **point}, e.budgets, where, tuple(keys), e.preset,
+                                  from_preset, e.cache, model))
     return specs
 
 
-def _preset_params(name: str, preset: Optional[str], where: str, err: _Errors) -> dict:
+def _preset_params(name: str, preset: Optional[str], where: str, source: str) -> dict:
     """The parameters of ``preset`` of strategy ``name`` ({} without a preset), or a ConfigError."""
     if preset is None:
         return {}
@@ -368,16 +296,11 @@ def _preset_params(name: str, preset: Optional[str], where: str, err: _Errors) -
     try:
         strategy_class(name)
     except KeyError as e:
-        raise err(f"{where}.name", e.args[0]) from None
+        raise ConfigError(source, f"{where}.name", e.args[0]) from None
     try:
         return preset_params(name, preset)
     except KeyError as e:
-        raise err(f"{where}.preset", e.args[0]) from None
-
-
-def read_yaml_config(path: str | Path) -> dict:
-    """The raw mapping of a saved config.yaml (for the store and the app)."""
-    return yaml.safe_load(Path(path).read_text())
+        raise ConfigError(source, f"{where}.preset", e.args[0]) from None
 
 
 def dump_config(config: ExperimentConfig) -> str:

@@ -8,7 +8,6 @@ updates the :class:`DecodeState` in place and returns a :class:`core.trace.StepR
 from __future__ import annotations
 
 import dataclasses
-import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
@@ -16,57 +15,28 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from core.trace import StepRecord
+from core.typed import build, check_fields
 
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Base of every strategy's frozen config. Subclasses add fields; ``check`` validates combinations."""
+    """Base of every strategy's frozen config. Subclasses add fields, with their ranges and choices in the
+    field metadata (core.typed); ``check`` adds the rules that involve several fields or the run."""
 
     @classmethod
     def from_dict(cls, params: dict[str, Any], where: str = "config") -> "StrategyConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(names)}")
-        hints = typing.get_type_hints(cls)
-        coerced = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in params.items()}
-        return cls(**coerced)
+        """YAML parameters -> checked config; a mistake raises ConfigError ``"WHERE: param: reason"``."""
+        return build(cls, params, where, noun="parameter")
 
     def check(self, gen_length: int, max_nfe: int) -> None:
-        """Raise ValueError naming the parameter when this config cannot run at this length and budget."""
+        """Raise ValueError naming the parameter when this config cannot run at this length and budget.
+
+        The base checks every field against its metadata (for configs built without ``from_dict``);
+        a subclass calls it first, then checks its cross-field rules."""
+        check_fields(self, type(self).__name__)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Light type checking for YAML values: ints where ints are due, floats accept ints, Literal choices."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        if value not in args:
-            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if origin in (tuple, list) and isinstance(value, (list, tuple)):
-        return tuple(value)
-    return value
 
 
 @dataclass(frozen=True)

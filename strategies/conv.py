@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from core.trace import StepRecord
+from core.typed import ranged
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from strategies.registry import register
 from strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, planned_passes, predict, select_topk,
@@ -40,23 +41,13 @@ EPS = 1e-5  # the reference grid's last time point
 @dataclass(frozen=True)
 class ConvConfig(StrategyConfig):
     variant: Literal["confidence", "stochastic"] = "confidence"  # ranking by gated confidence, or the paper's sampler
-    window: int = 32  # box-kernel width in tokens (made odd so it is centred)
-    gate_scale: float = 1.0  # tanh(gate_scale * decoded count): how fast the gate saturates
-    top_k: int = 1  # candidate tokens per position (stochastic variant)
-    temperature: float = 0.0  # Gumbel temperature; 0 = greedy token and deterministic unmask decisions
+    window: int = ranged(32, 1)  # box-kernel width in tokens (made odd so it is centred)
+    gate_scale: float = ranged(1.0, 0, open="lo")  # tanh(gate_scale * decoded count): how fast the gate saturates
+    top_k: int = ranged(1, 1)  # candidate tokens per position (stochastic variant)
+    temperature: float = ranged(0.0, 0)  # Gumbel temperature; 0 = greedy token and deterministic unmask decisions
     norm_top: Literal["k", "k+1"] = "k"  # stochastic: the normaliser sums the top-k (or top-(k+1): the paper) probs
     timing: Literal["project", "reference"] = "project"  # our grid + final commit-all, or the reference's grid
     bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (the reference: the mask id)
-
-    def check(self, gen_length: int, max_nfe: int) -> None:
-        if self.window < 1:
-            raise ValueError(f"window={self.window} must be >= 1")
-        if self.gate_scale <= 0:
-            raise ValueError(f"gate_scale={self.gate_scale} must be > 0")
-        if self.top_k < 1:
-            raise ValueError(f"top_k={self.top_k} must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
 
 
 def conv_gate(state: DecodeState, ctx: DecodeContext, window: int, gate_scale: float) -> torch.Tensor:

@@ -59,6 +59,7 @@ from typing import Literal, Optional
 import torch
 
 from core.trace import StepRecord
+from core.typed import ranged
 from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy,
                              StrategyConfig)
 from strategies.edit_rules import apply_with_room, finish_draft, medlm_mask_begin, medlm_mask_step, plan_room
@@ -69,17 +70,21 @@ from strategies.sampling import ban_tokens, log_probability_from_top, predict, p
 
 @dataclass(frozen=True)
 class EditConfig(StrategyConfig):
-    edit_passes: Optional[int] = None  # passes reserved for edits; None = round(edit_fraction * budget passes)
-    edit_fraction: float = 0.25  # share of the passes given to edits when edit_passes is None
+    edit_passes: Optional[int] = ranged(None, 0)  # passes kept for edits; None = round(edit_fraction * budget passes)
+    edit_fraction: float = ranged(0.25, 0, 1, open="hi")  # share of the passes given to edits when edit_passes is None
     block_length: Optional[int] = None  # mask phase: semi-AR block length; None = one block
     temperature: float = 0.0  # mask phase: Gumbel temperature
     stop_when_unchanged: bool = True  # a row stops once an edit pass changes nothing
     stop_on_growth: bool = False  # reject (and stop at) a pass that changes more than the row's previous pass
-    max_change_fraction: Optional[float] = None  # reject (and stop at) a pass changing more than this share
-    min_edit_confidence: Optional[float] = None  # an edit applies only where its head's probability reaches this
-    keep_threshold: Optional[float] = None  # an edit applies only where its head gives the present text less than this
-    insert_keep_threshold: Optional[float] = None  # the same bar for insertions only; None = keep_threshold
-    revert_margin: Optional[float] = None  # go back (and stop) when the text scores lower than before by more
+    # reject (and stop at) a pass changing more than this share
+    max_change_fraction: Optional[float] = ranged(None, 0, 1, open="lo")
+    # an edit applies only where its head's probability reaches this
+    min_edit_confidence: Optional[float] = ranged(None, 0, 1)
+    # an edit applies only where its head gives the present text less than this
+    keep_threshold: Optional[float] = ranged(None, 0, 1, open="lo")
+    # the same bar for insertions only; None = keep_threshold
+    insert_keep_threshold: Optional[float] = ranged(None, 0, 1, open="lo")
+    revert_margin: Optional[float] = ranged(None, 0)  # go back and stop if the text scores lower than before by more
     revert_to: Literal["previous", "best"] = "previous"  # the earlier text compared and gone back to
     mask_phase: Literal["llada", "medlm"] = "llada"  # medlm: ME-DLM's mask phase (pad ranks last, mask id allowed)
     draft_rule: Literal["cut", "strip_pads"] = "cut"  # draft ends at the first eos/pad, or loses every pad
@@ -89,20 +94,7 @@ class EditConfig(StrategyConfig):
     max_length: Optional[int] = None  # rows grow to this many tokens, prompt included (None: cut at gen_length)
 
     def check(self, gen_length: int, max_nfe: int) -> None:
-        if self.edit_passes is not None and self.edit_passes < 0:
-            raise ValueError(f"edit_passes={self.edit_passes} must be >= 0")
-        if not 0.0 <= self.edit_fraction < 1.0:
-            raise ValueError(f"edit_fraction={self.edit_fraction} must lie in [0, 1)")
-        if self.max_change_fraction is not None and not 0.0 < self.max_change_fraction <= 1.0:
-            raise ValueError(f"max_change_fraction={self.max_change_fraction} must lie in (0, 1]")
-        if self.min_edit_confidence is not None and not 0.0 <= self.min_edit_confidence <= 1.0:
-            raise ValueError(f"min_edit_confidence={self.min_edit_confidence} must lie in [0, 1]")
-        for name in ("keep_threshold", "insert_keep_threshold"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value <= 1.0:
-                raise ValueError(f"{name}={value} must lie in (0, 1]")
-        if self.revert_margin is not None and self.revert_margin < 0.0:
-            raise ValueError(f"revert_margin={self.revert_margin} must be >= 0")
+        super().check(gen_length, max_nfe)
         if self.mask_phase == "medlm" and (self.block_length is not None or self.temperature != 0.0):
             raise ValueError("mask_phase='medlm' is ME-DLM's greedy one-block mask phase: "
                              "block_length must be None and temperature 0")

@@ -22,6 +22,7 @@ from typing import Literal, Optional
 import torch
 
 from core.trace import StepRecord
+from core.typed import ranged
 
 from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy, StrategyConfig,
                              commit)
@@ -33,26 +34,21 @@ from strategies.sampling import (NEG_INF, ban_tokens, banned_ids, planned_passes
 @dataclass(frozen=True)
 class MaskedConfig(StrategyConfig):
     remasking: Literal["low_confidence", "random"] = "low_confidence"  # what ranks the masked positions
-    temperature: float = 0.0  # Gumbel temperature; 0 = greedy
+    temperature: float = ranged(0.0, 0)  # Gumbel temperature; 0 = greedy
     block_length: Optional[int] = None  # semi-AR block length (divides gen_length); None = one block
-    cfg_scale: float = 0.0  # classifier-free guidance weight w; > 0 doubles the cost of a pass
+    cfg_scale: float = ranged(0.0, 0)  # classifier-free guidance weight w; > 0 doubles the cost of a pass
     suppress_eos: bool = False  # rank end-of-text / end-of-turn predictions last
-    tokens_per_pass: Optional[int] = None  # commit k per pass (finishing early) instead of spreading the budget
+    tokens_per_pass: Optional[int] = ranged(None, 1)  # commit k per pass (finishing early), not the spread budget
     bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (LLaDA: none)
     logits_eos_inf: bool = False  # LLaDA: end-of-text logit -inf before the token choice
     confidence_eos_eot_inf: bool = False  # LLaDA: end-of-text / end-of-turn get confidence 0 (see eos_eot_confidence)
     uneven_steps: Literal["split", "refuse"] = "split"  # passes that do not divide over blocks: split, or refuse (LLaDA)
 
     def check(self, gen_length: int, max_nfe: int) -> None:
+        super().check(gen_length, max_nfe)
         if self.block_length is not None:
             if self.block_length <= 0 or gen_length % self.block_length:
                 raise ValueError(f"block_length={self.block_length} must divide gen_length={gen_length}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0")
-        if self.tokens_per_pass is not None and self.tokens_per_pass < 1:
-            raise ValueError(f"tokens_per_pass={self.tokens_per_pass} must be >= 1")
         cost = 2 if self.cfg_scale > 0 else 1
         nb = self.num_blocks(gen_length)
         if self.uneven_steps == "refuse" and (max_nfe % cost or (max_nfe // cost) % nb):

@@ -1,42 +1,29 @@
-"""The strategy registry: ``@register("name")`` on each strategy class, ``get_strategy(name, **params)``."""
+"""The strategy registry: ``@register("name")`` on each strategy class, ``get_strategy(name, **params)``.
+
+A :class:`core.registry.Registry` of :class:`strategies.base.Strategy` subclasses; importing the
+``strategies`` package registers the built-in ones. ``register(name, "pkg.module:Class")`` adds a lazy one.
+"""
 
 from __future__ import annotations
 
-import difflib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
+
+from core.registry import Registry, unknown_name_message
 
 if TYPE_CHECKING:
     from strategies.base import Strategy
 
-_REGISTRY: dict[str, type["Strategy"]] = {}
+STRATEGIES: Registry["Strategy"] = Registry("strategy", base="strategies.base:Strategy", populate="strategies")
 
 
-def register(name: str):
-    """Class decorator: make a strategy available under ``name`` (= its file name = its test file name)."""
-
-    def wrap(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"strategy {name!r} registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
-    """"Unknown strategy 'x'. Did you mean ...? Available: ..." (shared by every registry of refinery)."""
-    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"Unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(available))}"
+def register(name: str, target: Optional[str] = None):
+    """Class decorator: make a strategy available under ``name`` (= its file name = its test file name);
+    ``register(name, "pkg.module:Class")`` registers a class imported on first use."""
+    return STRATEGIES.register(name, target)
 
 
 def strategy_class(name: str) -> type["Strategy"]:
-    import strategies  # noqa: F401  (importing the package registers every strategy)
-
-    if name not in _REGISTRY:
-        raise KeyError(unknown_name_message("strategy", name, list(_REGISTRY)))
-    return _REGISTRY[name]
+    return STRATEGIES.get(name)
 
 
 def preset_params(name: str, preset: str | None) -> dict[str, Any]:
@@ -58,6 +45,4 @@ def get_strategy(name: str, preset: str | None = None, **params: Any) -> "Strate
 
 
 def available_strategies() -> dict[str, type["Strategy"]]:
-    import strategies  # noqa: F401
-
-    return dict(sorted(_REGISTRY.items()))
+    return STRATEGIES.as_dict()

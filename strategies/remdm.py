@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 
 from core.trace import StepRecord
+from core.typed import ranged
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from strategies.registry import register
 from strategies.sampling import ban_tokens, banned_ids, nucleus_filter, predict, uniform_rand
@@ -52,27 +53,22 @@ def _paper(schedule: str, eta: float, script: str) -> Preset:
 @dataclass(frozen=True)
 class RemdmConfig(StrategyConfig):
     schedule: Literal["cap", "rescale", "conf", "loop"] = "loop"  # how sigma_t is chosen
-    eta: float = 0.04  # remasking strength
+    eta: float = ranged(0.04, 0, 1)  # remasking strength
     t_on: float = 0.55  # loop: remasking phase starts when t falls to t_on
     t_off: float = 0.05  # loop: ... and ends at t_off (must be < t_on)
     alpha_on: float = 0.9  # loop: fraction decoded during the remasking phase
-    temperature: float = 0.0  # Gumbel temperature of token choices; unmask/remask decisions are always sampled
-    top_p: float = 1.0  # nucleus for the token choice (ReMDM's cut); 1 = the full distribution
+    temperature: float = ranged(0.0, 0)  # Gumbel temperature of token choices; unmask/remask draws always sampled
+    top_p: float = ranged(1.0, 0, 1, open="lo")  # nucleus for the token choice (ReMDM's cut); 1 = the full distribution
     timing: Literal["project", "reference"] = "project"  # our pass clock, or ReMDM's grid + noise-removal pass
     bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (ReMDM: the mask id)
 
     def check(self, gen_length: int, max_nfe: int) -> None:
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta={self.eta} must lie in [0, 1]")
+        super().check(gen_length, max_nfe)
         if self.schedule == "loop":
             if not 0.0 <= self.t_off < self.t_on <= 1.0:
                 raise ValueError(f"t_off={self.t_off} must be < t_on={self.t_on}, both in [0, 1]")
             if not 0.0 < self.alpha_on < 1.0:
                 raise ValueError(f"alpha_on={self.alpha_on} must lie in (0, 1)")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p={self.top_p} must lie in (0, 1]")
 
 
 @register("remdm")

@@ -23,6 +23,7 @@ from typing import Literal, Optional
 import torch
 
 from core.trace import StepRecord
+from core.typed import ranged
 
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from strategies.registry import register
@@ -31,20 +32,17 @@ from strategies.sampling import NEG_INF, ban_tokens, banned_ids, predict, select
 
 @dataclass(frozen=True)
 class ThresholdConfig(StrategyConfig):
-    threshold: float = 0.9  # commit every masked position whose confidence exceeds this
+    threshold: float = ranged(0.9, 0, 1)  # commit every masked position whose confidence exceeds this
     block_length: Optional[int] = None  # blocks decoded in order (divides gen_length); None = one block
-    temperature: float = 0.0  # Gumbel temperature for the predicted tokens; 0 = greedy
+    temperature: float = ranged(0.0, 0)  # Gumbel temperature for the predicted tokens; 0 = greedy
     inclusive: bool = False  # commit confidence >= threshold (Fast-dLLM) instead of > threshold
     allot: bool = True  # per-block pass allotment forcing extra commits; False = only the final pass is forced
     bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (Fast-dLLM: none)
 
     def check(self, gen_length: int, max_nfe: int) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold={self.threshold} must lie in [0, 1]")
+        super().check(gen_length, max_nfe)
         if self.block_length is not None and (self.block_length <= 0 or gen_length % self.block_length):
             raise ValueError(f"block_length={self.block_length} must divide gen_length={gen_length}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
 
 
 @register("threshold")

@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from core.registry import Registry
+
 SPLITS = ("train", "dev", "test")  # "dev": held out from training, for choosing settings (generated tasks)
 
 
@@ -75,28 +77,16 @@ def check_split(task: str, split: str) -> None:
         raise ValueError(f"task {task!r}: split must be one of {SPLITS}, got {split!r}")
 
 
-TASKS: dict[str, type] = {}
+TASKS: Registry[Task] = Registry("task", base=Task, populate="core.tasks")  # name -> Task subclass
 
 
 def register_task(name: str):
     """Class decorator: ``@register_task("arith")``."""
-
-    def wrap(cls):
-        if name in TASKS:
-            raise ValueError(f"task {name!r} registered twice")
-        cls.name = name
-        TASKS[name] = cls
-        return cls
-
-    return wrap
+    return TASKS.register(name)
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
-    if name not in TASKS:
-        from strategies.registry import unknown_name_message  # the one "Did you mean" message
-
-        raise KeyError(unknown_name_message("task", name, list(TASKS)))
-    return TASKS[name](**kwargs)
+    return TASKS.get(name)(**kwargs)
 
 
 class VerdictMemo:

@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from core.typed import describe_range
     from strategies import available_strategies
 
     items = available_strategies()
@@ -31,5 +32,7 @@ def run(args) -> int:
         print(f"{name:<{width}}  {cls.description}")
         if args.params:
             for f in dataclasses.fields(cls.config_class):
-                print(f"{'':<{width}}    {f.name} = {f.default!r}")
+                bounds = f.metadata.get("range")  # the field's declared range (core.typed)
+                limit = f"  (must {describe_range(bounds, f.metadata.get('open', ''))})" if bounds else ""
+                print(f"{'':<{width}}    {f.name} = {f.default!r}{limit}")
     return 0

@@ -165,6 +165,8 @@ def run_ablation_timed(config_path: Path, out: Path) -> dict:
     if cuda:
         torch.cuda.synchronize()
     load_s = time.perf_counter() - start
+    peak_load = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    log.info("load: %.1f s; GPU memory after load %s", load_s, "n/a" if peak_load is None else f"{peak_load:.1f} GiB")
     del model
     if cuda:
         torch.cuda.empty_cache()
@@ -251,7 +253,9 @@ def main(argv=None) -> dict:
     cfg = tiny_config(tokenizer) if args.tiny else LLADA_8B
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     fig = dict(write_seconds=write_source(work / "source", cfg, 2 if args.tiny else SHARDS_8B, dtype))
+    log.info("write source: %.1f s", fig["write_seconds"])
     fig["convert_seconds"] = convert(work / "source", work / "converted", special_token_ids(tokenizer).delete_token_id)
+    log.info("convert: %.1f s", fig["convert_seconds"])
     config_path = work / "ablate.yaml"
     config_path.write_text(yaml.safe_dump(ablation_config(work / "converted", tok_dir, args), sort_keys=False))
     fig |= run_ablation_timed(config_path, work / "run")

@@ -53,7 +53,7 @@ def test_entry_model_parses_and_only_entries_that_set_it_carry_it(tiny_checkpoin
     assert config_from_dict(cfg.to_dict(), source="again").hash() == cfg.hash()  # round-trips
     plain = config_from_dict(small_config(tiny_checkpoint), source="p.yaml")  # no per-entry model: as before
     assert all("model" not in s for s in plain.to_dict()["strategies"])
-    with pytest.raises(ConfigError, match=r"strategies\[1\]\.model: expected str/Path, got 3"):
+    with pytest.raises(ConfigError, match=r"strategies\[1\]\.model: expected text, got 3"):
         bad = two_model_config(tiny_checkpoint, other_checkpoint)
         bad["strategies"][1]["model"] = 3
         config_from_dict(bad, source="m.yaml")
