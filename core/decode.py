@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from core.graphs import GraphRunner, graph_fallback_reason
+from core.graphs import graph_fallback_reason, runner_for
 from core.model import KVCache
 from core.trace import StepRecord, Trace
 from strategies.base import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy
@@ -210,7 +210,7 @@ def generate(
     graphs: "auto" | "on" | "off": replay the forward passes from CUDA graphs (``core.graphs``; same
     results, without the launch overhead that dominates small batches). "auto" does so on CUDA for
     batches of up to ``core.graphs.AUTO_MAX_ROWS`` rows; anywhere else the forward runs eager, and "on"
-    logs why.
+    logs why. The graphs stay with the model for the next call (``core.graphs.release_graphs`` frees them).
     """
     if isinstance(strategy, str):
         strategy = get_strategy(strategy, **(strategy_params or {}))
@@ -230,7 +230,8 @@ def generate(
     eager_reason = graph_fallback_reason(model, B, graphs)
     if eager_reason is not None and graphs == "on":
         log.warning("graphs='on': the forward runs eager: %s", eager_reason)
-    call = model if eager_reason is not None else GraphRunner(model)
+    call = model if eager_reason is not None else runner_for(model)
+    replayed = call.replays if call is not model else 0
     if init is None:
         region = torch.full((B, gen_length), ids["mask_id"], dtype=torch.long, device=device)
     else:
@@ -290,4 +291,4 @@ def generate(
     draft = state.extra.get("draft")
     return GenerationResult(state.x[:, P:].clone(), state.lengths.clone(), state.nfe.clone(), trace, seconds, max_nfe,
                             *(draft if draft is not None else (None, None)),
-                            graph_passes=call.replays if isinstance(call, GraphRunner) else 0)
+                            graph_passes=call.replays - replayed if call is not model else 0)

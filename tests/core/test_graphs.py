@@ -87,15 +87,18 @@ def test_static_cache_refills_in_place_and_gives_the_eager_logits_exactly():
         model(y[:, :10], use_cache=True, kv_cache=static)
 
 
+@pytest.mark.parametrize("padded,max_graphs", [(True, graphs.MAX_GRAPHS), (False, 2)])
 @torch.no_grad()
-def test_runner_replays_give_the_eager_outputs_call_by_call():
-    """Refills, windows at moving starts and plain passes, each replay against the same eager call."""
+def test_runner_replays_give_the_eager_outputs_call_by_call(padded, max_graphs):
+    """Refills, windows at moving starts and plain passes, each replay against the same eager call; with
+    room for two graphs only, each capture evicts the least recently used one."""
     model = _model()
-    runner = graphs.GraphRunner(model, capture=graphs.call_again)
+    runner = graphs.GraphRunner(model, capture=graphs.call_again, max_graphs=max_graphs)
     g = torch.Generator().manual_seed(11)
     P, L, W = 5, 12, 4
     mask = torch.ones(2, P + L, dtype=torch.bool)
     mask[0, :2] = False  # a padded prompt: positions come from the mask
+    mask = mask if padded else None
     ref_cache = None
     for block in range(3):
         x = torch.randint(3, 60, (2, P + L), generator=g)  # a new canvas each block
@@ -112,8 +115,8 @@ def test_runner_replays_give_the_eager_outputs_call_by_call():
         ref = model(x, compute_next=False, logits_from=P)
         assert torch.equal(runner(x, compute_next=False, logits_from=P).logits, ref.logits)
     assert all(torch.equal(a, b) for a, b in zip(runner.cache.keys, ref_cache.keys))
-    assert runner.eager == 1 and runner.replays == 3 * 4 - 1  # the first refill ran eager; three graphs
-    assert len(runner.graphs) == 3
+    assert runner.eager == 1 and runner.replays == 3 * 4 - 1  # the first refill ran eager
+    assert len(runner.graphs) == min(3, max_graphs)
 
 
 CASES = [
@@ -140,6 +143,28 @@ def test_replayed_passes_decode_like_eager_ones(monkeypatch, name, params, mode)
     assert torch.equal(got.tokens, ref.tokens) and torch.equal(got.lengths, ref.lengths)
     assert torch.equal(got.nfe, ref.nfe)
     assert got.graph_passes == len(got.trace) - 1  # all but the first pass (a warm-up, or the first refill)
+
+
+def test_graphs_stay_with_the_model_until_its_weights_move(monkeypatch):
+    model = _model()
+    strategy = get_strategy("masked", block_length=4)
+    ref = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="off")
+    monkeypatch.setattr("core.decode.graph_fallback_reason", lambda model, rows, mode: None)
+    monkeypatch.setattr(graphs, "cuda_capture", graphs.call_again)
+    first = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="on")
+    again = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="on")
+    assert first.graph_passes == len(first.trace) - 1 and again.graph_passes == len(again.trace)  # nothing eager
+    runner = graphs.runner_for(model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.0)  # in place: the graphs read the same memory, they stay
+    assert graphs.runner_for(model) is runner
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # a new tensor: new graphs
+    moved = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="on")
+    assert graphs.runner_for(model) is not runner and moved.graph_passes == len(moved.trace) - 1
+    graphs.release_graphs(model)
+    assert graphs.runner_for(model).replays == 0
+    for res in (first, again, moved):
+        assert torch.equal(res.tokens, ref.tokens)
 
 
 def test_a_failed_capture_is_logged_once_and_the_pass_runs_eager(monkeypatch, caplog):
