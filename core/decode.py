@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from core.graphs import graph_fallback_reason, runner_for
+from core.graphs import acquire_forward, graph_fallback_reason, release_forward
 from core.model import KVCache
 from core.trace import StepRecord, Trace
 from strategies.base import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy
@@ -230,8 +230,6 @@ def generate(
     eager_reason = graph_fallback_reason(model, B, graphs)
     if eager_reason is not None and graphs == "on":
         log.warning("graphs='on': the forward runs eager: %s", eager_reason)
-    call = model if eager_reason is not None else runner_for(model)
-    replayed = call.replays if call is not model else 0
     if init is None:
         region = torch.full((B, gen_length), ids["mask_id"], dtype=torch.long, device=device)
     else:
@@ -254,6 +252,8 @@ def generate(
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
+    call = model if eager_reason is not None else acquire_forward(model)  # the model, or its graph runner
+    replayed = call.replays if call is not model else 0
     passes_cost, sure = 0, 0  # host-side: cost of the passes so far; passes known to find work
     try:
         while True:
@@ -283,6 +283,7 @@ def generate(
             state.step += 1
     finally:
         model.train(was_training)
+        release_forward(call)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0

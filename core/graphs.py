@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -127,6 +128,7 @@ class GraphRunner:
         self.replays = 0
         self.eager = 0
         self.broken: Optional[str] = None  # why capturing failed (then everything runs eager)
+        self.busy = threading.Lock()  # held by the generation call using the runner (acquire_forward)
 
     @property
     def model(self):
@@ -245,6 +247,23 @@ def runner_for(model) -> GraphRunner:
         held = (fingerprint, GraphRunner(model))
         _RUNNERS[model] = held
     return held[1]
+
+
+def acquire_forward(model):
+    """The model's graph runner for one generation call, or the model itself (eager) while another call,
+    in another thread, holds the runner: two calls replaying the same graphs would overwrite each other's
+    inputs and outputs. Give it back with :func:`release_forward`."""
+    runner = runner_for(model)
+    if runner.busy.acquire(blocking=False):
+        return runner
+    log.debug("the model's CUDA graphs are in use by another generation call: this one runs eager")
+    return model
+
+
+def release_forward(call) -> None:
+    """End the use of what :func:`acquire_forward` returned."""
+    if isinstance(call, GraphRunner):
+        call.busy.release()
 
 
 def release_graphs(model) -> None:

@@ -161,6 +161,12 @@ def test_graphs_stay_with_the_model_until_its_weights_move(monkeypatch):
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # a new tensor: new graphs
     moved = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="on")
     assert graphs.runner_for(model) is not runner and moved.graph_passes == len(moved.trace) - 1
+    busy = graphs.acquire_forward(model)  # another thread's call holds the graphs: this one runs eager
+    assert busy is graphs.runner_for(model) and graphs.acquire_forward(model) is model
+    other = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="on")
+    assert other.graph_passes == 0 and torch.equal(other.tokens, ref.tokens)
+    graphs.release_forward(busy)
+    assert generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="on").graph_passes == len(ref.trace)
     graphs.release_graphs(model)
     assert graphs.runner_for(model).replays == 0
     for res in (first, again, moved):
