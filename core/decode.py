@@ -227,7 +227,7 @@ def generate(
     prompt_ids, prompt_mask = left_pad(prompts, ids["pad_id"], device)
     B, P = prompt_ids.shape
     check_prompt_fits(P, gen_length, model.config)
-    eager_reason = graph_fallback_reason(model, B, graphs)
+    eager_reason = graph_fallback_reason(model, B, graphs, cache)
     if eager_reason is not None and graphs == "on":
         log.warning("graphs='on': the forward runs eager: %s", eager_reason)
     if init is None:

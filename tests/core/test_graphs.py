@@ -57,6 +57,9 @@ def test_auto_leaves_large_batches_eager():
     assert "a batch of 5 rows" in graphs.graph_fallback_reason(fake, graphs.AUTO_MAX_ROWS + 1, "auto")
     assert graphs.graph_fallback_reason(fake, 32, "on") is None
     assert graphs.graph_fallback_reason(fake, 1, "off") == "graphs='off'"
+    assert "cache='prefix' needs one graph per block width" in graphs.graph_fallback_reason(fake, 1, "auto", "prefix")
+    assert graphs.graph_fallback_reason(fake, 1, "on", "prefix") is None
+    assert graphs.graph_fallback_reason(fake, 1, "auto", "dual") is None
 
 
 @torch.no_grad()
@@ -136,7 +139,7 @@ def test_replayed_passes_decode_like_eager_ones(monkeypatch, name, params, mode)
     """Every pass but the warm-up and first refills comes from a "graph" that reads only its static buffers."""
     model = _model()
     ref = generate(model, PROMPTS, 16, get_strategy(name, **params), "1/2", seed=4, cache=mode, graphs="off")
-    monkeypatch.setattr(graphs, "graph_fallback_reason", lambda model, rows, mode: None)
+    monkeypatch.setattr(graphs, "graph_fallback_reason", lambda *args: None)
     monkeypatch.setattr(graphs, "cuda_capture", graphs.call_again)
     monkeypatch.setattr("core.decode.graph_fallback_reason", graphs.graph_fallback_reason)
     got = generate(model, PROMPTS, 16, get_strategy(name, **params), "1/2", seed=4, cache=mode, graphs="on")
@@ -149,7 +152,7 @@ def test_graphs_stay_with_the_model_until_its_weights_move(monkeypatch):
     model = _model()
     strategy = get_strategy("masked", block_length=4)
     ref = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="off")
-    monkeypatch.setattr("core.decode.graph_fallback_reason", lambda model, rows, mode: None)
+    monkeypatch.setattr("core.decode.graph_fallback_reason", lambda *args: None)
     monkeypatch.setattr(graphs, "cuda_capture", graphs.call_again)
     first = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="on")
     again = generate(model, PROMPTS, 16, strategy, "1/2", cache="dual", graphs="on")
@@ -182,7 +185,7 @@ def test_a_failed_capture_is_logged_once_and_the_pass_runs_eager(monkeypatch, ca
         calls.append(1)
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr("core.decode.graph_fallback_reason", lambda model, rows, mode: None)
+    monkeypatch.setattr("core.decode.graph_fallback_reason", lambda *args: None)
     monkeypatch.setattr(graphs, "cuda_capture", broken)
     with caplog.at_level(logging.WARNING, logger="core.graphs"):
         got = generate(model, PROMPTS, 16, get_strategy("masked", block_length=4), "1/2", cache="dual", graphs="on")
