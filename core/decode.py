@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from core.graphs import acquire_forward, graph_fallback_reason, release_forward
 from core.model import KVCache
 from core.trace import StepRecord, Trace
 from strategies.base import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy
@@ -119,6 +120,7 @@ class GenerationResult:
     max_nfe: int
     draft_tokens: Optional[torch.Tensor] = None
     draft_lengths: Optional[torch.Tensor] = None
+    graph_passes: int = 0  # passes replayed from CUDA graphs (``graphs=``; 0 when the forward ran eager)
 
 
 def _special_ids(model) -> dict:
@@ -196,6 +198,7 @@ def generate(
     on_step: Optional[Callable[[int, StepRecord], None]] = None,
     strategy_params: Optional[dict] = None,
     cache: str = "none",
+    graphs: str = "auto",
 ) -> GenerationResult:
     """Generate ``gen_length`` tokens after each prompt with ``strategy`` under ``budget``.
 
@@ -204,6 +207,10 @@ def generate(
     on_step: called after every pass with (pass index, record) - the app streams from it.
     cache: "none" | "prefix" | "dual" (see the module docstring); a strategy that cannot run on the mode
     raises ValueError before any pass.
+    graphs: "auto" | "on" | "off": replay the forward passes from CUDA graphs (``core.graphs``; same
+    results, without the launch overhead that dominates small batches). "auto" does so on CUDA for
+    batches of up to ``core.graphs.AUTO_MAX_ROWS`` rows; anywhere else the forward runs eager, and "on"
+    logs why. The graphs stay with the model for the next call (``core.graphs.release_graphs`` frees them).
     """
     if isinstance(strategy, str):
         strategy = get_strategy(strategy, **(strategy_params or {}))
@@ -220,6 +227,9 @@ def generate(
     prompt_ids, prompt_mask = left_pad(prompts, ids["pad_id"], device)
     B, P = prompt_ids.shape
     check_prompt_fits(P, gen_length, model.config)
+    eager_reason = graph_fallback_reason(model, B, graphs, cache)
+    if eager_reason is not None and graphs == "on":
+        log.warning("graphs='on': the forward runs eager: %s", eager_reason)
     if init is None:
         region = torch.full((B, gen_length), ids["mask_id"], dtype=torch.long, device=device)
     else:
@@ -242,6 +252,8 @@ def generate(
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
+    call = model if eager_reason is not None else acquire_forward(model)  # the model, or its graph runner
+    replayed = call.replays if call is not model else 0
     passes_cost, sure = 0, 0  # host-side: cost of the passes so far; passes known to find work
     try:
         while True:
@@ -260,7 +272,7 @@ def generate(
                 if over:
                     raise RuntimeError(f"{strategy!r} asked for more than {max_nfe} passes (budget {budget})")
             window = strategy.cache_window(ctx, state) if cache != "none" else (0, gen_length)
-            out, ran = _forward(model, state, P, req, ctx.mask_id, kv, window)
+            out, ran = _forward(call, state, P, req, ctx.mask_id, kv, window)
             state.nfe += req.nfe_cost * charged
             record = strategy.step(ctx, state, out)
             record.active, record.cache = charged, ran
@@ -271,6 +283,7 @@ def generate(
             state.step += 1
     finally:
         model.train(was_training)
+        release_forward(call)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -278,4 +291,5 @@ def generate(
         raise RuntimeError(f"{strategy!r} changed prompt positions")
     draft = state.extra.get("draft")
     return GenerationResult(state.x[:, P:].clone(), state.lengths.clone(), state.nfe.clone(), trace, seconds, max_nfe,
-                            *(draft if draft is not None else (None, None)))
+                            *(draft if draft is not None else (None, None)),
+                            graph_passes=call.replays - replayed if call is not model else 0)

@@ -188,12 +188,19 @@ class KVCache:
     the same canvas (``kv_cache=cache, cache_start=start``) writes its fresh keys and values over
     those columns in place and attends to all T columns: the other columns are read as cached. Which
     columns are worth caching (a prefix, or all but the active block) is the decode loop's decision.
+
+    A *static* cache (``KVCache(static=True)``, for CUDA-graph replay, ``core.graphs``) keeps its tensors:
+    its first fill allocates them laid out as the fresh keys (``empty_like``), and a later forward with
+    ``kv_cache=cache, use_cache=True`` refills them in place. ``index`` (n,) long, when set, names the
+    columns of the current input as a tensor instead of ``start``, so one captured graph serves any window.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, static: bool = False) -> None:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.start: Optional[int] = None  # column of the current input's first token; None while filling
+        self.static = static  # refills write into the same tensors (a graph reads them by address)
+        self.index: Optional[torch.Tensor] = None  # (n,) columns of the current input; overrides start
 
     @property
     def width(self) -> int:
@@ -202,13 +209,24 @@ class KVCache:
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, H_kv, n, D) of the current input -> keys and values to attend to, (B, H_kv, T, D)."""
-        if self.start is None:
-            self.keys.append(k)
-            self.values.append(v)
+        if self.start is None:  # filling: attend to the fresh keys and values, as an uncached pass does
+            if not self.static:
+                self.keys.append(k)
+                self.values.append(v)
+            elif layer_idx < len(self.keys):
+                self.keys[layer_idx].copy_(k)
+                self.values[layer_idx].copy_(v)
+            else:  # same strides as the fresh keys: cached passes then read the layout an eager cache has
+                self.keys.append(torch.empty_like(k).copy_(k))
+                self.values.append(torch.empty_like(v).copy_(v))
             return k, v
-        end = self.start + k.shape[2]
-        self.keys[layer_idx][:, :, self.start:end] = k
-        self.values[layer_idx][:, :, self.start:end] = v
+        if self.index is not None:
+            self.keys[layer_idx].index_copy_(2, self.index, k)
+            self.values[layer_idx].index_copy_(2, self.index, v)
+        else:
+            end = self.start + k.shape[2]
+            self.keys[layer_idx][:, :, self.start:end] = k
+            self.values[layer_idx][:, :, self.start:end] = v
         return self.keys[layer_idx], self.values[layer_idx]
 
 
@@ -394,13 +412,21 @@ class LLaDAModel(LLaDAPreTrainedModel):
         and returns it as ``kv_cache``. With ``kv_cache``, input_ids (B, n) are the columns
         [cache_start, cache_start + n) of a canvas of the cache's width T, attention_mask (B, T) covers the
         whole canvas (keys), default position ids are those columns' positions in it, and the cache's
-        other columns stand in for the tokens not passed."""
+        other columns stand in for the tokens not passed. ``use_cache=True`` with a static ``kv_cache``
+        refills that cache in place from this whole canvas."""
         cache = kv_cache if kv_cache is not None else (KVCache() if use_cache else None)
-        if kv_cache is not None:
+        refill = use_cache and kv_cache is not None and kv_cache.static  # a static cache filled again in place
+        if refill:
+            if kv_cache.keys and kv_cache.keys[0].shape[::2] != (input_ids.shape[0], input_ids.shape[1]):
+                raise ValueError(f"a refill covers the cache's whole canvas {tuple(kv_cache.keys[0].shape[::2])} "
+                                 f"(batch, columns), got input_ids {tuple(input_ids.shape)}")
+            cache.start = None
+        elif kv_cache is not None:
             self._check_cache_call(input_ids, attention_mask, kv_cache, cache_start)
             cache.start = cache_start
         if position_ids is None:
-            position_ids = self._positions(input_ids, attention_mask, cache_start if kv_cache is not None else 0)
+            windowed = kv_cache is not None and not refill
+            position_ids = self._positions(input_ids, attention_mask, cache_start if windowed else 0)
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)

@@ -4,16 +4,29 @@
     PYTHONPATH=. python tests/benchmarks/gpu_decode.py --shape 8b --gen-length 512 \
         --cells 1:1/8:masked_blocks+threshold+edit_blocks:2:none+prefix+dual --out cache512.json   # KV caches
     PYTHONPATH=. python tests/benchmarks/gpu_decode.py --smoke      # a tiny CPU run of every code path
+    PYTHONPATH=. python tests/benchmarks/gpu_decode.py --shape 8b --graphs off+on --busy masked_blocks:dual \
+        --cells 1:1/8:masked_blocks+edit_blocks:1:none+dual          # CUDA graphs against the eager forward
 
 A cell's optional fifth field lists KV-cache modes (``none+prefix+dual``, see ``core.decode``): each
 strategy runs once per mode, and every row reports ``speed_vs_reference``, the uncached LLaDA
 reference loop's time over its own at the same budget (the same NFE for fixed-schedule strategies).
 Cached modes need blocks for ``dual`` (``masked_blocks``, ``threshold``, ``edit_blocks``: blocks of 32).
+``--graphs`` lists the ``generate(graphs=...)`` modes to run each strategy under (``core.graphs``: the
+forward replayed from CUDA graphs); rows under ``on`` say whether their tokens equal the ``off`` run's.
+
+Per pass, events at the pass boundaries (``on_step``) give its wall time on the GPU's timeline, so an
+edit pass is compared with the mask passes of the same run (``edit_pass_over_mask_pass``). The older
+estimate, kept as ``edit_pass_over_mask_pass_cross_run``, took the mask passes at another run's
+(``masked``) cost: with 16 edit passes of 64 it is 4 * (edit run / masked run) - 3, so run-to-run noise
+of batch-1 passes is amplified four times (a 35% slower edit run reads as 2.40x). ``--busy`` profiles
+batch-1 runs and reports the GPU's kernel time per pass against the pass's wall time.
 
 Builds a ~1B-parameter LLaDA-architecture model in bf16 with random weights (plus a next-token head
 for the edit strategy), and for batch sizes 1 and 32, generation length 512, prompt 128, budgets
 1/1 and 1/8 measures per strategy: ms per generated token, NFE, and the share of the pass spent
-outside the model forward (strategy bookkeeping, trace recording, host syncs). Forward time is
+outside the model forward (strategy bookkeeping, trace recording, host syncs): ``overhead`` over the
+whole call, ``pass_overhead`` over the passes alone (from the first forward to the last pass's end,
+without the call's setup, ``ms_setup``). Forward time is
 taken with CUDA events around every model call; totals with a synchronised wall clock. An
 independent, straightforward implementation of LLaDA's published sampler runs on the same model
 and inputs as the reference, and greedy `masked` must reproduce its tokens exactly.
@@ -22,10 +35,12 @@ and inputs as the reference, and greedy `masked` must reproduce its tokens exact
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
@@ -80,14 +95,27 @@ class TimedModel(nn.Module):
         self.model = model
         self.config = model.config
         self.events: list[tuple[bool, object, object]] = []
+        self.timing = False
 
     def forward(self, *args, **kwargs):
+        if self.timing or (DEVICE == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return self.model(*args, **kwargs)  # timed by pass_timer around it; or captured (no timing there)
+        with self.pass_timer(bool(kwargs.get("compute_next", True))):
+            return self.model(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def pass_timer(self, next_head: bool):
+        """Events around one forward; ``core.graphs.GraphRunner`` calls it around each pass it serves, so a
+        replayed (or captured) pass is timed whole."""
         start, end = timing_event(), timing_event()
         start.record()
-        out = self.model(*args, **kwargs)
-        end.record()
-        self.events.append((bool(kwargs.get("compute_next", True)), start, end))
-        return out
+        self.timing = True
+        try:
+            yield
+        finally:
+            self.timing = False
+            end.record()
+            self.events.append((next_head, start, end))
 
     def forward_ms(self) -> dict[bool, list[float]]:
         """{with next head: [ms of each call]}; clears the record."""
@@ -185,27 +213,48 @@ def prompts(B: int, P: int, seed: int, device: str = "cuda") -> torch.Tensor:
     return torch.randint(0, 126000, (B, P), device=device, generator=g)
 
 
-def time_strategy(tm: TimedModel, name: str, spec, B: int, budget: str, args, seed: int, cache: str = "none") -> dict:
+def time_strategy(tm: TimedModel, name: str, spec, B: int, budget: str, args, seed: int, cache: str = "none",
+                  graphs: str = "off") -> dict:
     strat_name, params = spec if isinstance(spec, tuple) else (name, spec)
     strategy = get_strategy(strat_name, **params)
     x = prompts(B, args.prompt, seed, args.device)
     tm.forward_ms()
+    marks, phases = [timing_event()], []
+
+    def boundary(i, record) -> None:  # an event at the end of every pass: per-pass wall time on the GPU timeline
+        marks.append(timing_event())
+        marks[-1].record()
+        phases.append(record.phase)
+
     sync()
     t0 = time.perf_counter()
+    marks[0].record()
     res = generate(tm, (x, torch.ones_like(x)), args.gen_length, strategy, budget, seed=seed,
-                   record_trace=True, cache=cache)
+                   record_trace=True, cache=cache, graphs=graphs, on_step=boundary)
     sync()
     total = (time.perf_counter() - t0) * 1e3
+    first_forward = tm.events[0][1]
+    setup_ms, span_ms = marks[0].elapsed_time(first_forward), first_forward.elapsed_time(marks[-1])
     fwd = tm.forward_ms()
     passes = len(res.trace)
     kinds = [r.cache for r in res.trace.records]
-    row = dict(strategy=name, cache=cache, batch=B, budget=budget, gen_length=args.gen_length, ms_total=total,
-               ms_forward=sum(fwd[False] + fwd[True]), passes=passes, nfe=float(res.nfe.float().mean()),
-               ms_per_token=total / (B * args.gen_length), ms_per_pass=total / passes, edit_passes=len(fwd[True]),
+    row = dict(strategy=name, cache=cache, graphs=graphs, batch=B, budget=budget, gen_length=args.gen_length,
+               ms_total=total, ms_forward=sum(fwd[False] + fwd[True]), passes=passes,
+               nfe=float(res.nfe.float().mean()), ms_per_token=total / (B * args.gen_length), ms_per_pass=total / passes,
+               edit_passes=len(fwd[True]), graph_passes=res.graph_passes,
                cached_passes=sum(k in ("prefix", "dual") for k in kinds), refresh_passes=kinds.count("refresh"),
                tokens=res.tokens)
     row["overhead"] = 1 - row["ms_forward"] / total
-    if fwd[True]:
+    # the passes alone: from the first forward's start to the last pass's end (no call setup or teardown)
+    row["ms_setup"], row["pass_overhead"] = setup_ms, 1 - row["ms_forward"] / span_ms
+    walls = {p: [a.elapsed_time(b) for a, b, q in zip(marks, marks[1:], phases) if q == p] for p in ("mask", "edit")}
+    if walls["mask"]:
+        row["ms_mask_pass"] = statistics.median(walls["mask"])
+    if walls["edit"]:
+        row["ms_edit_pass"] = statistics.median(walls["edit"])
+        if walls["mask"]:
+            row["edit_pass_over_mask_pass"] = row["ms_edit_pass"] / row["ms_mask_pass"]  # within one run
+    if fwd[True] and fwd[False]:
         row["fwd_ms_mask_pass"] = statistics.median(fwd[False])
         row["fwd_ms_edit_pass"] = statistics.median(fwd[True])
     return row
@@ -247,6 +296,34 @@ def profile_pass(tm: TimedModel, args, B: int = 32, budget: str = "1/8", name: s
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.profile), flush=True)
 
 
+def busy_rows(tm: TimedModel, args, rows: list) -> list[dict]:
+    """``--busy``: GPU kernel time per pass of one profiled batch-1 run per (strategy, cache, graphs mode),
+    against the same configuration's unprofiled wall time per pass (``gpu_busy``: the share of the pass the
+    GPU computed; the rest it waited for launches, host syncs and Python)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    budget = parse_cells(args.cells)[0][1]
+    out = []
+    for spec in args.busy.split(","):
+        name, cache = spec.split(":")
+        for graphs in args.graphs:
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                run = time_strategy(tm, name, STRATEGIES[name], 1, budget, args, 101, cache, graphs)
+            kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+            kernel_ms = sum(getattr(e, "device_time_total", None) or e.cuda_time_total for e in kernels) / 1e3
+            row = dict(strategy=name, cache=cache, graphs=graphs, batch=1, budget=budget, gen_length=args.gen_length,
+                       kind="busy", kernels=len(kernels), kernel_ms_per_pass=kernel_ms / run["passes"],
+                       profiled_ms_per_pass=run["ms_per_pass"])
+            timed = next((r for r in rows if r.get("graphs") == graphs and r["strategy"] == name and r["cache"] == cache
+                          and r["batch"] == 1 and r["budget"] == budget), None)
+            if timed is not None:
+                row["gpu_busy"] = row["kernel_ms_per_pass"] / timed["ms_per_pass"]
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", choices=sorted(SHAPES), default=None,
@@ -265,9 +342,23 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true",
                     help="a tiny fp32 CPU model, L=32, prompt 8, budget 1/4, the cached strategies under every mode: "
                          "checks the code paths, times nothing worth reporting")
+    ap.add_argument("--graphs", default="off",
+                    help="generate(graphs=...) modes to run every strategy under, +-joined (off, on, auto); "
+                         "'off' runs first, and the other modes' rows say whether their tokens equal its")
+    ap.add_argument("--busy", default="",
+                    help="strategy:cache pairs (comma-separated) to profile at batch 1, first cell's budget, under "
+                         "each --graphs mode: GPU kernel time per pass against the pass's wall time")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs (a large cell after a small one)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the LLaDA reference loop (no speed_vs_reference)")
+    ap.add_argument("--no-kernel-check", action="store_true", help="skip the fused argmax kernel's check")
+    ap.add_argument("--device", default=None, help="cuda, or cpu (the default of --smoke)")
     ap.add_argument("--out", default="decode.json")
     args = ap.parse_args()
-    args.device = "cpu" if args.smoke else "cuda"
+    args.device = args.device or ("cpu" if args.smoke else "cuda")
+    args.graphs = sorted(args.graphs.split("+"), key=lambda g: g != "off")
+    bad = [g for g in args.graphs if g not in ("off", "on", "auto")]
+    if bad:
+        raise SystemExit(f"--graphs: unknown modes {bad}; known: off, on, auto")
     if args.smoke:
         args.d_model, args.n_layers, args.n_heads, args.mlp, args.gen_length, args.prompt = 32, 2, 4, 64, 32, 8
         args.cells = "2:1/4:masked+masked_blocks+edit:1:none+prefix,1:1/4:masked_blocks+threshold+edit_blocks:1:none+dual"
@@ -281,7 +372,10 @@ def parse_args() -> argparse.Namespace:
 def reference_row(model, B: int, budget: str, repeats: int, args, warm: set, device: str):
     """Time the uncached LLaDA reference loop -> (row, tokens of the seed-101 run)."""
     steps = math.ceil(eval(budget) * args.gen_length)
-    first = 0 if ("llada_reference", B) in warm else 1  # run 0 is a warm-up on a new batch size
+    if args.no_reference:  # a row without a time: speed_vs_reference reads nan
+        return dict(strategy="llada_reference", cache="none", batch=B, budget=budget, gen_length=args.gen_length,
+                    ms_total=math.nan, nfe=steps, ms_per_token=math.nan, ms_per_pass=math.nan, device=device), None
+    first = 0 if ("llada_reference", B) in warm or args.no_warmup else 1  # run 0 is a warm-up on a new batch size
     warm.add(("llada_reference", B))
     ref_ms, ref_tokens = [], None
     for r in range(1 - first, repeats + 1):
@@ -300,25 +394,35 @@ def reference_row(model, B: int, budget: str, repeats: int, args, warm: set, dev
     return ref, ref_tokens
 
 
-def strategy_row(tm, name: str, cache: str, B: int, budget: str, repeats: int, args, warm: set, rows: list,
-                 ref: dict, ref_tokens) -> dict:
-    """Time one strategy under one cache mode (median of the timed repeats) and compare it to the reference."""
-    first = 0 if (name, B, cache) in warm else 1
-    warm.add((name, B, cache))
-    runs = [time_strategy(tm, name, STRATEGIES[name], B, budget, args, 100 + r, cache)
-            for r in range(1 - first, repeats + 1)][first:]
+def strategy_row(tm, name: str, cache: str, graphs: str, B: int, budget: str, repeats: int, args, warm: set,
+                 rows: list, ref: dict, ref_tokens, eager_tokens: dict) -> dict:
+    """Time one strategy under one cache mode and graphs mode (median of the timed repeats) and compare it to
+    the reference; ``eager_tokens`` keeps the graphs='off' tokens of each (strategy, cache, batch, budget)."""
+    first = 0 if (name, B, cache, graphs) in warm or args.no_warmup else 1
+    warm.add((name, B, cache, graphs))
+    runs = [time_strategy(tm, name, STRATEGIES[name], B, budget, args, 100 + r, cache, graphs)
+            for r in range(1 - first, repeats + 1)]
+    first_call = runs[0]["ms_total"] if first else None  # captures every graph it needs (graphs kept after)
+    runs = runs[first:]
     best = sorted(runs, key=lambda d: d["ms_total"])[len(runs) // 2]
     row = {k: v for k, v in best.items() if k != "tokens"}
+    row["ms_total_first_call"] = first_call
     row["device"] = ref["device"]
     row["speed_vs_reference"] = ref["ms_total"] / row["ms_total"]  # same budget; fixed plans: same NFE
-    if name == "edit" and row["edit_passes"] and cache == "none":
-        mask = next((r for r in rows if r["strategy"] == "masked" and r["batch"] == B and r["cache"] == "none"), None)
-        if mask is not None:  # wall time of an edit pass, taking mask passes at masked's cost
+    same_run = (name, cache, B, budget)
+    if graphs == "off":
+        eager_tokens[same_run] = runs[0]["tokens"]
+    elif same_run in eager_tokens:  # the same seed without graphs: must be token for token the same
+        row["identical_to_graphs_off"] = bool(torch.equal(runs[0]["tokens"], eager_tokens[same_run]))
+    if name == "edit" and row["edit_passes"] and "fwd_ms_mask_pass" in row:
+        row["edit_forward_over_mask_forward"] = row["fwd_ms_edit_pass"] / row["fwd_ms_mask_pass"]
+        mask = next((r for r in rows if r["strategy"] == "masked" and r["batch"] == B and r["cache"] == cache
+                     and r.get("graphs") == graphs and r["budget"] == budget), None)
+        if mask is not None:  # the old estimate: mask passes at another run's cost (noise amplified 4x)
             e = row["edit_passes"]
             edit_ms = (row["ms_total"] - (row["passes"] - e) * mask["ms_per_pass"]) / e
-            row["edit_pass_over_mask_pass"] = edit_ms / mask["ms_per_pass"]
-            row["edit_forward_over_mask_forward"] = row["fwd_ms_edit_pass"] / row["fwd_ms_mask_pass"]
-    if name == "masked":
+            row["edit_pass_over_mask_pass_cross_run"] = edit_ms / mask["ms_per_pass"]
+    if name == "masked" and ref_tokens is not None:
         same = runs[0]["tokens"] == ref_tokens  # runs[0] used seed 101, like ref_tokens
         row["identical_to_reference"] = bool(same.all())  # expected True without a cache only
         row["tokens_equal_share"] = float(same.float().mean())
@@ -337,18 +441,26 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (smoke)"
     print(f"{device}  params {n_params / 1e9:.2f}B (incl. next-token head)", flush=True)
-    if args.device == "cuda":
+    if args.device == "cuda" and not args.no_kernel_check:
         print(f"fused argmax/probability kernel: relative error {check_kernel():.2e} vs float64", flush=True)
     tm = TimedModel(model)
-    rows, warm = [], set()
+    rows, warm, eager_tokens = [], set(), {}
     for B, budget, names, repeats, modes in cells:
         ref, ref_tokens = reference_row(model, B, budget, repeats, args, warm, device)
         rows.append(ref)
         print(json.dumps(ref), flush=True)
         for name in names:
             for cache in modes:
-                rows.append(strategy_row(tm, name, cache, B, budget, repeats, args, warm, rows, ref, ref_tokens))
-                print(json.dumps(rows[-1]), flush=True)
+                for graphs in args.graphs:
+                    try:
+                        rows.append(strategy_row(tm, name, cache, graphs, B, budget, repeats, args, warm, rows, ref,
+                                                 ref_tokens, eager_tokens))
+                    except Exception:  # one broken row must not cost the others (device time is scarce)
+                        traceback.print_exc()
+                        continue
+                    print(json.dumps(rows[-1]), flush=True)
+    if args.busy:
+        rows += busy_rows(tm, args, rows)
     if args.profile:
         profile_pass(tm, args)
     with open(args.out, "w") as f:
@@ -357,14 +469,22 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'strategy':<16}{'cache':>7}{'B':>4}{'L':>5}{'budget':>7}{'ms/tok':>9}{'ms/pass':>9}{'NFE':>7}"
-          f"{'overhead':>10}{'vs ref':>8}{'edit/mask':>10}")
+    print(f"\n{'strategy':<16}{'cache':>7}{'graphs':>7}{'B':>4}{'L':>5}{'budget':>7}{'ms/tok':>9}{'ms/pass':>9}"
+          f"{'NFE':>7}{'overhead':>10}{'per pass':>9}{'vs ref':>8}{'edit/mask':>10}{'=off':>6}")
     for r in rows:
+        if r.get("kind") == "busy":
+            busy = f"{100 * r['gpu_busy']:.0f}% busy" if "gpu_busy" in r else ""
+            print(f"{r['strategy']:<16}{r['cache']:>7}{r['graphs']:>7}{1:>4}{r['gen_length']:>5}{r['budget']:>7}"
+                  f"  kernels {r['kernel_ms_per_pass']:.2f} ms/pass ({r['kernels']} launches)  {busy}")
+            continue
         ov = f"{100 * r['overhead']:.1f}%" if "overhead" in r else "-"
+        pp = f"{100 * r['pass_overhead']:.1f}%" if "pass_overhead" in r else "-"
         vs = f"{r['speed_vs_reference']:.2f}x" if "speed_vs_reference" in r else ""
         em = f"{r['edit_pass_over_mask_pass']:.2f}x" if "edit_pass_over_mask_pass" in r else ""
-        print(f"{r['strategy']:<16}{r['cache']:>7}{r['batch']:>4}{r['gen_length']:>5}{r['budget']:>7}"
-              f"{r['ms_per_token']:>9.3f}{r['ms_per_pass']:>9.2f}{r['nfe']:>7.1f}{ov:>10}{vs:>8}{em:>10}")
+        same = {True: "yes", False: "NO"}.get(r.get("identical_to_graphs_off"), "")
+        print(f"{r['strategy']:<16}{r['cache']:>7}{r.get('graphs', 'off'):>7}{r['batch']:>4}{r['gen_length']:>5}"
+              f"{r['budget']:>7}{r['ms_per_token']:>9.3f}{r['ms_per_pass']:>9.2f}{r['nfe']:>7.1f}{ov:>10}{pp:>9}{vs:>8}"
+              f"{em:>10}{same:>6}")
 
 
 if __name__ == "__main__":
