@@ -31,7 +31,11 @@ def test_tiny_dry_run_writes_converts_and_times_every_entry(tmp_path, monkeypatc
     assert "model.transformer.blocks.1.ff_proj.weight" in keys and "model.transformer.ff_out.weight" in keys
     assert sum(1 for k in keys) == 2 * 9 + 3 and cfg["model_type"] == "llada"
     entries = fig["seconds_per_problem"]
-    assert len(entries) == 9 and "edit" in entries and all(v > 0 for v in entries.values())
+    plain = {k for k in entries if "+" not in k}
+    assert len(plain) == 9 and "edit" in plain and all(v > 0 for v in entries.values())
+    cached = {k.split("+")[0]: k.split("+")[1] for k in entries if "+" in k}  # each cache-capable entry, best mode
+    assert cached["masked-semiar16"] == "dual" and cached["masked"] == "prefix" and cached["conv"] == "prefix"
+    assert not any(k.startswith("remdm") for k in cached) and set(cached) <= plain
     assert set(fig["problems"].values()) == {2} and fig["peak_gpu_gib"] is None and fig["load_seconds"] > 0
     text = (tmp_path / "dry_run.md").read_text()
     assert "ESTIMATE" in text and "| edit |" in text
