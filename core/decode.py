@@ -33,8 +33,10 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from core.model import KVCache
-from core.trace import StepRecord, Trace
-from strategies.base import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy
+from core.trace import Trace
+from core.types import (CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord,
+                        strip_padding)  # noqa: F401  (strip_padding: re-exported, it was defined here)
+from strategies.base import Strategy
 from strategies.registry import get_strategy
 from strategies.sampling import passes_for_budget
 
@@ -92,16 +94,6 @@ def left_pad(prompts: Prompts, pad_id: int, device) -> tuple[torch.Tensor, torch
         ids[b, P - len(r):] = torch.tensor(r, dtype=torch.long)
         mask[b, P - len(r):] = True
     return ids.to(device), mask.to(device)
-
-
-def strip_padding(tokens: torch.Tensor, eos_id: int, pad_id: Optional[int] = None) -> torch.Tensor:
-    """(B, L) -> (B,) lengths: the region up to (excluding) the first end-of-text / pad token."""
-    stop = tokens == eos_id
-    if pad_id is not None:
-        stop |= tokens == pad_id
-    L = tokens.shape[1]
-    first = torch.where(stop, torch.arange(L, device=tokens.device), L)
-    return first.min(dim=1).values
 
 
 @dataclass
@@ -263,7 +255,7 @@ def generate(
             out, ran = _forward(model, state, P, req, ctx.mask_id, kv, window)
             state.nfe += req.nfe_cost * charged
             record = strategy.step(ctx, state, out)
-            record.active, record.cache = charged, ran
+            record.active, record.cache = charged, ran  # the loop's own bookkeeping: strategies leave them unset
             if trace is not None:
                 trace.append(record)
             if on_step is not None:
@@ -276,6 +268,6 @@ def generate(
     seconds = time.perf_counter() - t0
     if not torch.equal(state.x[:, :P], prompt_ids):
         raise RuntimeError(f"{strategy!r} changed prompt positions")
-    draft = state.extra.get("draft")
+    draft = state.draft
     return GenerationResult(state.x[:, P:].clone(), state.lengths.clone(), state.nfe.clone(), trace, seconds, max_nfe,
-                            *(draft if draft is not None else (None, None)))
+                            *((draft.tokens, draft.lengths) if draft is not None else (None, None)))

@@ -20,50 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+
 
 import numpy as np
 import torch
 
-EVENT_KINDS = ("unmasked", "remasked", "replaced", "deleted", "inserted")
-
-
-@dataclass
-class StepRecord:
-    """What one pass did. Masks are (B, L) bool over the pre-pass region, ``inserted`` is (B, L+1) over gaps.
-
-    ``values`` (B, L) holds the new token of each replaced position (and, in a mask pass that also moves
-    tokens, of each unmasked one, in pre-pass coordinates); ``inserted_tokens`` (B, L+1) the
-    token put in each gap; ``scores`` (B, L) the per-position score the strategy ranked by.
-    """
-
-    phase: str  # "mask" or "edit"
-    tokens: torch.Tensor  # (B, L) region after the pass
-    lengths: torch.Tensor  # (B,) region length after the pass
-    active: torch.Tensor  # (B,) rows charged for this pass
-    unmasked: Optional[torch.Tensor] = None
-    remasked: Optional[torch.Tensor] = None
-    replaced: Optional[torch.Tensor] = None
-    deleted: Optional[torch.Tensor] = None
-    inserted: Optional[torch.Tensor] = None
-    values: Optional[torch.Tensor] = None
-    inserted_tokens: Optional[torch.Tensor] = None
-    scores: Optional[torch.Tensor] = None
-    reverted: Optional[torch.Tensor] = None  # (B,) long: the row went back to its text before that pass; -1 = not
-    # KV cache of the pass (set by the loop): "" = no cache in use; "refresh" = a full pass that (re)filled the
-    # cache; "prefix" / "dual" = only the strategy's window was computed, the other columns read from the cache
-    cache: str = ""
-
-    def detach_to(self, device: str | torch.device = "cpu") -> "StepRecord":
-        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
-        return StepRecord(**moved)
-
-    def counts(self) -> dict[str, int]:
-        """Events of each kind in this pass, and rows that went back to an earlier text (host sync: use off
-        the hot path)."""
-        counts = {k: int(getattr(self, k).sum()) if getattr(self, k) is not None else 0 for k in EVENT_KINDS}
-        return {**counts, "reverted": int((self.reverted >= 0).sum()) if self.reverted is not None else 0}
-
+from core.types import EVENT_KINDS, StepRecord  # noqa: F401  (StepRecord is defined beside the other shared types)
 
 @dataclass
 class CompactTrace:

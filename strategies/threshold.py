@@ -22,7 +22,7 @@ from typing import Literal, Optional
 
 import torch
 
-from core.trace import StepRecord
+from core.types import StepRecord
 
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from strategies.registry import register
