@@ -43,6 +43,8 @@ def test_rows_cover_every_cell_once_with_equal_budgets_per_batch(reference_run):
     assert len({r["key"] for r in rows}) == len(rows)
     cells = plan_cells(config, load_examples(config))
     assert {r["batch_id"] for r in rows} == {c.batch_id for c in cells}
+    subsets = {(t.name, ex.id): ex.meta.get("subset") for t, exs in load_examples(config).values() for ex in exs}
+    assert all(r["subset"] == subsets[(r["task"], r["example_id"])] for r in rows)  # analysis never rebuilds them
     for r in rows:
         assert r["max_nfe"] == {"1/1": 16, "1/4": 4}[r["budget"]] and 1 <= r["nfe"] <= r["max_nfe"]
         assert isinstance(r["output"], str) and isinstance(r["correct"], bool)
