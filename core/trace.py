@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
+from typing import Optional
 
 import numpy as np
 import torch
@@ -110,25 +110,40 @@ def _first_end(row: np.ndarray, eos_id: int, pad_id: int) -> int:
     return int(ends[0]) if len(ends) else len(row)
 
 
-def _replay_row(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> np.ndarray:
-    """Apply one row's events to its pre-pass tokens (positions refer to ``prev``)."""
-    row = prev.copy()
-    for kind in ("unmasked", "replaced"):
-        if kind in ev and len(ev[kind]):
-            row[ev[kind][:, 0]] = ev[kind][:, 1]
-    if "remasked" in ev and len(ev["remasked"]):
-        row[ev["remasked"][:, 0]] = mask_id
-    deleted = set(ev["deleted"][:, 0].tolist()) if "deleted" in ev else set()
-    inserts = {int(g): int(t) for g, t in ev.get("inserted", np.zeros((0, 2), np.int32))}
-    if not deleted and not inserts:
-        return row
-    out: list[int] = []
-    for g in range(len(row) + 1):
+WalkItem = tuple[Optional[str], int, Optional[int]]  # (kind or None, token shown, old token or None)
+
+
+def walk_pass(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> list[WalkItem]:
+    """One row's pass read gap by gap, the one walk that replay and the app's pass view share.
+
+    prev: the row's tokens before the pass; ev: its events (kind -> (n, 2) (position, token), positions in
+    ``prev``). Returns (kind, token, old) for every token of the old and the new text in order: the token
+    inserted in gap g (kind "inserted") comes before position g, then position g as deleted (its old token),
+    replaced / unmasked (the new token and the old one), remasked (``mask_id`` and the old token) or untouched
+    (kind None). A position with several point events counts as replaced, else unmasked, else remasked."""
+    point = {kind: {int(p): int(t) for p, t in ev.get(kind, ())} for kind in ("replaced", "unmasked", "remasked")}
+    deleted = {int(p) for p, _ in ev.get("deleted", ())}
+    inserts = {int(g): int(t) for g, t in ev.get("inserted", ())}
+    out: list[WalkItem] = []
+    for g in range(len(prev) + 1):
         if g in inserts:
-            out.append(inserts[g])
-        if g < len(row) and g not in deleted:
-            out.append(int(row[g]))
-    return np.asarray(out, np.int32)
+            out.append(("inserted", inserts[g], None))
+        if g == len(prev):
+            break
+        old = int(prev[g])
+        kind = next((k for k in ("replaced", "unmasked", "remasked") if g in point[k]), None)
+        if g in deleted:
+            out.append(("deleted", old, None))
+        elif kind is None:
+            out.append((None, old, None))
+        else:
+            out.append((kind, mask_id if kind == "remasked" else point[kind][g], old))
+    return out
+
+
+def _replay_row(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> np.ndarray:
+    """Apply one row's events to its pre-pass tokens (positions refer to ``prev``): the walk minus deletions."""
+    return np.asarray([t for kind, t, _ in walk_pass(prev, ev, mask_id) if kind != "deleted"], np.int32)
 
 
 class Trace:
