@@ -11,7 +11,7 @@ from analysis.load import load_runs
 from analysis.tables import accuracy_table, find_baseline, gain_table, main_table, main_table_markdown, \
     mcnemar_exact, refinement_table, wilson_interval
 
-from analysis_helpers import CORRECT, make_run, run_dir  # noqa: F401 (fixture)
+from analysis_helpers import CORRECT, make_run
 
 
 def test_wilson_interval_textbook_values():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import EOS, MASK
+from tiny_models import EOS, MASK
 from core.decode import generate, left_pad, parse_budget, strip_padding
 from core.trace import CompactTrace
 from strategies import get_strategy

@@ -174,7 +174,8 @@ EXTRACTIONS = [
 ]
 
 
-@pytest.mark.parametrize("answer, pycode_code, benchmark_code", EXTRACTIONS)
+@pytest.mark.parametrize("answer, pycode_code, benchmark_code", EXTRACTIONS,
+                         ids=["fenced", "unterminated", "no fence", "code on the fence line", "several blocks"])
 def test_pycode_and_benchmark_extract_code_differ_only_where_pinned(answer, pycode_code, benchmark_code):
     from core.tasks import benchmarks
 

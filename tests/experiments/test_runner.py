@@ -16,7 +16,10 @@ from experiments.config import config_from_dict, load_config
 from experiments.runner import WALL_TIME_FIELDS, load_examples, plan_cells, run_ablation
 from experiments.store import load_rows, load_trace
 
-from ablation_helpers import one_torch_thread, single_thread, small_config, tiny_checkpoint, write_yaml  # noqa: F401 (fixtures)
+from ablation_helpers import small_config, write_yaml
+from tiny_models import single_thread
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny decodes: one thread is fastest
 
 REPO = Path(__file__).resolve().parents[2]
 
