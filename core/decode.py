@@ -34,8 +34,8 @@ import torch
 
 from core.model import KVCache
 from core.trace import Trace
-from core.types import (CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord,
-                        strip_padding)  # noqa: F401  (strip_padding: re-exported, it was defined here)
+from core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord
+from core.types import strip_padding  # noqa: F401  (re-exported: it was defined here)
 from strategies.base import Strategy
 from strategies.registry import get_strategy
 from strategies.sampling import passes_for_budget
@@ -255,7 +255,7 @@ def generate(
             out, ran = _forward(model, state, P, req, ctx.mask_id, kv, window)
             state.nfe += req.nfe_cost * charged
             record = strategy.step(ctx, state, out)
-            record.active, record.cache = charged, ran  # the loop's own bookkeeping: strategies leave them unset
+            record.active, record.cache = charged, ran
             if trace is not None:
                 trace.append(record)
             if on_step is not None:
