@@ -34,9 +34,9 @@ def rows_frame(rows: Iterable[dict], run: str = "") -> pd.DataFrame:
 
 def load_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """Rows of one or more run directories. With several runs, entries are named ``run/label``
-    so that e.g. two runs' ``masked`` baselines stay apart. ``subset`` is the example's subset
-    (:func:`example_subsets`), None where its task defines none. Dropped rows are logged
-    (see :func:`read_runs`)."""
+    so that e.g. two runs' ``masked`` baselines stay apart. ``subset`` is the example's subset as the
+    row carries it (rows of older runs: :func:`example_subsets`), None where its task defines none.
+    Dropped rows are logged (see :func:`read_runs`)."""
     return read_runs(run_dirs)[0]
 
 
@@ -57,10 +57,10 @@ def read_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[RowsRe
         if read.dropped:
             log.warning("%s: %s%s", read.path, read.summary(), _garbage_note(read))
         reads.append(read)
-        df = rows_frame(read.rows, run=name)
+        df = rows_frame(_with_subsets(read.rows, d), run=name)
         df["run_dir"] = str(d)
-        subsets = example_subsets(d)
-        df["subset"] = [subsets.get((t, e)) for t, e in zip(df["task"], df["example_id"])]
+        if "subset" not in df:  # a run without rows
+            df["subset"] = None
         if len(run_dirs) > 1:
             df["entry"] = name + "/" + df["label"]
         frames.append(df)
@@ -75,9 +75,19 @@ def _garbage_note(read: RowsRead) -> str:
     return f" (garbage: {'; '.join(read.garbage[:3])}{more})"
 
 
+def _with_subsets(rows: list[dict], run_dir: str | Path) -> list[dict]:
+    """Rows with ``subset``: rows carry it since run_cell wrote it; only rows written before that (older run
+    directories) get it rebuilt from the run's config (:func:`example_subsets`), which the others never need."""
+    if all("subset" in r for r in rows):
+        return rows
+    subsets = example_subsets(run_dir)
+    return [r if "subset" in r else {**r, "subset": subsets.get((r["task"], r["example_id"]))} for r in rows]
+
+
 def example_subsets(run_dir: str | Path) -> dict[tuple[str, str], str]:
     """(task, example_id) -> the example's ``meta["subset"]`` (e.g. pycode's "pair unseen in training"),
-    rebuilt from the run's config; empty (with a warning) when its examples cannot be rebuilt here."""
+    rebuilt from the run's config, for rows written before rows carried ``subset``; empty (with a warning)
+    when its examples cannot be rebuilt here."""
     from experiments.config import config_from_dict
     from experiments.runner import load_examples
     from experiments.store import load_config_dict

@@ -8,6 +8,8 @@ solves, and ``p_value`` is the exact two-sided McNemar test on those discordant 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from typing import Optional
 
@@ -61,8 +63,9 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def find_baseline(df: pd.DataFrame, baseline: Optional[str] = None) -> str:
-    """The entry gains are measured against: ``baseline`` if given, else the mask-only
-    low-confidence entry with the fewest non-default settings (no blocks, no guidance)."""
+    """The entry gains are measured against: ``baseline`` if given, else the mask-only (``masked``) entry
+    whose params differ from its config's defaults in the fewest fields (the plain low-confidence
+    decoding: no blocks, no guidance, ...); the first such entry on a tie."""
     entries = list(dict.fromkeys(df["entry"]))
     if baseline is not None:
         if baseline not in entries:
@@ -73,16 +76,22 @@ def find_baseline(df: pd.DataFrame, baseline: Optional[str] = None) -> str:
         if g["strategy"].iloc[0] != "masked":
             continue
         params = g["params"].iloc[0] if "params" in g else {}
-        params = params if isinstance(params, dict) else {}
-        if params.get("remasking", "low_confidence") != "low_confidence":
-            continue
-        score = sum(params.get(k) not in (None, 0, 0.0, False) for k in ("block_length", "cfg_scale",
-                                                                          "tokens_per_pass", "suppress_eos"))
+        score = non_default_settings("masked", params if isinstance(params, dict) else {})
         if best_score is None or score < best_score:
             best, best_score = entry, score
     if best is None:
-        raise ValueError(f"no masked low_confidence entry to use as baseline; pass one of {entries}")
+        raise ValueError(f"no masked entry to use as baseline; pass one of {entries}")
     return best
+
+
+def non_default_settings(strategy: str, params: dict) -> int:
+    """How many fields of ``strategy``'s config ``params`` (a row's ``params``: the whole config, JSON form)
+    sets to something other than the default; a field the row lacks counts as default. The field names
+    come from the config class, so a new option counts without a change here."""
+    from strategies.registry import strategy_class
+
+    defaults = json.loads(json.dumps(dataclasses.asdict(strategy_class(strategy).config_class())))  # rows' form
+    return sum(params.get(name, value) != value for name, value in defaults.items())
 
 
 def gain_table(df: pd.DataFrame, baseline: Optional[str] = None) -> pd.DataFrame:

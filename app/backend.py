@@ -18,13 +18,13 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from app.render import TokenPieces, TraceView, final_ids
+from core.tasks.embedded import EMBEDDED_TASKS  # noqa: F401  (the demo's task list: one definition)
 from core.trace import CompactTrace, StepRecord, Trace
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_TOKENS = 512
 MAX_GEN_LENGTH = 1024
-EMBEDDED_TASKS = ("arith", "pycode")
 BENCHMARK_TASKS = ("gsm8k", "math500", "humaneval", "mbpp")
 FREE_TEXT = "free text"
 
@@ -247,12 +247,12 @@ def finish_view(view: TraceView, tokenizer, nfe: Optional[int], max_nfe: Optiona
 
 def saved_views(run_dir: str, rows: Sequence[dict], tokenizer) -> list[TraceView]:
     """Columns for rows of a saved ablation run: their stored traces, outputs, NFE and correctness."""
-    from app.runs import load_row_trace, row_key
+    from app.runs import load_row_trace, row_label
 
     views = []
     for row in rows:
         trace, index = load_row_trace(run_dir, row)
-        view = TraceView(row_key(row), trace, index, pieces=TokenPieces(tokenizer, trace.mask_id))
+        view = TraceView(row_label(row), trace, index, pieces=TokenPieces(tokenizer, trace.mask_id))
         correct = row.get("correct")
         finish_view(view, tokenizer, row.get("nfe"), row.get("max_nfe"), output=row.get("output"),
                     correct=None if correct is None else bool(correct))

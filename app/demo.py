@@ -22,7 +22,7 @@ from app import backend
 from app.guard import PathGuard
 from app.params import FieldSpec, changed_params, field_specs, short_label, widget_value
 from app.render import CSS, TraceView, board_html
-from app.runs import find_runs, load_rows, pick_rows, row_key, run_model
+from app.runs import find_runs, load_rows, pick_rows, row_label, run_model
 
 log = logging.getLogger(__name__)
 
@@ -214,13 +214,13 @@ def _wire_saved_runs(cache, guard, model_box, run_dir, task, example, labels, op
     def on_example(rd, t, ex):
         if not rd or not t or ex is None:
             return gr.update(choices=[], value=[])
-        keys = list(dict.fromkeys(row_key(r) for r in pick_rows(rows_of(rd), t, ex)))
+        keys = list(dict.fromkeys(row_label(r) for r in pick_rows(rows_of(rd), t, ex)))
         return gr.update(choices=keys, value=keys)
 
     def on_open(model_name, rd, t, ex, keys):
         if not rd or not t or ex is None:
             raise gr.Error("pick a run directory, a task and an example first")
-        rows = [r for r in pick_rows(rows_of(rd), t, ex) if not keys or row_key(r) in keys]
+        rows = [r for r in pick_rows(rows_of(rd), t, ex) if not keys or row_label(r) in keys]
         try:
             tok = _row_tokenizer(cache, rd, guard.model(model_name), guard)
             vs = backend.saved_views(rd, rows, tok)

@@ -1,8 +1,8 @@
 """Pure rendering of a compact trace: one row at one pass -> coloured token HTML, and edit passes -> diffs.
 
 Nothing here touches a model or Gradio. The unit of display is the *pass view*: the region as it was
-before pass ``s``, walked gap by gap like :meth:`core.trace.CompactTrace.replay` does, with every token
-tagged by what the pass did to it. Deleted tokens stay visible (struck through) and inserted ones
+before pass ``s``, walked gap by gap by :func:`core.trace.walk_pass` (the walk replay uses), with every
+token tagged by what the pass did to it. Deleted tokens stay visible (struck through) and inserted ones
 appear in their gap, so one line shows both the old and the new sequence.
 
 Pass numbers in the UI count from 0 (the initial canvas) to ``num_passes`` (after the last pass);
@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from core.trace import CompactTrace
+from core.trace import CompactTrace, walk_pass
 
 MASK_GLYPH = "░"
 # kind -> (background, text colour, legend text). Inline styles, so the colours survive any page CSS.
@@ -127,29 +127,8 @@ def pass_items(trace: CompactTrace, row: int, k: int) -> list[Item]:
     since = reverted_pass(trace, row, s)
     if since is not None:  # the row went back to its text from before pass ``since``: show the difference
         return _diff_items(trace.region_before(s, row), trace.region_before(since, row))
-    prev = trace.region_before(s, row)
-    ev = trace.row_events(s, row)
-    point = {kind: {int(p): int(t) for p, t in ev.get(kind, ())} for kind in ("unmasked", "replaced", "remasked")}
-    deleted = {int(p) for p, _ in ev.get("deleted", ())}
-    inserts = {int(g): int(t) for g, t in ev.get("inserted", ())}
-    items: list[Item] = []
-    for g in range(len(prev) + 1):
-        if g in inserts:
-            items.append(Item(inserts[g], "inserted"))
-        if g == len(prev):
-            break
-        old = int(prev[g])
-        if g in deleted:
-            items.append(Item(old, "deleted"))
-        elif g in point["replaced"]:
-            items.append(Item(point["replaced"][g], "replaced", old))
-        elif g in point["unmasked"]:
-            items.append(Item(point["unmasked"][g], "unmasked", old))
-        elif g in point["remasked"]:
-            items.append(Item(trace.mask_id, "remasked", old))
-        else:
-            items.append(Item(old))
-    return items
+    walk = walk_pass(trace.region_before(s, row), trace.row_events(s, row), trace.mask_id)  # replay's own walk
+    return [Item(token, kind, old) for kind, token, old in walk]
 
 
 def _token_span(item: Item, pieces: TokenPieces) -> str:

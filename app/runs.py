@@ -14,10 +14,9 @@ from typing import Optional
 
 from core.trace import CompactTrace
 from experiments.shard import rows_files
+from experiments.store import ROWS_FILE
 
 log = logging.getLogger(__name__)
-
-ROWS_FILE = "rows.jsonl"
 
 
 def find_runs(runs_dir: Optional[str | Path]) -> list[str]:
@@ -74,8 +73,9 @@ def run_model(run_dir: str | Path) -> Optional[str]:
     return str(named) if named else None
 
 
-def row_key(row: dict) -> str:
-    """How a row's strategy is named in the picker: label (or strategy), budget, and seed."""
+def row_label(row: dict) -> str:
+    """How a row's strategy is named in the picker: label (or strategy), budget, and seed (not the store's
+    ``experiments.store.row_key``, which identifies a row)."""
     name = row.get("label") or row.get("strategy", "?")
     seed = f" seed {row['seed']}" if row.get("seed") is not None else ""
     return f"{name} @ {row.get('budget', '?')}{seed}"

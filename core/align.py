@@ -216,7 +216,8 @@ def align_into(a, b, amap, table, offs):
 
 
 @_jit()
-def _align_into(a, b, amap):
+def align_pair(a, b, amap):
+    """Canonical alignment of one pair into amap (n,) with fresh scratch buffers; returns the distance."""
     table, offs = new_scratch()
     return align_into(a, b, amap, table, offs)[0]
 
@@ -335,7 +336,7 @@ def normalize_alignment(b: np.ndarray, amap: np.ndarray) -> None:
 
 
 @_jit()
-def _labels_into(b, amap, cur, nxt, delete_id, eos_id, ignore_index, ignore_deleted_gaps):
+def labels_into(b, amap, cur, nxt, delete_id, eos_id, ignore_index, ignore_deleted_gaps):
     """Fill cur/nxt (n,) from a normalised alignment; return the gap-0 label."""
     follow = eos_id  # target of the next survivor to the right
     follow_j = b.shape[0]  # its truth index
@@ -364,8 +365,8 @@ def scan_truth(x, delete_id):
 
 
 @_jit(parallel=True)
-def _batch_labels(a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id, ignore_index, ignore_deleted_gaps,
-                  nchunks):
+def batch_labels_kernel(a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id, ignore_index,
+                        ignore_deleted_gaps, nchunks):
     """Align, normalise and label every pair; raw_map (N,) or (0,) receives the canonical alignments."""
     nb = a_off.shape[0] - 1
     # int32 halves the fresh pages these outputs fault in, which dominates short pairs.
@@ -388,7 +389,7 @@ def _batch_labels(a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id, igno
             if keep_raw:
                 raw_map[s:t] = pmap
             normalize_alignment(b, pmap)
-            gap0[p] = _labels_into(b, pmap, cur[s:t], nxt[s:t], delete_id, eos_id, ignore_index, ignore_deleted_gaps)
+            gap0[p] = labels_into(b, pmap, cur[s:t], nxt[s:t], delete_id, eos_id, ignore_index, ignore_deleted_gaps)
     return cur, nxt, gap0, dist
 
 
@@ -435,7 +436,8 @@ def unpack(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [flat[offsets[p] : offsets[p + 1]] for p in range(offsets.shape[0] - 1)]
 
 
-def _check_pairs(a_off: np.ndarray, b_off: np.ndarray) -> None:
+def check_pairs(a_off: np.ndarray, b_off: np.ndarray) -> None:
+    """Refuse draft and truth batches (offsets (B+1,)) of different sizes."""
     if a_off.shape[0] != b_off.shape[0]:
         raise ValueError(f"draft and truth batches differ in size: {a_off.shape[0] - 1} vs {b_off.shape[0] - 1} pairs")
 
@@ -449,14 +451,14 @@ def alignment(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> t
     """Canonical alignment of draft a (n,) to truth b (m,): (amap (n,) int32, distance); see module doc."""
     a, b = as_tokens(a, "a"), as_tokens(b, "b")
     amap = np.empty(a.shape[0], np.int32)
-    return amap, int(_align_into(a, b, amap))
+    return amap, int(align_pair(a, b, amap))
 
 
 def edit_script(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> np.ndarray:
     """Canonical minimal edit script from a to b: (distance, 3) int32 rows (op, src, dst)."""
     a, b = as_tokens(a, "a"), as_tokens(b, "b")
     amap = np.empty(a.shape[0], np.int32)
-    ops = np.empty((_align_into(a, b, amap), 3), np.int32)
+    ops = np.empty((align_pair(a, b, amap), 3), np.int32)
     _write_ops(a, b, amap, ops)
     return ops
 
@@ -466,7 +468,7 @@ def batch_levenshtein(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.ndar
     """Distances (B,) int64 for B ragged pairs (flat + offsets), in parallel over pairs."""
     a_flat, a_offsets = as_ragged(a_flat, a_offsets, "a")
     b_flat, b_offsets = as_ragged(b_flat, b_offsets, "b")
-    _check_pairs(a_offsets, b_offsets)
+    check_pairs(a_offsets, b_offsets)
     return dynamic(_batch_distance, a_flat, a_offsets, b_flat, b_offsets, chunksize=16)
 
 
@@ -475,7 +477,7 @@ def batch_alignment(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.ndarra
     """Canonical alignments: (amap flat int32 laid out like a_flat, distances (B,) int64)."""
     a_flat, a_offsets = as_ragged(a_flat, a_offsets, "a")
     b_flat, b_offsets = as_ragged(b_flat, b_offsets, "b")
-    _check_pairs(a_offsets, b_offsets)
+    check_pairs(a_offsets, b_offsets)
     return dynamic(_batch_align, a_flat, a_offsets, b_flat, b_offsets, n_chunks(a_offsets.shape[0] - 1))
 
 
@@ -492,7 +494,7 @@ def batch_edit_scripts(a_flat: np.ndarray, a_offsets: np.ndarray, b_flat: np.nda
     """Canonical scripts for B ragged pairs: (ops (K, 3) int32, ops_offsets (B+1,), distances (B,))."""
     a_flat, a_offsets = as_ragged(a_flat, a_offsets, "a")
     b_flat, b_offsets = as_ragged(b_flat, b_offsets, "b")
-    _check_pairs(a_offsets, b_offsets)
+    check_pairs(a_offsets, b_offsets)
     amap, dist = dynamic(_batch_align, a_flat, a_offsets, b_flat, b_offsets, n_chunks(a_offsets.shape[0] - 1))
     ops, ops_off = scripts_from_alignment(a_flat, a_offsets, b_flat, b_offsets, amap, dist)
     return ops, ops_off, dist

@@ -34,8 +34,10 @@ import torch
 
 from core.graphs import acquire_forward, graph_fallback_reason, release_forward
 from core.model import KVCache
-from core.trace import StepRecord, Trace
-from strategies.base import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Strategy
+from core.trace import Trace
+from core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord
+from core.types import strip_padding  # noqa: F401  (re-exported: it was defined here)
+from strategies.base import Strategy
 from strategies.registry import get_strategy
 from strategies.sampling import passes_for_budget
 
@@ -93,16 +95,6 @@ def left_pad(prompts: Prompts, pad_id: int, device) -> tuple[torch.Tensor, torch
         ids[b, P - len(r):] = torch.tensor(r, dtype=torch.long)
         mask[b, P - len(r):] = True
     return ids.to(device), mask.to(device)
-
-
-def strip_padding(tokens: torch.Tensor, eos_id: int, pad_id: Optional[int] = None) -> torch.Tensor:
-    """(B, L) -> (B,) lengths: the region up to (excluding) the first end-of-text / pad token."""
-    stop = tokens == eos_id
-    if pad_id is not None:
-        stop |= tokens == pad_id
-    L = tokens.shape[1]
-    first = torch.where(stop, torch.arange(L, device=tokens.device), L)
-    return first.min(dim=1).values
 
 
 @dataclass
@@ -289,7 +281,7 @@ def generate(
     seconds = time.perf_counter() - t0
     if not torch.equal(state.x[:, :P], prompt_ids):
         raise RuntimeError(f"{strategy!r} changed prompt positions")
-    draft = state.extra.get("draft")
+    draft = state.draft
     return GenerationResult(state.x[:, P:].clone(), state.lengths.clone(), state.nfe.clone(), trace, seconds, max_nfe,
-                            *(draft if draft is not None else (None, None)),
+                            *((draft.tokens, draft.lengths) if draft is not None else (None, None)),
                             graph_passes=call.replays - replayed if call is not model else 0)

@@ -55,10 +55,10 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
-from core.align import _align_into, _batch_labels, _check_pairs, _labels_into, as_ragged, as_tokens, dynamic, \
+from core.align import align_pair, as_ragged, as_tokens, batch_labels_kernel, check_pairs, dynamic, labels_into, \
     n_chunks, normalize_alignment, pack, scan_truth, scripts_from_alignment
+from core.types import EditResult, apply_edits  # noqa: F401  (the rule lives with the shared decode types)
 
 
 @dataclass
@@ -102,7 +102,7 @@ def canonical_alignment(draft: Sequence[int] | np.ndarray, truth: Sequence[int] 
     """Normalised canonical alignment the labels are read from: (amap (n,) int32, distance)."""
     a, b = as_tokens(draft, "draft"), as_tokens(truth, "truth")
     amap = np.empty(a.shape[0], np.int32)
-    dist = _align_into(a, b, amap)
+    dist = align_pair(a, b, amap)
     normalize_alignment(b, amap)
     return amap, int(dist)
 
@@ -115,7 +115,7 @@ def edit_labels(draft: Sequence[int] | np.ndarray, truth: Sequence[int] | np.nda
     amap, dist = canonical_alignment(a, b)
     cur = np.empty(a.shape[0], np.int32)
     nxt = np.empty(a.shape[0], np.int32)
-    gap0 = _labels_into(b, amap, cur, nxt, delete_id, eos_id, ignore_index, ignore_deleted_gaps)
+    gap0 = labels_into(b, amap, cur, nxt, delete_id, eos_id, ignore_index, ignore_deleted_gaps)
     return EditLabels(cur, nxt, int(gap0), dist)
 
 
@@ -129,10 +129,10 @@ def batch_edit_labels_flat(draft_flat: np.ndarray, draft_offsets: np.ndarray, tr
     """
     a_flat, a_off = as_ragged(draft_flat, draft_offsets, "draft")
     b_flat, b_off = as_ragged(truth_flat, truth_offsets, "truth")
-    _check_pairs(a_off, b_off)
+    check_pairs(a_off, b_off)
     _check_ids(b_flat, "truth_flat", delete_id=delete_id, eos_id=eos_id, ignore_index=ignore_index)
     raw_map = np.empty(a_flat.shape[0] if return_scripts else 0, np.int32)
-    cur, nxt, gap0, dist = dynamic(_batch_labels, a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id,
+    cur, nxt, gap0, dist = dynamic(batch_labels_kernel, a_flat, a_off, b_flat, b_off, raw_map, delete_id, eos_id,
                                    ignore_index, ignore_deleted_gaps, n_chunks(a_off.shape[0] - 1))
     ops = ops_off = None
     if return_scripts:
@@ -155,96 +155,6 @@ def batch_edit_labels(drafts: Sequence[Sequence[int] | np.ndarray], truths: Sequ
 
 
 # ----------------------------------------------------------------------------- apply_edits
-
-
-@dataclass
-class EditResult:
-    """One parallel edit pass over B rows of width W (pre-edit coordinates for the masks)."""
-
-    tokens: torch.LongTensor  # (B, W) edited rows, right-padded with pad_id
-    lengths: torch.LongTensor  # (B,) new lengths (clipped to W)
-    replaced: torch.BoolTensor  # (B, W) pre-edit positions whose token changed (not deleted)
-    deleted: torch.BoolTensor  # (B, W) pre-edit positions deleted
-    inserted: torch.BoolTensor  # (B, W+1) pre-edit gaps that received a token; gap g is before position g
-    inserted_tokens: torch.LongTensor  # (B, W+1) the token inserted in each gap (pad_id where none)
-    capped: Optional[torch.BoolTensor] = None  # (B,) rows that lost insertions to ``room`` (None: no room given)
-
-
-def _following(cur_pred: torch.Tensor, keep: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """(B, W+1): for gap g, the cur_pred of the first kept position >= g, or eos_id if none."""
-    bsz, width = cur_pred.shape
-    idx = torch.arange(width, device=cur_pred.device).expand(bsz, width)
-    idx = torch.where(keep, idx, torch.full_like(idx, width))
-    # Reverse cumulative min: first kept position at or after each column.
-    first = torch.flip(torch.cummin(torch.flip(idx, [1]), dim=1).values, [1])
-    first = torch.cat([first, torch.full_like(first[:, :1], width)], dim=1)
-    padded = torch.cat([cur_pred, torch.full_like(cur_pred[:, :1], eos_id)], dim=1)
-    return torch.gather(padded, 1, first)
-
-
-def apply_edits(tokens: torch.Tensor, lengths: torch.Tensor, cur_pred: torch.Tensor, next_pred: torch.Tensor,
-                gap0_pred: Optional[torch.Tensor] = None, *, delete_id: int, eos_id: int, pad_id: int,
-                gaps: str = "all", insert_specials: bool = False, allowed: Optional[torch.Tensor] = None,
-                room: Optional[torch.Tensor] = None) -> EditResult:
-    """One parallel replace / delete / insert pass (rule in the module docstring); pure tensor ops.
-
-    tokens, cur_pred, next_pred: (B, W) int64; lengths: (B,); gap0_pred: (B,) or None (no
-    insertion before position 0). Positions >= lengths[b] are padding and ignored. A row that
-    grows past W is truncated to its first W tokens (``lengths`` clipped to W); the masks still
-    describe every edit of the pass in pre-edit coordinates.
-    gaps: "all" (this project's rule) or "before_kept" (ME-DLM's); insert_specials: eos / pad / delete
-    may be inserted (ME-DLM); allowed: (B, W+1) bool, gaps that may receive a token at all (None = every
-    gap); room: (B,) longest each row may become, the first insertions from the left kept (ME-DLM's
-    length cap) and ``capped`` set for rows that lost some.
-    """
-    if tokens.dim() != 2 or cur_pred.shape != tokens.shape or next_pred.shape != tokens.shape:
-        raise ValueError(f"tokens, cur_pred and next_pred must share one (B, W) shape; got {tuple(tokens.shape)}, "
-                         f"{tuple(cur_pred.shape)}, {tuple(next_pred.shape)}")
-    bsz, width = tokens.shape
-    dev = tokens.device
-    lengths = lengths.to(dev, torch.long)
-    valid = torch.arange(width, device=dev) < lengths[:, None]
-    deleted = valid & (cur_pred == delete_id)
-    keep = valid & ~deleted
-    replaced = keep & (cur_pred != tokens)
-
-    gap_pred = torch.cat([torch.full_like(tokens[:, :1], pad_id) if gap0_pred is None
-                          else gap0_pred.to(dev, torch.long).view(bsz, 1), next_pred], dim=1)  # (B, W+1)
-    if gaps == "all":
-        gap_valid = torch.arange(width + 1, device=dev) <= lengths[:, None]
-        inserted = gap_valid & (gap_pred != _following(cur_pred, keep, eos_id))
-    elif gaps == "before_kept":  # ME-DLM: gap g exists iff token g survives, and is compared with its new value
-        no_gap = torch.zeros_like(keep[:, :1])
-        inserted = torch.cat([keep, no_gap], 1) & (gap_pred != torch.cat([cur_pred, gap_pred[:, -1:]], 1))
-    else:
-        raise ValueError(f"gaps={gaps!r} must be 'all' or 'before_kept'")
-    if not insert_specials:
-        for special in (eos_id, pad_id, delete_id):
-            inserted &= gap_pred != special
-    if gap0_pred is None:  # no prediction for the gap before position 0: nothing enters it
-        inserted[:, 0] = False
-    if allowed is not None:
-        inserted &= allowed
-    capped = None
-    if room is not None:  # keep the first (room - survivors) insertions of each row, as ME-DLM's cap does
-        over = inserted & (torch.cumsum(inserted.long(), 1) > (room.to(dev) - keep.sum(1))[:, None])
-        capped, inserted = over.any(1), inserted & ~over
-    inserted_tokens = torch.where(inserted, gap_pred, torch.full_like(gap_pred, pad_id))
-
-    # Interleave gap g and position g into one stream of 2W+1 slots, then compact it with a
-    # cumsum; slots that hold nothing (and tokens past W) are scattered into a trash column.
-    present = torch.zeros(bsz, 2 * width + 1, dtype=torch.bool, device=dev)
-    present[:, 0::2] = inserted
-    present[:, 1::2] = keep
-    stream = torch.empty(bsz, 2 * width + 1, dtype=torch.long, device=dev)
-    stream[:, 0::2] = gap_pred
-    stream[:, 1::2] = cur_pred
-    pos = torch.cumsum(present.long(), dim=1) - 1
-    pos = torch.where(present & (pos < width), pos, torch.full_like(pos, width))
-    out = torch.full((bsz, width + 1), pad_id, dtype=torch.long, device=dev)
-    out.scatter_(1, pos, torch.where(present, stream, torch.full_like(stream, pad_id)))
-    new_len = present.sum(dim=1).clamp(max=width)
-    return EditResult(out[:, :width], new_len, replaced, deleted, inserted, inserted_tokens, capped)
 
 
 def apply_edits_reference(row: Sequence[int], length: int, cur_pred: Sequence[int], next_pred: Sequence[int],

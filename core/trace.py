@@ -25,45 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-EVENT_KINDS = ("unmasked", "remasked", "replaced", "deleted", "inserted")
-
-
-@dataclass
-class StepRecord:
-    """What one pass did. Masks are (B, L) bool over the pre-pass region, ``inserted`` is (B, L+1) over gaps.
-
-    ``values`` (B, L) holds the new token of each replaced position (and, in a mask pass that also moves
-    tokens, of each unmasked one, in pre-pass coordinates); ``inserted_tokens`` (B, L+1) the
-    token put in each gap; ``scores`` (B, L) the per-position score the strategy ranked by.
-    """
-
-    phase: str  # "mask" or "edit"
-    tokens: torch.Tensor  # (B, L) region after the pass
-    lengths: torch.Tensor  # (B,) region length after the pass
-    active: torch.Tensor  # (B,) rows charged for this pass
-    unmasked: Optional[torch.Tensor] = None
-    remasked: Optional[torch.Tensor] = None
-    replaced: Optional[torch.Tensor] = None
-    deleted: Optional[torch.Tensor] = None
-    inserted: Optional[torch.Tensor] = None
-    values: Optional[torch.Tensor] = None
-    inserted_tokens: Optional[torch.Tensor] = None
-    scores: Optional[torch.Tensor] = None
-    reverted: Optional[torch.Tensor] = None  # (B,) long: the row went back to its text before that pass; -1 = not
-    # KV cache of the pass (set by the loop): "" = no cache in use; "refresh" = a full pass that (re)filled the
-    # cache; "prefix" / "dual" = only the strategy's window was computed, the other columns read from the cache
-    cache: str = ""
-
-    def detach_to(self, device: str | torch.device = "cpu") -> "StepRecord":
-        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
-        return StepRecord(**moved)
-
-    def counts(self) -> dict[str, int]:
-        """Events of each kind in this pass, and rows that went back to an earlier text (host sync: use off
-        the hot path)."""
-        counts = {k: int(getattr(self, k).sum()) if getattr(self, k) is not None else 0 for k in EVENT_KINDS}
-        return {**counts, "reverted": int((self.reverted >= 0).sum()) if self.reverted is not None else 0}
-
+from core.types import EVENT_KINDS, StepRecord  # noqa: F401  (StepRecord is defined beside the other shared types)
 
 @dataclass
 class CompactTrace:
@@ -148,25 +110,40 @@ def _first_end(row: np.ndarray, eos_id: int, pad_id: int) -> int:
     return int(ends[0]) if len(ends) else len(row)
 
 
-def _replay_row(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> np.ndarray:
-    """Apply one row's events to its pre-pass tokens (positions refer to ``prev``)."""
-    row = prev.copy()
-    for kind in ("unmasked", "replaced"):
-        if kind in ev and len(ev[kind]):
-            row[ev[kind][:, 0]] = ev[kind][:, 1]
-    if "remasked" in ev and len(ev["remasked"]):
-        row[ev["remasked"][:, 0]] = mask_id
-    deleted = set(ev["deleted"][:, 0].tolist()) if "deleted" in ev else set()
-    inserts = {int(g): int(t) for g, t in ev.get("inserted", np.zeros((0, 2), np.int32))}
-    if not deleted and not inserts:
-        return row
-    out: list[int] = []
-    for g in range(len(row) + 1):
+WalkItem = tuple[Optional[str], int, Optional[int]]  # (kind or None, token shown, old token or None)
+
+
+def walk_pass(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> list[WalkItem]:
+    """One row's pass read gap by gap, the one walk that replay and the app's pass view share.
+
+    prev: the row's tokens before the pass; ev: its events (kind -> (n, 2) (position, token), positions in
+    ``prev``). Returns (kind, token, old) for every token of the old and the new text in order: the token
+    inserted in gap g (kind "inserted") comes before position g, then position g as deleted (its old token),
+    replaced / unmasked (the new token and the old one), remasked (``mask_id`` and the old token) or untouched
+    (kind None). A position with several point events counts as replaced, else unmasked, else remasked."""
+    point = {kind: {int(p): int(t) for p, t in ev.get(kind, ())} for kind in ("replaced", "unmasked", "remasked")}
+    deleted = {int(p) for p, _ in ev.get("deleted", ())}
+    inserts = {int(g): int(t) for g, t in ev.get("inserted", ())}
+    out: list[WalkItem] = []
+    for g in range(len(prev) + 1):
         if g in inserts:
-            out.append(inserts[g])
-        if g < len(row) and g not in deleted:
-            out.append(int(row[g]))
-    return np.asarray(out, np.int32)
+            out.append(("inserted", inserts[g], None))
+        if g == len(prev):
+            break
+        old = int(prev[g])
+        kind = next((k for k in ("replaced", "unmasked", "remasked") if g in point[k]), None)
+        if g in deleted:
+            out.append(("deleted", old, None))
+        elif kind is None:
+            out.append((None, old, None))
+        else:
+            out.append((kind, mask_id if kind == "remasked" else point[kind][g], old))
+    return out
+
+
+def _replay_row(prev: np.ndarray, ev: dict[str, np.ndarray], mask_id: int) -> np.ndarray:
+    """Apply one row's events to its pre-pass tokens (positions refer to ``prev``): the walk minus deletions."""
+    return np.asarray([t for kind, t, _ in walk_pass(prev, ev, mask_id) if kind != "deleted"], np.int32)
 
 
 class Trace:

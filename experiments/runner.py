@@ -115,7 +115,7 @@ def run_cell(cell: Cell, task, model, tokenizer, config: ExperimentConfig) -> tu
     for b, (ex, out, score, draft, draft_ok) in enumerate(zip(cell.examples, outputs, scores, drafts, draft_scores)):
         rows.append(dict(
             key=row_key(cell.task.name, ex.id, cell.strategy.label, cell.budget, cell.seed),
-            task=cell.task.name, split=cell.task.split, example_id=ex.id,
+            task=cell.task.name, split=cell.task.split, example_id=ex.id, subset=ex.meta.get("subset"),
             strategy=cell.strategy.name, label=cell.strategy.label, params=_jsonable(params),
             budget=cell.budget, budget_value=float(Fraction(cell.budget)), seed=cell.seed,
             gen_length=config.gen_length, output=out, correct=bool(score.correct),

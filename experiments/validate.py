@@ -54,6 +54,8 @@ def _model_key(config: ExperimentConfig, model: str) -> str:
 
 def _check_model_fits(config: ExperimentConfig, model_configs: dict[str, dict]) -> None:
     """What the strategies and lengths ask of each entry's checkpoint: room for a prompt, the edit heads."""
+    from strategies.registry import strategy_class
+
     for model, model_config in model_configs.items():
         limit = model_config.get("max_sequence_length")
         if isinstance(limit, int) and config.gen_length >= limit:  # no room left for any prompt
@@ -62,31 +64,15 @@ def _check_model_fits(config: ExperimentConfig, model_configs: dict[str, dict]) 
     for spec in config.strategies:
         model = config.model_for(spec)
         model_config = model_configs[model]
-        if needs_next_head(spec.name) and not model_config.get("next_token_head", False):
+        cls = strategy_class(spec.name)  # what it needs is declared on the class (Strategy.needs_next_head, ...)
+        if cls.needs_next_head and not model_config.get("next_token_head", False):
             raise ConfigError(config.source, f"{spec.where}.name",
                               f"strategy {spec.name!r} needs the model's next-token head, but "
                               f"{model} has next_token_head=false")
-        if _needs_delete_token(spec.name) and model_config.get("delete_token_id") is None:
+        if cls.needs_delete_token and model_config.get("delete_token_id") is None:
             raise ConfigError(config.source, f"{spec.where}.name",
                               f"strategy {spec.name!r} needs a delete token, but {model} has none "
                               "(delete_token_id is null: convert it with --delete-token NAME)")
-
-
-def needs_next_head(name: str) -> bool:
-    """Whether a registered strategy needs the ME-DLM next-token head.
-
-    Strategies may declare ``needs_next_head = True``; the edit strategy needs it by definition."""
-    from strategies.registry import strategy_class
-
-    cls = strategy_class(name)
-    return bool(getattr(cls, "needs_next_head", name == "edit"))
-
-
-def _needs_delete_token(name: str) -> bool:
-    """Strategies may declare ``needs_delete_token = True``; the edit strategy deletes by definition."""
-    from strategies.registry import strategy_class
-
-    return bool(getattr(strategy_class(name), "needs_delete_token", name == "edit"))
 
 
 def _check_strategy(config: ExperimentConfig, spec: StrategySpec) -> None:

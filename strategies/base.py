@@ -2,7 +2,7 @@
 
 Strategies never call the model. The one loop (``core.decode.generate``) owns the canvas,
 calls the model, charges NFE and hands each strategy a :class:`ForwardOutput`; the strategy
-updates the :class:`DecodeState` in place and returns a :class:`core.trace.StepRecord`.
+updates the :class:`DecodeState` in place and returns a :class:`StepRecord` (those types: :mod:`core.types`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from core.trace import StepRecord
 from core.typed import build, check_fields
+# the shared decode types live in core.types (imported by the loop too); re-exported here for strategy authors
+from core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -49,89 +50,6 @@ class Preset:
     about: str
 
 
-@dataclass
-class DecodeContext:
-    """Fixed facts of one generation call."""
-
-    prompt_width: int  # P: columns of the (left-padded) prompt block
-    gen_length: int  # L: columns of the generation region
-    max_nfe: int  # ceil(budget * L): forward passes each row may be charged
-    mask_id: int
-    eos_id: int
-    pad_id: int
-    delete_id: Optional[int]
-    eot_id: Optional[int]
-    generators: list  # one seeded torch.Generator per row: all randomness of the call comes from these
-
-
-@dataclass
-class DecodeState:
-    """The mutable canvas. ``x`` is (B, P+L): prompt block then generation region."""
-
-    x: torch.Tensor  # (B, P+L) int64
-    attention_mask: torch.Tensor  # (B, P+L) bool: False for prompt padding and for region positions >= lengths
-    lengths: torch.Tensor  # (B,) current generation-region lengths
-    active: torch.Tensor  # (B,) rows that still need passes
-    nfe: torch.Tensor  # (B,) passes charged so far
-    step: int = 0
-    extra: dict = dataclasses.field(default_factory=dict)  # strategy-owned per-call state
-    dense: bool = False  # attention_mask is all True: the model is called without one (flash attention)
-
-    def region(self, P: int) -> torch.Tensor:
-        """(B, L) view of the generation region."""
-        return self.x[:, P:]
-
-    def set_lengths(self, P: int, lengths: torch.Tensor) -> None:
-        """New region lengths; positions at or past a row's length leave the attention mask."""
-        self.lengths = lengths
-        pos = torch.arange(self.x.shape[1] - P, device=self.x.device)
-        self.attention_mask[:, P:] = pos[None, :] < lengths[:, None]
-        self.dense = False
-
-
-@dataclass
-class ForwardRequest:
-    """What the strategy needs from the next model call."""
-
-    next_head: bool = False  # also compute the ME-DLM next-token head
-    uncond: bool = False  # also run the prompt-masked canvas (classifier-free guidance)
-
-    @property
-    def nfe_cost(self) -> int:
-        return 2 if self.uncond else 1
-
-
-@dataclass
-class ForwardOutput:
-    """Model outputs over the generation region, owned by the strategy for this pass (edit them in place).
-
-    logits (B, n, V) for the region columns [offset, offset + n): the whole region (offset 0, n = L) unless
-    the pass ran on a KV cache, which computes only the window the strategy declared
-    (:meth:`Strategy.cache_window`); next_logits (B, n+1, V) or None, where next_logits[:, g] predicts
-    gap offset + g (gap 0 is before the first region token, read at the last prompt position);
-    uncond_logits (B, n, V) or None."""
-
-    logits: torch.Tensor
-    next_logits: Optional[torch.Tensor] = None
-    uncond_logits: Optional[torch.Tensor] = None
-    offset: int = 0  # region column of logits[:, 0]
-
-    def widen(self, values: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
-        """(B, n) per-position values computed from these logits -> (B, L): ``outside`` (B, L) with
-        ``values`` over the computed columns. The whole-region case returns ``values`` itself (no copy)."""
-        n = values.shape[1]
-        if self.offset == 0 and n == outside.shape[1]:
-            return values
-        out = outside.clone()
-        out[:, self.offset:self.offset + n] = values
-        return out
-
-
-# Cache modes of the one loop (core.decode): none recomputes the whole canvas every pass; prefix keeps the
-# keys and values of every column before the strategy's window; dual also keeps those after it.
-CACHE_MODES = ("none", "prefix", "dual")
-
-
 class Strategy(ABC):
     """A decoding strategy. Subclasses set ``config_class`` and ``description`` and implement ``step``."""
 
@@ -144,6 +62,9 @@ class Strategy(ABC):
     cache_modes: ClassVar[tuple[str, ...]] = ("none",)
     no_cache_reason: ClassVar[str] = ""  # why a mode outside cache_modes cannot work (said when it is asked for)
     dual_needs_blocks: ClassVar[bool] = False  # a pass writes only inside its block: dual needs block_length
+    # What the strategy asks of the checkpoint (``experiments.validate`` checks it before loading anything)
+    needs_next_head: ClassVar[bool] = False  # it requests the ME-DLM next-token head (ForwardRequest.next_head)
+    needs_delete_token: ClassVar[bool] = False  # it reads ``DecodeContext.delete_id`` (config.delete_token_id)
 
     def __init__(self, config: Optional[StrategyConfig] = None):
         self.config = config if config is not None else self.config_class()
@@ -206,5 +127,5 @@ def commit(ctx: DecodeContext, state: DecodeState, select: torch.Tensor, x0: tor
         new = torch.where(remask, ctx.mask_id, new)
     region.copy_(new)
     state.active = (region == ctx.mask_id).any(1)
-    return StepRecord(phase="mask", tokens=region.clone(), lengths=state.lengths.clone(), active=state.active,
-                      unmasked=select, remasked=remask, scores=scores)
+    return StepRecord(phase="mask", tokens=region.clone(), lengths=state.lengths.clone(), unmasked=select,
+                      remasked=remask, scores=scores)

@@ -28,8 +28,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from core.trace import StepRecord
 from core.typed import ranged
+from core.types import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from strategies.registry import register
 from strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, planned_passes, predict, select_topk,

@@ -58,8 +58,8 @@ from typing import Literal, Optional
 
 import torch
 
-from core.trace import StepRecord
 from core.typed import ranged
+from core.types import StepRecord, apply_edits
 from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy,
                              StrategyConfig)
 from strategies.edit_rules import apply_with_room, finish_draft, medlm_mask_begin, medlm_mask_step, plan_room
@@ -128,10 +128,17 @@ class EditStrategy(Strategy):
             "this project's tuned edit entry (experiments/ablations/embedded_default.yaml, chosen on the dev "
             "split): 4 edit passes, edits only where the head doubts the text, back to the best text"),
     }
+    needs_next_head = True  # edit passes read the next-token head (insertions)
+    needs_delete_token = True  # and the current head's delete token
     # The mask phase caches as ``masked`` does (dual only with blocks). Edit passes insert and delete, which
     # moves every region column, so they recompute the whole region (and the gap before it) on a cache of
     # the prompt alone: the loop refills it with a full pass when the edit phase starts.
     cache_modes = ("none", "prefix", "dual")
+
+    def __init__(self, config: Optional[EditConfig] = None):
+        super().__init__(config)
+        # the mask phase's strategy depends on the config alone (no per-call state: that lives in state.extra)
+        self._mask = MaskedStrategy(self.config.mask_config())
 
     def refuse_cache(self, mode: str) -> Optional[str]:
         if mode != "none" and (self.config.mask_phase == "medlm" or self.config.max_length is not None):
@@ -145,7 +152,7 @@ class EditStrategy(Strategy):
 
     def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
         if state.step < state.extra["mask_passes"]:
-            return self._mask.cache_window(self._mask_ctx, state)
+            return self._mask.cache_window(state.extra["mask_ctx"], state)
         return 0, ctx.gen_length
 
     def min_passes(self, gen_length: int) -> int:
@@ -159,8 +166,8 @@ class EditStrategy(Strategy):
         if self.config.max_length is not None:
             plan_room(ctx, state, self.config.max_length)
         has_masks = bool((state.x[:, ctx.prompt_width:] == ctx.mask_id).any())
-        self._mask = MaskedStrategy(self.config.mask_config())
-        self._mask_ctx = DecodeContext(**{**ctx.__dict__, "max_nfe": M})
+        mask_ctx = DecodeContext(**{**ctx.__dict__, "max_nfe": M})  # the mask phase sees its own share of passes
+        state.extra["mask_ctx"] = mask_ctx
         state.extra["mask_passes"] = M if has_masks else 0
         state.extra["last_pass"] = ctx.max_nfe - 1 if has_masks else E - 1
         state.extra["edit_passes"] = E
@@ -169,7 +176,7 @@ class EditStrategy(Strategy):
         elif self.config.mask_phase == "medlm":
             medlm_mask_begin(ctx, state, M)
         else:
-            self._mask.begin(self._mask_ctx, state)
+            self._mask.begin(mask_ctx, state)
 
     def request(self, ctx: DecodeContext, state: DecodeState) -> ForwardRequest:
         return ForwardRequest(next_head=state.step >= state.extra["mask_passes"])
@@ -180,7 +187,7 @@ class EditStrategy(Strategy):
             return 0
         if self.config.mask_phase == "medlm":  # every row runs all M mask passes, as in ME-DLM
             return M - state.step
-        return self._mask.sure_passes(self._mask_ctx, state)
+        return self._mask.sure_passes(state.extra["mask_ctx"], state)
 
     def step(self, ctx: DecodeContext, state: DecodeState, out: ForwardOutput) -> StepRecord:
         M = state.extra["mask_passes"]
@@ -188,7 +195,7 @@ class EditStrategy(Strategy):
             if self.config.mask_phase == "medlm":
                 record = medlm_mask_step(ctx, state, out)
             else:
-                record = self._mask.step(self._mask_ctx, state, out)
+                record = self._mask.step(state.extra["mask_ctx"], state, out)
             if state.step == M - 1:  # mask phase over: make the draft, every row goes on to edit
                 self._finish_draft(ctx, state, record)
                 state.active = torch.full_like(state.active, state.step < state.extra["last_pass"])
@@ -224,8 +231,6 @@ class EditStrategy(Strategy):
             following = torch.cat([region, torch.full_like(region[:, :1], ctx.eos_id)], dim=1)
             following = torch.where(gap[None, :] < state.lengths[:, None], following, ctx.eos_id)
             may_insert &= probability_from_top(next_logits, following, ntop, nconf) < rho_insert
-        from core.edit_labels import apply_edits  # lazy: decoding never needs the Numba alignment compiled
-
         rule = dict(gaps=cfg.insert_gaps, insert_specials=cfg.any_token)
         if cfg.max_length is not None:  # the canvas may widen here
             res = apply_with_room(ctx, state, cur, nxt, may_insert, **rule)
@@ -243,8 +248,8 @@ class EditStrategy(Strategy):
             changed |= res.capped & accept
         more = state.step < state.extra["last_pass"]
         state.active = accept & more & (changed if self.config.stop_when_unchanged else True)
-        return StepRecord(phase="edit", tokens=region.clone(), lengths=state.lengths.clone(), active=charged,
-                          replaced=replaced, deleted=deleted, inserted=inserted, values=cur,
+        return StepRecord(phase="edit", tokens=region.clone(), lengths=state.lengths.clone(), replaced=replaced,
+                          deleted=deleted, inserted=inserted, values=cur,
                           inserted_tokens=res.inserted_tokens, scores=conf, reverted=reverted)
 
 

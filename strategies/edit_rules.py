@@ -20,8 +20,7 @@ from typing import Optional
 
 import torch
 
-from core.trace import StepRecord
-from strategies.base import DecodeContext, DecodeState, ForwardOutput
+from core.types import DecodeContext, DecodeState, Draft, ForwardOutput, StepRecord, apply_edits, strip_padding
 from strategies.sampling import NEG_INF, ban_tokens, select_topk, token_probability, transfer_counts
 
 
@@ -55,8 +54,6 @@ def apply_with_room(ctx: DecodeContext, state: DecodeState, cur: torch.Tensor, n
     one), so the edit is computed on 2W+1 columns (capped by the room); the canvas is then widened to the
     longest row and the result's masks are cut back to the pre-pass width W. The forward passes stay as
     wide as the texts, not as wide as the cap (ME-DLM: 6144)."""
-    from core.edit_labels import apply_edits
-
     room = state.extra["room"]
     region = state.x[:, ctx.prompt_width:]
     W = region.shape[1]
@@ -95,8 +92,7 @@ def medlm_mask_step(ctx: DecodeContext, state: DecodeState, out: ForwardOutput) 
     region = state.x[:, ctx.prompt_width:]
     region.copy_(torch.where(select, x0, region))
     pending &= ~select
-    return StepRecord(phase="mask", tokens=region.clone(), lengths=state.lengths.clone(), active=state.active,
-                      unmasked=select, scores=conf)
+    return StepRecord(phase="mask", tokens=region.clone(), lengths=state.lengths.clone(), unmasked=select, scores=conf)
 
 
 def finish_draft(draft_rule: str, final_eot: bool, ctx: DecodeContext, state: DecodeState,
@@ -105,11 +101,9 @@ def finish_draft(draft_rule: str, final_eot: bool, ctx: DecodeContext, state: De
 
     ``draft_rule`` "cut": each row ends before its first end-of-text / pad token; "strip_pads": every pad
     token is removed (ME-DLM). ``final_eot``: the last draft token becomes end-of-turn (``eot_id``, else
-    ``eos_id``). Padding leaves the attention; the draft is kept in ``state.extra["draft"]``. When the
+    ``eos_id``). Padding leaves the attention; the draft is kept in ``state.draft``. When the
     tokens move (strip or forced end-of-turn) and ``record`` is the pass that made the draft, the record
     gets the removals as ``deleted`` and the forced token as ``replaced`` so that the trace replays."""
-    from core.decode import strip_padding
-
     P = ctx.prompt_width
     region = state.x[:, P:]
     W = region.shape[1]
@@ -133,7 +127,7 @@ def finish_draft(draft_rule: str, final_eot: bool, ctx: DecodeContext, state: De
     out.scatter_(1, slot, torch.where(keep, values, ctx.pad_id))
     region.copy_(out[:, :W])
     state.set_lengths(P, lengths)
-    state.extra["draft"] = (region.clone(), lengths.clone())
+    state.draft = Draft(region.clone(), lengths.clone())
     if record is not None:
         record.tokens, record.lengths = region.clone(), lengths.clone()
         if moves:

@@ -21,8 +21,8 @@ from typing import Literal, Optional
 
 import torch
 
-from core.trace import StepRecord
 from core.typed import ranged
+from core.types import StepRecord
 
 from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy, StrategyConfig,
                              commit)

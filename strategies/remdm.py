@@ -32,8 +32,8 @@ from typing import Literal
 
 import torch
 
-from core.trace import StepRecord
 from core.typed import ranged
+from core.types import StepRecord
 from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from strategies.registry import register
 from strategies.sampling import ban_tokens, banned_ids, nucleus_filter, predict, uniform_rand
@@ -165,5 +165,4 @@ class RemdmStrategy(Strategy):
         psi.copy_(torch.where(unmask, conf, psi))
         record = commit(ctx, state, unmask, x0, conf, remask=remask)
         state.active = torch.full_like(state.active, not last)  # ReMDM always runs its S passes
-        record.active = state.active
         return record

@@ -1,23 +1,16 @@
-"""Shared fixtures: a tiny random LLaDA model and a scripted model with hand-set logits."""
+"""Fixtures shared by every test directory: a tiny random LLaDA model, a scripted model with hand-set logits
+and tiny saved checkpoints (with and without the next-token head). Their plain building blocks (ids,
+configs, builders) are in tiny_models.py; each test directory's own fixtures are in its conftest.py."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from core.model import LLaDAConfig, LLaDAModel
-
-VOCAB, MASK, DELETE, EOS, EOT = 64, 63, 62, 1, 2
-
-
-def tiny_config(**kw) -> LLaDAConfig:
-    base = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, mask_token_id=MASK,
-                delete_token_id=DELETE, eos_token_id=EOS, eot_token_id=EOT, next_token_head=True)
-    base.update(kw)
-    return LLaDAConfig(**base)
+from core.model import LLaDAModel
+from tiny_models import ScriptedModel, save_tiny_checkpoint, single_thread, tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -30,26 +23,19 @@ def tiny_model() -> LLaDAModel:
     return model
 
 
-class ScriptedModel(nn.Module):
-    """A stand-in mask predictor whose logits come from ``fn(input_ids) -> (logits, next_logits)``."""
-
-    def __init__(self, fn, vocab: int = VOCAB, **config):
-        super().__init__()
-        self.fn = fn
-        self.anchor = nn.Parameter(torch.zeros(1))  # gives the loop a device
-        ids = dict(mask_token_id=MASK, delete_token_id=DELETE, eos_token_id=EOS, pad_token_id=EOS, eot_token_id=EOT)
-        ids.update(config)
-        self.config = SimpleNamespace(vocab_size=vocab, **ids)
-        self.calls = 0
-
-    def forward(self, input_ids, attention_mask=None, compute_next=True, logits_from=0, **kw):
-        self.calls += 1
-        logits, next_logits = self.fn(input_ids)
-        logits = logits[:, logits_from:]
-        next_logits = next_logits[:, logits_from:] if (compute_next and next_logits is not None) else None
-        return SimpleNamespace(logits=logits, next_logits=next_logits)
-
-
 @pytest.fixture
 def scripted():
     return ScriptedModel
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A saved random 2-layer checkpoint with its tokenizer and the next-token head (so that ``edit`` runs)."""
+    with single_thread():
+        return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_no_next(tmp_path_factory) -> Path:
+    with single_thread():
+        return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_nonext", next_token_head=False)

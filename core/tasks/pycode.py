@@ -483,6 +483,10 @@ def train_pairs(max_k: int, space: int = 1, n: int = 6_000) -> frozenset:
     return frozenset((p.meta["family"], p.meta["arg"]) for p in itertools.islice(stream, n))
 
 
+# A deliberate second rule, not core.tasks.benchmarks.extract_code: the embedded pycode answers were scored
+# (shipped model cards, the main command's rows and their ``extracted`` field) with this one, and the two part
+# on inputs the embedded model can produce (a first line after the fence that is code, several blocks, no
+# fence with blank lines around). tests/core/test_tasks_embedded.py pins where they agree and where they differ.
 def extract_code(output: str) -> str:
     """The first fenced block when there is one (an unterminated fence runs to the end), else all of it."""
     start = output.find("```")

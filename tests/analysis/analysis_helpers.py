@@ -1,7 +1,7 @@
 """A hand-made ablation run (rows + one edit trace) with known counts, for the analysis tests.
 
 Test modules import the ``run_dir`` fixture from here (a conftest.py per test directory would clash with
-the ``from conftest import ...`` other test directories use)."""
+the ``from tiny_models import ...`` other test directories use)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from core.trace import CompactTrace
 
@@ -69,8 +68,3 @@ def make_run(run_dir: Path) -> Path:
             rows.append(row)
     (run_dir / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run_dir
-
-
-@pytest.fixture
-def run_dir(tmp_path) -> Path:
-    return make_run(tmp_path / "run")

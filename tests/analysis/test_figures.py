@@ -11,7 +11,6 @@ from analysis.load import load_runs
 from analysis.report import write_report
 
 from core.trace import CompactTrace
-from analysis_helpers import run_dir  # noqa: F401 (fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,6 @@ import logging
 from analysis.report import write_report
 from refinery.cli import main
 
-from analysis_helpers import run_dir  # noqa: F401 (fixture)
-
 
 def _lines(run_dir) -> list[str]:
     return (run_dir / "rows.jsonl").read_text().splitlines(keepends=True)

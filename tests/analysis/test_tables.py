@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from analysis.load import load_runs
 from analysis.tables import accuracy_table, find_baseline, gain_table, main_table, main_table_markdown, \
     mcnemar_exact, refinement_table, wilson_interval
 
-from analysis_helpers import CORRECT, make_run, run_dir  # noqa: F401 (fixture)
+from analysis_helpers import CORRECT, make_run
 
 
 def test_wilson_interval_textbook_values():
@@ -98,3 +99,21 @@ def test_refinement_table_counts_fixed_and_broken_drafts(run_dir):
     assert table.loc[("edit", "1/4"), "draft_acc"] == 0.5 and table.loc[("edit", "1/1"), "acc"] == 1.0
     old = load_runs([run_dir]).drop(columns=["draft_correct"])  # runs from before drafts were scored
     assert refinement_table(old).empty
+
+
+def test_baseline_counts_every_config_field_not_a_fixed_list(tmp_path):
+    """An option added to MaskedConfig (here bans and logits_eos_inf, which the old hand-written list of
+    four names did not know) makes an entry less plain: the defaults win although listed later."""
+    from analysis.tables import non_default_settings
+
+    assert non_default_settings("masked", {}) == 0
+    assert non_default_settings("masked", {"remasking": "low_confidence", "block_length": None}) == 0
+    assert non_default_settings("masked", {"bans": "none", "logits_eos_inf": True}) == 2
+    assert non_default_settings("masked", {"remasking": "random"}) == 1
+    rows = [dict(entry=e, strategy="masked", params=p) for e, p in
+            [("paper", {"bans": "none", "logits_eos_inf": True}), ("random", {"remasking": "random"}),
+             ("plain", {"remasking": "low_confidence"})]]
+    assert find_baseline(pd.DataFrame(rows)) == "plain"
+    assert find_baseline(pd.DataFrame(rows[:2])) == "random"
+    with pytest.raises(ValueError, match="no masked entry"):
+        find_baseline(pd.DataFrame([dict(entry="edit", strategy="edit", params={})]))

@@ -1,16 +1,12 @@
-"""Fixtures for the app tests: a tiny checkpoint (model + tokenizer in one dir) and a headless Chromium."""
+"""Plain helpers of the app tests: a tiny checkpoint builder (model + tokenizer in one dir) whose random weights
+decode to readable text. The fixtures over it (and a headless Chromium) are in this directory's conftest.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 import torch
 
-CHROMIUM = Path("/usr/bin/chromium")
 TEXTS = [
     "def total(lst):\n    total = 0\n    for item in lst:\n        total += item\n    return total\n",
     "What is 12 + 7? The answer is 19.",
@@ -39,34 +35,3 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"))
-
-
-@pytest.fixture(scope="session")
-def tiny_pair(tiny_checkpoint):
-    from core.checkpoint import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(str(tiny_checkpoint))
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's chromium, installed with apt-get when missing and we are root; fails loudly otherwise."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.fail(f"{CHROMIUM} is missing and cannot be installed here (need root and apt-get): "
-                    "run `apt-get install -y chromium`")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    if not CHROMIUM.exists():
-        pytest.fail(f"apt-get installed chromium but {CHROMIUM} does not exist")
-    return CHROMIUM
-

@@ -10,11 +10,10 @@ import torch
 
 from app import backend
 from app.params import changed_params, field_specs, parse_value, short_label, widget_value
-from app.runs import find_runs, load_row_trace, load_rows, pick_rows, row_key
+from app.runs import find_runs, load_row_trace, load_rows, pick_rows, row_label
 from core.decode import generate
 from core.tokenizer import decode_response, render_prompt
 from strategies import available_strategies, get_strategy
-from app_helpers import tiny_checkpoint, tiny_pair  # noqa: F401  (fixtures)
 
 GEN = 16
 
@@ -76,13 +75,13 @@ def test_prompt_and_length_caps(tiny_pair):
     assert backend.max_gen_length(4096) == backend.MAX_GEN_LENGTH and backend.max_gen_length(None) == 1024
 
 
-def test_model_cache_loads_once_per_directory(tiny_checkpoint):
+def test_model_cache_loads_once_per_directory(app_checkpoint):
     cache = backend.ModelCache()
-    m1, t1 = cache.get(str(tiny_checkpoint))
-    m2, _ = cache.get(str(tiny_checkpoint) + "/")
-    assert m1 is m2 and cache.tokenizer(str(tiny_checkpoint)) is t1
+    m1, t1 = cache.get(str(app_checkpoint))
+    m2, _ = cache.get(str(app_checkpoint) + "/")
+    assert m1 is m2 and cache.tokenizer(str(app_checkpoint)) is t1
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        cache.get(str(tiny_checkpoint / "nope"))
+        cache.get(str(app_checkpoint / "nope"))
 
 
 @pytest.mark.parametrize("name", sorted(available_strategies()))
@@ -131,7 +130,7 @@ def test_saved_run_views_read_traces_without_recomputing(tmp_path, tiny_pair, pr
     loaded = load_rows(run)
     assert loaded == rows
     picked = pick_rows(loaded, "arith", "ex1")
-    assert [row_key(r) for r in picked] == ["masked @ 1/2 seed 0", "remdm @ 1/2 seed 1"]
+    assert [row_label(r) for r in picked] == ["masked @ 1/2 seed 0", "remdm @ 1/2 seed 1"]
     views = backend.saved_views(str(run), picked, tok)
     for view, row in zip(views, picked):
         assert view.final_text == row["output"] and view.nfe == row["nfe"] and view.correct is False

@@ -13,7 +13,6 @@ from app.render import EVENT_STYLES, TokenPieces, TraceView
 from core.decode import generate
 from core.tokenizer import render_prompt
 from refinery.cli import main
-from app_helpers import tiny_checkpoint, tiny_pair  # noqa: F401  (fixtures)
 
 
 def _fn(demo: gr.Blocks, name: str):
@@ -32,8 +31,8 @@ def fixture_view(tiny_pair) -> TraceView:
     return TraceView("remdm fixture", trace, pieces=TokenPieces(tok, trace.mask_id))
 
 
-def test_build_demo_from_a_fixture_trace(tiny_checkpoint, fixture_view):
-    demo = build_demo(model=str(tiny_checkpoint), views=[fixture_view])
+def test_build_demo_from_a_fixture_trace(app_checkpoint, fixture_view):
+    demo = build_demo(model=str(app_checkpoint), views=[fixture_view])
     assert isinstance(demo, gr.Blocks)
     board = _by_id(demo, "rf-board").value
     assert "remdm fixture" in board and "pass 0/" in board
@@ -45,29 +44,29 @@ def test_build_demo_from_a_fixture_trace(tiny_checkpoint, fixture_view):
     assert k == fixture_view.num_passes and f"pass {k}/{k}" in page
 
 
-def test_analytics_are_off_by_default(tiny_checkpoint):
+def test_analytics_are_off_by_default(app_checkpoint):
     import os
 
-    demo = build_demo(model=str(tiny_checkpoint))
+    demo = build_demo(model=str(app_checkpoint))
     assert demo.analytics_enabled is False and demo.get_config_file()["analytics_enabled"] is False
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"  # set before gradio was imported by app.demo
 
 
-def test_run_handler_streams_to_done(tiny_checkpoint):
-    demo = build_demo(model=str(tiny_checkpoint), stream_interval=0.01)
+def test_run_handler_streams_to_done(app_checkpoint):
+    demo = build_demo(model=str(app_checkpoint), stream_interval=0.01)
     on_run = _fn(demo, "on_run")
     inputs = next(f for f in demo.fns.values() if f.name == "on_run").inputs
     defaults = [c.value for c in inputs[7:]]  # the strategy parameter widgets, as first shown
-    updates = list(on_run(str(tiny_checkpoint), "What is 12 + 7?", None, ["masked", "remdm"], "1/2", 16, 0,
+    updates = list(on_run(str(app_checkpoint), "What is 12 + 7?", None, ["masked", "remdm"], "1/2", 16, 0,
                           *defaults))
     status, slider, board, views = updates[-1]
     assert status == "Done." and len(views) == 2 and all(v.final_text is not None for v in views)
     assert slider["maximum"] == max(v.num_passes for v in views)
     assert board.count('class="rf-col"') == 2 and "final text" in board
     with pytest.raises(gr.Error, match=str(MAX_PROMPT_TOKENS)):
-        list(on_run(str(tiny_checkpoint), "lazy dog " * 600, None, ["masked"], "1/2", 16, 0, *defaults))
+        list(on_run(str(app_checkpoint), "lazy dog " * 600, None, ["masked"], "1/2", 16, 0, *defaults))
     with pytest.raises(gr.Error, match="at least one strategy"):
-        list(on_run(str(tiny_checkpoint), "hi", None, [], "1/2", 16, 0, *defaults))
+        list(on_run(str(app_checkpoint), "hi", None, [], "1/2", 16, 0, *defaults))
 
 
 def test_cli_app_rejects_bad_arguments(tmp_path, capsys):
@@ -77,10 +76,10 @@ def test_cli_app_rejects_bad_arguments(tmp_path, capsys):
     assert "--runs-dir is not a directory" in capsys.readouterr().err
 
 
-def test_generation_limits_follow_the_model(tiny_checkpoint):
+def test_generation_limits_follow_the_model(app_checkpoint):
     from core.checkpoint import EMBEDDED
 
-    demo = build_demo(model=str(tiny_checkpoint), stream_interval=0.01)
+    demo = build_demo(model=str(app_checkpoint), stream_interval=0.01)
     widget = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Generation length")
     assert widget.maximum == 512  # the tiny checkpoint's max_sequence_length (the app's own cap is 1024)
     assert _fn(demo, "on_model")("embedded")["maximum"] == json.loads(
@@ -88,18 +87,18 @@ def test_generation_limits_follow_the_model(tiny_checkpoint):
     on_run = _fn(demo, "on_run")
     defaults = [c.value for c in next(f for f in demo.fns.values() if f.name == "on_run").inputs[7:]]
     with pytest.raises(gr.Error, match="max_sequence_length is 512"):
-        list(on_run(str(tiny_checkpoint), "What is 12 + 7?", None, ["masked"], "1/1", 500, 0, *defaults))
+        list(on_run(str(app_checkpoint), "What is 12 + 7?", None, ["masked"], "1/1", 500, 0, *defaults))
 
 
-def test_exposed_demo_refuses_paths_outside_what_the_command_line_gave(tiny_checkpoint, tmp_path):
+def test_exposed_demo_refuses_paths_outside_what_the_command_line_gave(app_checkpoint, tmp_path):
     from app.guard import PathGuard, is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::")
     runs = tmp_path / "runs"
     runs.mkdir()
-    guard = PathGuard(restricted=True, models=[str(tiny_checkpoint)], runs_root=str(runs))
-    demo = build_demo(model=str(tiny_checkpoint), runs_dir=str(runs), guard=guard, stream_interval=0.01)
+    guard = PathGuard(restricted=True, models=[str(app_checkpoint)], runs_root=str(runs))
+    demo = build_demo(model=str(app_checkpoint), runs_dir=str(runs), guard=guard, stream_interval=0.01)
     defaults = [c.value for c in next(f for f in demo.fns.values() if f.name == "on_run").inputs[7:]]
     with pytest.raises(gr.Error, match="refused: this demo is reachable from other machines"):
         list(_fn(demo, "on_run")(str(tmp_path), "hi", None, ["masked"], "1/1", 8, 0, *defaults))
@@ -109,7 +108,7 @@ def test_exposed_demo_refuses_paths_outside_what_the_command_line_gave(tiny_chec
         _fn(demo, "on_dir")(str(tmp_path))
     with pytest.raises(gr.Error, match="no rows.jsonl"):  # inside --runs-dir: allowed, then simply empty
         _fn(demo, "on_dir")(str(runs))
-    updates = list(_fn(demo, "on_run")(str(tiny_checkpoint), "hi", None, ["masked"], "1/1", 8, 0, *defaults))
+    updates = list(_fn(demo, "on_run")(str(app_checkpoint), "hi", None, ["masked"], "1/1", 8, 0, *defaults))
     assert updates[-1][0] == "Done."
     open_guard = PathGuard()  # a loopback demo: every path goes through as before
     assert open_guard.run_dir("/etc") == "/etc" and open_guard.model("/anything") == "/anything"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app_helpers import chromium, make_checkpoint  # noqa: F401  (fixtures)
+from app_helpers import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -12,7 +12,6 @@ from app.render import (EVENT_STYLES, MASK_GLYPH, MASK_STYLE, TokenPieces, Trace
 from core.decode import generate
 from core.tokenizer import render_prompt
 from core.trace import CompactTrace
-from app_helpers import tiny_checkpoint, tiny_pair  # noqa: F401  (fixtures)
 
 GEN = 16
 

@@ -4,13 +4,11 @@ isolates, a runner for dedented programs, and checks that a run was contained an
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
-import core.sandbox
 from core.sandbox import SandboxResult, run_program, sandbox_info
 
 INFO = sandbox_info()
@@ -42,21 +40,6 @@ def processes_with(token: str) -> list[int]:
         except OSError:
             pass
     return pids
-
-
-@pytest.fixture
-def made_dirs(monkeypatch) -> list[str]:
-    """The temporary directories the harness creates during the test (to check they are gone)."""
-    made, mkdtemp = [], tempfile.mkdtemp
-
-    def recording(*args, **kwargs):
-        path = mkdtemp(*args, **kwargs)
-        if os.path.basename(path).startswith("refinery-sbx-"):
-            made.append(path)
-        return path
-
-    monkeypatch.setattr(core.sandbox.tempfile, "mkdtemp", recording)
-    return made
 
 
 def contained(r: SandboxResult, *statuses: str) -> None:

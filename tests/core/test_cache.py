@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 from core.decode import generate
 from core.model import KVCache, LLaDAModel
 from core.trace import CompactTrace

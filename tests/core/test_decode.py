@@ -1,16 +1,15 @@
-"""The one decode loop and its trace: serialisation, replay, partial canvases, callbacks."""
+"""The one decode loop: budgets, padding, partial canvases, callbacks, what reaches the model (its trace:
+test_trace.py)."""
 
 from __future__ import annotations
 
 from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import EOS, MASK
+from tiny_models import EOS, MASK
 from core.decode import generate, left_pad, parse_budget, strip_padding
-from core.trace import CompactTrace
 from strategies import get_strategy
 
 
@@ -28,26 +27,6 @@ def test_left_pad_accepts_either_side():
     assert torch.equal(ids, ids2) and torch.equal(mask, mask2)
     with pytest.raises(ValueError, match="at least one token"):
         left_pad([[1], []], 0, "cpu")
-
-
-def test_trace_save_load_round_trip_and_replay(tiny_model, tmp_path):
-    res = generate(tiny_model, [[5, 6, 7], [8]], 16, get_strategy("remdm", schedule="cap", eta=0.3), "1/2", seed=2)
-    compact = res.trace.compact()
-    path = tmp_path / "trace.npz"
-    compact.save(path)
-    loaded = CompactTrace.load(path)
-    assert loaded.tokens.dtype == np.int32 and loaded.tokens.shape == (8, 2, 16)
-    assert (loaded.replay() == res.tokens.numpy()).all()
-    for kind, ev in compact.events.items():
-        assert np.array_equal(ev, loaded.events[kind]), kind
-    assert len(loaded.scores) == len(loaded.events["unmasked"])
-
-
-def test_replay_rejects_a_tampered_trace(tiny_model):
-    compact = generate(tiny_model, [[5, 6, 7]], 8, "masked", "1/2").trace.compact()
-    compact.tokens[1, 0, compact.events["unmasked"][0, 2]] ^= 1  # a change no event explains
-    with pytest.raises(ValueError, match="do not reproduce"):
-        compact.replay()
 
 
 def test_partial_canvas_only_fills_masks_and_streams_every_pass(tiny_model):

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.align import _align_into, _labels_into, batch_edit_scripts, pack
+from core.align import align_pair, batch_edit_scripts, labels_into, pack
 from core.edit_labels import apply_edits, apply_edits_reference, batch_edit_labels, batch_edit_labels_flat, \
     canonical_alignment, edit_labels
 
@@ -27,9 +27,9 @@ def raw_labels(draft, truth):
     """Labels read straight off the canonical alignment, without normalize_alignment (the broken scheme)."""
     a, b = np.array(draft, np.int64), np.array(truth, np.int64)
     amap = np.empty(len(a), np.int32)
-    _align_into(a, b, amap)
+    align_pair(a, b, amap)
     cur, nxt = np.empty(len(a), np.int32), np.empty(len(a), np.int32)
-    gap0 = _labels_into(b, amap, cur, nxt, DEL, EOS, IGN, False)
+    gap0 = labels_into(b, amap, cur, nxt, DEL, EOS, IGN, False)
     return cur.tolist(), nxt.tolist(), int(gap0)
 
 

@@ -15,7 +15,7 @@ import core.sandbox
 from core.sandbox import run_many, sandbox_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sandbox_helpers import INFO, REQUIRE_ISOLATION, made_dirs, needs_drop, needs_fs, run  # noqa: E402,F401 (made_dirs: a fixture)
+from _sandbox_helpers import INFO, REQUIRE_ISOLATION, needs_drop, needs_fs, run  # noqa: E402
 
 
 # ---------------------------------------------------------------- honest programs

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sandbox_helpers import (  # noqa: E402,F401 (made_dirs: a fixture)
-    contained, made_dirs, needs_drop, needs_fs, needs_ns, processes_with, run,
-)
+from _sandbox_helpers import contained, needs_drop, needs_fs, needs_ns, processes_with, run  # noqa: E402
 
 
 # ---------------------------------------------------------------- containment

@@ -163,6 +163,26 @@ def test_extract_code_fences():
     assert extract_code("a\n```py\nb\n```\n```python\nc\n```") == "b\n"
 
 
+# (answer, pycode's extraction, the benchmarks' extraction): the two rules are kept apart on purpose (see
+# the comment above core.tasks.pycode.extract_code); a change to either that merges or moves them fails here.
+EXTRACTIONS = [
+    ("```python\ndef f():\n    return 1\n```\ntext", "def f():\n    return 1\n", "def f():\n    return 1\n"),
+    ("```\nx = 1\n", "x = 1\n", "x = 1\n"),
+    ("\ndef f():\n    return 1\n", "def f():\n    return 1", "\ndef f():\n    return 1\n"),  # no fence
+    ("```def f():\n    return 1\n```", "    return 1\n", "def f():\n    return 1\n"),  # code on the fence line
+    ("```text\nno\n```\n```python\nyes\n```", "no\n", "yes\n"),  # several blocks: first vs first python
+]
+
+
+@pytest.mark.parametrize("answer, pycode_code, benchmark_code", EXTRACTIONS,
+                         ids=["fenced", "unterminated", "no fence", "code on the fence line", "several blocks"])
+def test_pycode_and_benchmark_extract_code_differ_only_where_pinned(answer, pycode_code, benchmark_code):
+    from core.tasks import benchmarks
+
+    assert extract_code(answer) == pycode_code
+    assert benchmarks.extract_code(answer) == benchmark_code
+
+
 # ---- problem space 2 (a fresh, larger space; space 1 stays as it was) ---------------------------------------
 
 # sha256 of space 1's first 60 train / dev / test examples (seed 3: ids, prompts, references, tests, subsets)

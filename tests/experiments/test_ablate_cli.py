@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from refinery.cli import main
 
-from ablation_helpers import one_torch_thread, small_config, tiny_checkpoint, tiny_checkpoint_no_next, write_yaml  # noqa: F401 (fixtures)
+from ablation_helpers import small_config, write_yaml
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny decodes: one thread is fastest
 
 
 def test_ablate_then_report(tmp_path, tiny_checkpoint, capsys):

@@ -9,7 +9,9 @@ import pytest
 from experiments.config import ConfigError, config_from_dict, load_config, validate
 from strategies import available_strategies
 
-from ablation_helpers import one_torch_thread, small_config, tiny_checkpoint, tiny_checkpoint_no_next, write_yaml  # noqa: F401 (fixtures)
+from ablation_helpers import small_config, write_yaml
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny decodes: one thread is fastest
 
 # *_tune.yaml files are tune protocols (refinery tune), checked in tests/experiments/test_tune.py
 SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[2] / "experiments" / "ablations").glob("*.yaml")

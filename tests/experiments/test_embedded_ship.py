@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import tiny_config
+from tiny_models import tiny_config
 
 from core.checkpoint import load_model
 from core.model import LLaDAModel

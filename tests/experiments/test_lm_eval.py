@@ -18,8 +18,6 @@ pytest.importorskip("lm_eval")
 from refinery.cli import main  # noqa: E402
 from refinery.lm_eval_model import RefineryLM, mc_loglikelihood  # noqa: E402
 
-from ablation_helpers import tiny_checkpoint  # noqa: E402,F401 (fixture)
-
 REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "tests" / "experiments" / "lm_eval_tasks"
 EDIT = dict(edit_passes=4, keep_threshold=0.5, revert_margin=0.5, revert_to="best")

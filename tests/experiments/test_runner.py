@@ -16,7 +16,10 @@ from experiments.config import config_from_dict, load_config
 from experiments.runner import WALL_TIME_FIELDS, load_examples, plan_cells, run_ablation
 from experiments.store import load_rows, load_trace
 
-from ablation_helpers import one_torch_thread, single_thread, small_config, tiny_checkpoint, write_yaml  # noqa: F401 (fixtures)
+from ablation_helpers import small_config, write_yaml
+from tiny_models import single_thread
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny decodes: one thread is fastest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +46,8 @@ def test_rows_cover_every_cell_once_with_equal_budgets_per_batch(reference_run):
     assert len({r["key"] for r in rows}) == len(rows)
     cells = plan_cells(config, load_examples(config))
     assert {r["batch_id"] for r in rows} == {c.batch_id for c in cells}
+    subsets = {(t.name, ex.id): ex.meta.get("subset") for t, exs in load_examples(config).values() for ex in exs}
+    assert all(r["subset"] == subsets[(r["task"], r["example_id"])] for r in rows)  # analysis never rebuilds them
     for r in rows:
         assert r["max_nfe"] == {"1/1": 16, "1/4": 4}[r["budget"]] and 1 <= r["nfe"] <= r["max_nfe"]
         assert isinstance(r["output"], str) and isinstance(r["correct"], bool)

@@ -18,7 +18,9 @@ from core.trace import CompactTrace
 from experiments.config import config_from_dict, load_config
 from experiments.store import RunLocked, RunStore, load_rows, load_trace, read_rows, repair_rows, row_key
 
-from ablation_helpers import one_torch_thread, small_config, write_yaml  # noqa: F401 (fixture)
+from ablation_helpers import small_config, write_yaml
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny decodes: one thread is fastest
 
 REPO = Path(__file__).resolve().parents[2]
 

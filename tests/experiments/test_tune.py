@@ -13,7 +13,9 @@ from experiments.search import SpaceError, parse_space, sample_trials
 from experiments.tune import load_tune, select, trial_scores, tune_from_dict
 from refinery.cli import main
 
-from ablation_helpers import one_torch_thread, small_config, tiny_checkpoint, write_yaml  # noqa: F401 (fixtures)
+from ablation_helpers import small_config, write_yaml
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny decodes: one thread is fastest
 
 
 def tune_dict(model, **overrides) -> dict:

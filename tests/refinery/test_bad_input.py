@@ -18,31 +18,21 @@ import torch
 import yaml
 
 from core.model import LLaDAConfig, LLaDAModel
-from core.tokenizer import special_token_ids, train_embedded_tokenizer
 from refinery.cli import main
-
-CORPUS = [f"Tom has {a} apples and gets {b} more. {a}+{b}={a + b}\n#### {a + b}" for a in range(20) for b in range(20)]
+from tiny_models import save_tiny_checkpoint, single_thread
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared machine
-    yield
-    torch.set_num_threads(before)
+    with single_thread():  # tiny models: one thread is fastest on a shared machine
+        yield
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    """A tiny mask-only checkpoint whose positions end at 192 (so a long prompt is easy to make)."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    tok = train_embedded_tokenizer(CORPUS, vocab_size=300)
-    torch.manual_seed(0)
-    model = LLaDAModel(LLaDAConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64,
-                                   max_sequence_length=192, **special_token_ids(tok).as_config_kwargs()))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    """The suite's tiny checkpoint, mask-only, with positions ending at 192 (so a long prompt is easy to make)."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", next_token_head=False,
+                                max_sequence_length=192)
 
 
 def copy_ckpt(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
@@ -359,13 +349,7 @@ def test_subprocess_exit_codes(ckpt, tmp_path):
 
 def test_validate_only_refuses_edit_on_a_model_without_a_delete_token(tmp_path, capsys):
     """A mask-only conversion has no delete token: the edit strategy is refused before any work starts."""
-    path = tmp_path / "nodel"
-    tok = train_embedded_tokenizer(CORPUS, vocab_size=300)
-    ids = special_token_ids(tok).as_config_kwargs()
-    ids["delete_token_id"] = None
-    LLaDAModel(LLaDAConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64,
-                           next_token_head=True, **ids)).save_pretrained(path)
-    tok.save_pretrained(path)
+    path = save_tiny_checkpoint(tmp_path / "nodel", delete_token_id=None)
     cfg = write_yaml(tmp_path / "c.yaml", small_config(path, strategies=[{"name": "edit"}]))
     capsys.readouterr()  # save_pretrained's own progress bar
     assert main(["ablate", str(cfg), "--validate-only"]) == 2

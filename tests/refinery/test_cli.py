@@ -5,10 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import torch
-
-from core.model import LLaDAConfig, LLaDAModel
-from core.tokenizer import special_token_ids, train_embedded_tokenizer
 from refinery.cli import main
 
 
@@ -32,14 +28,8 @@ def test_strategies_lists_every_registered_strategy(capsys):
         assert name in out and cls.description in out
 
 
-def test_decode_on_a_tiny_checkpoint(tmp_path, capsys):
-    tok = train_embedded_tokenizer(["Tom has 3 apples. 3+4=7 #### 7"] * 20, vocab_size=300)
-    torch.manual_seed(0)
-    model = LLaDAModel(LLaDAConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64,
-                                   **special_token_ids(tok).as_config_kwargs()))
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    code = main(["decode", "Tom has 3 apples", "--model", str(tmp_path), "--budget", "1/4", "--gen-length", "8"])
+def test_decode_on_a_tiny_checkpoint(tiny_checkpoint, capsys):
+    code = main(["decode", "Tom has 3 apples", "--model", str(tiny_checkpoint), "--budget", "1/4", "--gen-length", "8"])
     out = capsys.readouterr().out
     assert code == 0 and "NFE 2/2" in out and "passes 1-2 [mask] unmasked=4" in out
 

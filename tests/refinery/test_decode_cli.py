@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from core.model import LLaDAConfig, LLaDAModel
-from core.tokenizer import special_token_ids, train_embedded_tokenizer
 from refinery.cli import main
 from refinery.commands.decode import build_strategy, draw_example, pass_summary, strategy_line
 
@@ -21,17 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A random 2-layer checkpoint with the next-token head (so that `edit` runs)."""
-    path = tmp_path_factory.mktemp("tiny")
-    tok = train_embedded_tokenizer([f"Eli has {a} books. {a}+{b}={a + b}\n#### {a + b}" for a in range(20)
-                                    for b in range(20)], vocab_size=120)
-    torch.manual_seed(0)
-    model = LLaDAModel(LLaDAConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64,
-                                   next_token_head=True, **special_token_ids(tok).as_config_kwargs()))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def tiny(tiny_checkpoint) -> Path:
+    """The suite's tiny checkpoint (it has the next-token head, so that `edit` runs)."""
+    return tiny_checkpoint
 
 
 def test_pass_summary_compresses_runs_of_identical_passes():

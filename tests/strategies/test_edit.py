@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DELETE, EOS, MASK, VOCAB
+from tiny_models import DELETE, EOS, MASK, VOCAB
 from core.decode import generate
 from strategies import get_strategy
 
@@ -98,7 +98,7 @@ def test_budget_split(scripted):
 def test_edit_needs_the_next_token_head(tiny_model):
     from core.model import LLaDAModel
 
-    from conftest import tiny_config
+    from tiny_models import tiny_config
 
     plain = LLaDAModel(tiny_config(next_token_head=False)).eval()
     with pytest.raises(ValueError, match="next-token head"):

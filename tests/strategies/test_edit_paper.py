@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import DELETE, EOS, EOT, MASK, VOCAB
+from tiny_models import DELETE, EOS, EOT, MASK, VOCAB
 from core.decode import generate, parse_budget
 from core.edit_labels import apply_edits, apply_edits_reference
 from ports.medlm_infer import medlm_infer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from conftest import EOS, MASK, VOCAB
+from tiny_models import EOS, MASK, VOCAB
 from core.decode import generate
 from strategies import get_strategy
 from strategies.sampling import select_topk, split_evenly, transfer_counts

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import EOS, EOT, MASK, VOCAB
+from tiny_models import EOS, EOT, MASK, VOCAB
 from core.decode import generate, left_pad
 from ports import conv
 from ports import masked as llada
@@ -342,18 +342,10 @@ def test_strategies_presets_lists_one_line_per_strategy_and_preset(capsys):
     assert ("remdm", "paper-rescale") in table
 
 
-def test_decode_takes_a_preset_and_a_bad_one_is_one_line(tmp_path, capsys):
-    from core.model import LLaDAConfig, LLaDAModel
-    from core.tokenizer import special_token_ids, train_embedded_tokenizer
+def test_decode_takes_a_preset_and_a_bad_one_is_one_line(tiny_checkpoint, capsys):
     from refinery.cli import main
 
-    tok = train_embedded_tokenizer(["Tom has 3 apples. 3+4=7 #### 7"] * 20, vocab_size=300)
-    torch.manual_seed(0)
-    model = LLaDAModel(LLaDAConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=64,
-                                   **special_token_ids(tok).as_config_kwargs()))
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    base = ["decode", "Tom has 3 apples", "--model", str(tmp_path), "--budget", "1/4", "--gen-length", "8"]
+    base = ["decode", "Tom has 3 apples", "--model", str(tiny_checkpoint), "--budget", "1/4", "--gen-length", "8"]
     assert main(base + ["--preset", "paper", "--param", "block_length=4"]) == 0
     out = capsys.readouterr().out
     assert "preset paper" in out and "bans=none" in out and "uneven_steps=refuse" in out and "block_length=4" in out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import VOCAB
+from tiny_models import VOCAB
 from core.decode import generate
 from strategies import get_strategy
 
