@@ -15,7 +15,7 @@ import logging
 import pytest
 import torch
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 from core import graphs
 from core.decode import generate
 from core.model import KVCache, LLaDAModel
