@@ -13,9 +13,11 @@ from experiments.store import load_rows
 from experiments.tune import load_tune, tune_from_dict, winners_config
 from refinery.cli import main
 
-from ablation_helpers import (one_torch_thread, save_tiny_checkpoint, single_thread, small_config,  # noqa: F401
-                              tiny_checkpoint, tiny_checkpoint_no_next, write_yaml)
+from ablation_helpers import small_config, write_yaml
 from test_tune import tune_dict
+from tiny_models import save_tiny_checkpoint, single_thread
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny decodes: one thread is fastest
 
 CONTENT = ("output", "correct", "nfe", "extracted", "error", "draft_output", "params")
 

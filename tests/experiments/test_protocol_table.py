@@ -13,8 +13,10 @@ from core.tasks.base import Score
 from experiments.store import load_rows
 from refinery.cli import main as refinery
 
-from ablation_helpers import one_torch_thread, tiny_checkpoint, write_yaml  # noqa: F401 (fixtures)
+from ablation_helpers import write_yaml
 from test_tune import tune_dict
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny decodes: one thread is fastest
 
 
 def _coin_score(self, example, output: str) -> Score:
