@@ -130,8 +130,8 @@ def masked_diffusion_loss(model, x0: torch.Tensor, eligible: torch.Tensor, atten
     ``eligible`` is best given on the CPU (the trainer does): the mask is drawn there, so the masked rows are
     indexed without a device sync. ``tokens``: the tokens processed, when the caller knows it on the host
     (otherwise counted from ``attention_mask``, a sync when that lives on a device)."""
-    dev = x0.device
-    masked, t = sample_mask(eligible.cpu(), obj.min_t, obj.max_t, gen, shared_t=obj.t_sampling == "micro_batch")
+    dev, eligible = x0.device, eligible.cpu()  # a no-op for the trainer's host masks
+    masked, t = sample_mask(eligible, obj.min_t, obj.max_t, gen, shared_t=obj.t_sampling == "micro_batch")
     xt = torch.where(to_device(masked, dev), torch.full_like(x0, mask_id), x0)
     use_next = has_next_head(model) and obj.next_head_weight > 0
     fused = uses_fused_ce(model)  # the heads' logits are never built: CE straight from the hidden states

@@ -203,7 +203,8 @@ def test_stage3_draft_loss_equals_the_old_formula(model, t):
     if t is not None:
         loss = loss / float(torch.tensor(t))
     changed = ((cur_t != IGNORE) & (cur_t != ids)).sum() / (cur_t != IGNORE).sum().clamp(min=1)
-    ref_metrics = {"loss_cur": cur.item(), "loss_next": nxt.item(), "draft_step": 1.0, "draft_edit_frac": changed.item()}
+    ref_metrics = {"loss_cur": cur.item(), "loss_next": nxt.item(), "draft_step": 1.0,
+                   "draft_edit_frac": changed.item()}
     ref_grads = grads_of(model, loss)
     new = Stage3Objective(cfg, SPECIAL).draft_loss(model, prompts, drafts, truths,
                                                    None if t is None else torch.tensor(t))
