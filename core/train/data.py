@@ -157,10 +157,36 @@ class ChatBatch:
     prompt_len: torch.Tensor
     target_len: torch.Tensor
     references: tuple = ()
+    host: Optional["ChatBatch"] = None  # the CPU batch this one was copied from (None: this one is on the CPU)
 
     def to(self, device) -> "ChatBatch":
-        return ChatBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask,
-                                                   self.prompt_len, self.target_len)), self.references)
+        """The batch on ``device`` (pinned, non-blocking copies), keeping the CPU original as ``host``: the
+        objectives read lengths and masks there instead of waiting on the device for them."""
+        if self.host is not None:
+            return self.host.to(device)
+        if torch.device(device).type == "cpu":
+            return self
+        return ChatBatch(*(to_device(t, device) for t in (self.input_ids, self.attention_mask, self.response_mask,
+                                                           self.prompt_len, self.target_len)), self.references, self)
+
+    def on_host(self) -> "ChatBatch":
+        """The CPU copy of this batch, without a device-to-host copy when it was made by :meth:`to`."""
+        if self.host is not None:
+            return self.host
+        if self.input_ids.device.type == "cpu":
+            return self
+        return ChatBatch(*(t.cpu() for t in (self.input_ids, self.attention_mask, self.response_mask,
+                                             self.prompt_len, self.target_len)), self.references)
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor on ``device`` without stalling the host: CUDA copies go through pinned memory with
+    ``non_blocking`` (a pageable copy makes PyTorch wait for the stream, i.e. for all queued GPU work).
+    The pinned block comes from PyTorch's caching host allocator, which keeps it until the copy is done."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def padded_length(n: int, pad_len: int, room: int) -> int:

@@ -23,7 +23,8 @@ import torch
 
 from core.train import checkpoint as ckpt
 from core.train.config import TrainConfig, config_to_dict
-from core.train.data import EpochSampler, collate_chat, encode_chat, load_records, pack_texts
+from core.train.data import (EpochSampler, collate_chat, encode_chat, load_records, pack_texts,
+                             to_device)
 from core.train.distributed import (DistInfo, all_reduce_mean, barrier, deepspeed_config, dist_info, gathered_state_dict,
                                     init_deepspeed, init_process_group_if_needed, resolve_device)
 from core.train.model_setup import build_model, build_tokenizer, special_ids
@@ -59,6 +60,25 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     # kernels only, so eager runs keep their exact optimiser arithmetic.
     fused = decay[0].is_cuda and getattr(model.config, "kernels", "eager") != "eager" if decay else False
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
+
+
+def accumulate(total, value, accum: int):
+    """``total + value / accum`` with the arithmetic of Python floats (float64), where ``value`` (a float or a
+    0-dim tensor) may stay on its device: the logged numbers equal ``float(value) / accum`` summed on the host,
+    bit for bit, without reading the device now."""
+    if isinstance(value, torch.Tensor):
+        return total + value.detach().to(torch.float64) / accum
+    return total + float(value) / accum
+
+
+def read_floats(values: dict) -> dict:
+    """{name: float or 0-dim tensor} -> {name: float}, with one device-to-host read per device holding any."""
+    read: dict = {}
+    for dev in {v.device for v in values.values() if isinstance(v, torch.Tensor)}:
+        keys = [k for k, v in values.items() if isinstance(v, torch.Tensor) and v.device == dev]
+        # the step's one sync: the GPU has the whole step queued by now
+        read.update(zip(keys, torch.stack([values[k].detach().to(torch.float64) for k in keys]).tolist()))
+    return {k: read.get(k, v) for k, v in values.items()}
 
 
 class Trainer:
@@ -110,11 +130,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- batches
     def _next_batch(self):
-        """This process's slice of the next global micro-batch (every rank draws the same indices)."""
+        """This process's slice of the next global micro-batch (every rank draws the same indices), copied to the
+        device through pinned memory without blocking; a chat batch keeps its CPU original (``batch.host``)."""
         mbs, info = self.cfg.optim.micro_batch_size, self.info
         idx = self.sampler.take(mbs * info.world_size)[info.rank * mbs:(info.rank + 1) * mbs]
         if self.objective.kind == "pretrain":
-            return torch.from_numpy(self.items[idx]).to(self.device)
+            return to_device(torch.from_numpy(self.items[idx]), self.device)
         d = self.cfg.data
         return collate_chat([self.items[i] for i in idx], d.pad_len, d.seq_len, self.special["eos_token_id"]).to(self.device)
 
@@ -125,7 +146,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- step
     def train_step(self) -> dict:
-        """One optimiser step; returns the logged metrics (averaged over micro-batches and ranks)."""
+        """One optimiser step; returns the logged metrics (averaged over micro-batches and ranks).
+
+        Device-side values (the loss, the objective's tensor metrics, the gradient norm) stay on the device
+        until the step's work is queued, then come back in one read: a ``.item()`` per value would make the
+        host wait for the GPU in the middle of the step, and the GPU wait for the host after it."""
         cfg, accum = self.cfg, self.cfg.optim.grad_accum
         forward_model = self.engine if self.engine is not None else self.model
         sums: dict = {}
@@ -140,15 +165,15 @@ class Trainer:
             else:
                 (out.loss / accum).backward()
             tokens += out.tokens
-            for k, v in {"loss": out.loss.item(), **out.metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / accum
+            for k, v in {"loss": out.loss, **out.metrics}.items():
+                sums[k] = accumulate(sums.get(k, 0.0), v, accum)
         if self.engine is None:
             if cfg.optim.grad_clip > 0:
-                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+                sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        metrics = all_reduce_mean(sums, self.info, self.device)
+        metrics = all_reduce_mean(read_floats(sums), self.info, self.device)
         metrics["tokens"] = tokens * self.info.world_size
         return metrics
 

@@ -31,12 +31,14 @@ import torch.nn.functional as F
 
 from core.fused import head_weight, linear_cross_entropy, uses_fused_ce
 from core.train.config import ObjectiveSection, TrainConfig
-from core.train.data import ChatBatch
+from core.train.data import ChatBatch, to_device
 
 
 @dataclass
 class LossOutput:
-    """loss: scalar to backpropagate; metrics: floats for logging (per head, ...); tokens: tokens processed."""
+    """loss: scalar to backpropagate; metrics: for logging (per head, ...), Python floats or 0-dim tensors that
+    the trainer reads once per optimiser step (a device scalar read here would stall the host mid-step);
+    tokens: tokens processed."""
 
     loss: torch.Tensor
     metrics: dict = field(default_factory=dict)
@@ -44,9 +46,10 @@ class LossOutput:
 
 
 def sample_mask(eligible: torch.Tensor, min_t: float, max_t: float, gen: torch.Generator, shared_t: bool = False):
-    """eligible (B, L) bool -> masked (B, L) bool, t (B,) float32. Random numbers come from the CPU generator
-    ``gen`` whatever the device, so runs and resumes are reproducible on any hardware. ``shared_t``: one t
-    for every row (drawn first, then the (B, L) uniforms, as in the per-row case)."""
+    """eligible (B, L) bool -> masked (B, L) bool, t (B,) float32, on eligible's device. Random numbers come from
+    the CPU generator ``gen`` whatever the device, so runs and resumes are reproducible on any hardware. The
+    trainer passes a CPU ``eligible``: the mask is then known on the host, and the rows to score are found
+    there without a device sync. ``shared_t``: one t for every row (drawn first, then the (B, L) uniforms)."""
     B, L = eligible.shape
     t = min_t + (max_t - min_t) * torch.rand(1 if shared_t else B, generator=gen)
     t = t.expand(B)
@@ -55,66 +58,108 @@ def sample_mask(eligible: torch.Tensor, min_t: float, max_t: float, gen: torch.G
     return masked, t.to(eligible.device)
 
 
+@dataclass
+class Selection:
+    """The N positions of a (B, L) mask, found on the host: flat (N,) int64 indices into the flattened (B * L)
+    in row-major order (the order of boolean indexing), rows (N,) their rows, count a 0-dim int64 max(N, 1),
+    all on the compute device. Gathering with known indices needs no device sync, where ``x[mask]`` on a
+    device mask waits for the GPU to count the mask before it can size its output."""
+
+    flat: torch.Tensor
+    rows: torch.Tensor
+    count: torch.Tensor
+    batch: int
+
+    @classmethod
+    def of(cls, where: torch.Tensor, device) -> "Selection":
+        """``where`` (B, L) bool, preferably on the CPU (a device mask costs one copy back, and a sync)."""
+        where = where.cpu()
+        flat = where.flatten().nonzero().squeeze(1)
+        rows = torch.div(flat, where.shape[1], rounding_mode="floor")
+        count = torch.tensor(flat.numel(), dtype=torch.long).clamp(min=1)
+        return cls(*(to_device(x, device) for x in (flat, rows, count)), where.shape[0])
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, ...) -> (N, ...): the selected positions, as ``x[where]`` gives them."""
+        return x.flatten(0, 1).index_select(0, self.flat)
+
+
+def _selection(where, device) -> Selection:
+    return where if isinstance(where, Selection) else Selection.of(where, device)
+
+
 def has_next_head(model) -> bool:
     return getattr(model, "next_token_head", None) is not None
 
 
-def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor, weight: torch.Tensor,
+def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, where, weight: torch.Tensor,
                 denom: torch.Tensor, normalize: str) -> torch.Tensor:
     """sum over ``where`` of CE * weight, normalised per row by ``denom`` then averaged ("tokens"), or divided
-    by the number of counted positions ("masked"). logits (B, L, V); targets, where, weight (B, L); denom (B,)."""
-    ce = F.cross_entropy(logits[where].float(), targets[where], reduction="none")
+    by the number of counted positions ("masked"). logits (B, L, V); targets, weight (B, L); ``where`` a
+    (B, L) bool mask or its :class:`Selection`; denom (B,)."""
+    where = _selection(where, logits.device)
+    ce = F.cross_entropy(where.take(logits).float(), where.take(targets), reduction="none")
     return reduce_ce(ce, where, weight, denom, normalize)
 
 
-def weighted_linear_ce(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, where: torch.Tensor,
+def weighted_linear_ce(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, where,
                        weight: torch.Tensor, denom: torch.Tensor, normalize: str) -> torch.Tensor:
     """:func:`weighted_ce` of the logits ``hidden @ head.T`` without building them: hidden (B, L, D), head (V, D);
     only the counted rows are projected, through the fused linear cross-entropy where it runs."""
-    ce = linear_cross_entropy(hidden[where], head, targets[where], fused=True)
+    where = _selection(where, hidden.device)
+    ce = linear_cross_entropy(where.take(hidden), head, where.take(targets), fused=True)
     return reduce_ce(ce, where, weight, denom, normalize)
 
 
-def reduce_ce(ce: torch.Tensor, where: torch.Tensor, weight: torch.Tensor, denom: torch.Tensor,
+def reduce_ce(ce: torch.Tensor, where, weight: torch.Tensor, denom: torch.Tensor,
               normalize: str) -> torch.Tensor:
     """ce (N,): the CE of the N positions where ``where`` (B, L) holds, in row-major order -> the scalar loss."""
-    ce = ce * weight[where]
+    where = _selection(where, ce.device)
+    ce = ce * where.take(weight)
     if normalize == "masked":
-        return ce.sum() / where.sum().clamp(min=1)
-    rows = torch.zeros(where.shape[0], device=ce.device, dtype=ce.dtype).index_add_(0, where.nonzero()[:, 0], ce)
+        return ce.sum() / where.count
+    rows = torch.zeros(where.batch, device=ce.device, dtype=ce.dtype).index_add_(0, where.rows, ce)
     return (rows / denom.clamp(min=1)).mean()
 
 
 def masked_diffusion_loss(model, x0: torch.Tensor, eligible: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                          obj: ObjectiveSection, mask_id: int, gen: torch.Generator) -> LossOutput:
-    """One LLaDA training loss on clean ids x0 (B, L); only ``eligible`` (B, L) positions may be masked."""
+                          obj: ObjectiveSection, mask_id: int, gen: torch.Generator,
+                          tokens: Optional[int] = None) -> LossOutput:
+    """One LLaDA training loss on clean ids x0 (B, L); only ``eligible`` (B, L) positions may be masked.
+
+    ``eligible`` is best given on the CPU (the trainer does): the mask is drawn there, so the masked rows are
+    indexed without a device sync. ``tokens``: the tokens processed, when the caller knows it on the host
+    (otherwise counted from ``attention_mask``, a sync when that lives on a device)."""
+    dev, eligible = x0.device, eligible.cpu()  # a no-op for the trainer's host masks
     masked, t = sample_mask(eligible, obj.min_t, obj.max_t, gen, shared_t=obj.t_sampling == "micro_batch")
-    xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    xt = torch.where(to_device(masked, dev), torch.full_like(x0, mask_id), x0)
     use_next = has_next_head(model) and obj.next_head_weight > 0
     fused = uses_fused_ce(model)  # the heads' logits are never built: CE straight from the hidden states
     out = model(xt, attention_mask=attention_mask, compute_next=use_next, compute_logits=not fused)
-    weight = (1.0 / t)[:, None].expand_as(masked)
-    denom = eligible.sum(1)
+    weight = to_device(1.0 / t, dev)[:, None].expand(masked.shape)
+    denom = to_device(eligible.sum(1), dev)
 
-    def head_ce(logits, head: str, targets, where):
+    def head_ce(logits, head: str, targets, where: Selection):
         if fused:
             return weighted_linear_ce(out.hidden_states, head_weight(model, head), targets, where, weight, denom,
                                       obj.normalize)
         return weighted_ce(logits, targets, where, weight, denom, obj.normalize)
 
-    cur = head_ce(out.logits, "lm_head", x0, masked)
-    metrics = {"loss_cur": cur.item(), "mask_frac": (masked.sum() / eligible.sum().clamp(min=1)).item()}
+    cur = head_ce(out.logits, "lm_head", x0, Selection.of(masked, dev))
+    # mask_frac comes from the host mask: a Python float, no device read
+    metrics = {"loss_cur": cur.detach(), "mask_frac": (masked.sum() / eligible.sum().clamp(min=1)).item()}
     loss = cur
     if use_next:
         nxt_where = torch.zeros_like(masked)
         nxt_where[:, :-1] = masked[:, 1:]
         nxt_targets = torch.zeros_like(x0)
         nxt_targets[:, :-1] = x0[:, 1:]
-        nxt = head_ce(out.next_logits, "next_token_head", nxt_targets, nxt_where)
+        nxt = head_ce(out.next_logits, "next_token_head", nxt_targets, Selection.of(nxt_where, dev))
         loss = loss + obj.next_head_weight * nxt
-        metrics["loss_next"] = nxt.item()
-    n_tok = int(eligible.numel() if attention_mask is None else attention_mask.sum())
-    return LossOutput(loss, metrics, n_tok)
+        metrics["loss_next"] = nxt.detach()
+    if tokens is None:
+        tokens = int(eligible.numel() if attention_mask is None else attention_mask.sum())
+    return LossOutput(loss, metrics, tokens)
 
 
 class PretrainObjective:
@@ -131,7 +176,7 @@ class PretrainObjective:
         crop = torch.rand(2, generator=gen)
         if crop[0].item() < self.cfg.data.random_length_prob:
             x0 = x0[:, : 1 + int(crop[1].item() * x0.shape[1])]
-        eligible = torch.ones_like(x0, dtype=torch.bool)
+        eligible = torch.ones(x0.shape, dtype=torch.bool)  # on the CPU: the mask is drawn there
         return masked_diffusion_loss(model, x0, eligible, None, self.cfg.objective, self.mask_id, gen)
 
 
@@ -144,9 +189,10 @@ class SFTObjective:
         self.cfg, self.mask_id = cfg, special["mask_token_id"]
 
     def loss(self, model, batch: ChatBatch, gen: torch.Generator, step: int) -> LossOutput:
-        eligible = chat_eligible(batch, self.cfg.objective.mask_first_response_token)
+        host = batch.on_host()  # masks and lengths from the CPU batch: no device reads
+        eligible = chat_eligible(host, self.cfg.objective.mask_first_response_token)
         return masked_diffusion_loss(model, batch.input_ids, eligible, batch.attention_mask,
-                                     self.cfg.objective, self.mask_id, gen)
+                                     self.cfg.objective, self.mask_id, gen, tokens=int(host.attention_mask.sum()))
 
 
 def chat_eligible(batch: ChatBatch, mask_first: bool) -> torch.Tensor:

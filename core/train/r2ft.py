@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from core.train.config import TrainConfig
-from core.train.data import ChatBatch
-from core.train.objectives import LossOutput
+from core.train.data import ChatBatch, to_device
+from core.train.objectives import LossOutput, Selection
 
 
 def suffix_and_loser(batch: ChatBatch, frac: torch.Tensor, ns: torch.Tensor):
@@ -51,9 +51,9 @@ def suffix_and_loser(batch: ChatBatch, frac: torch.Tensor, ns: torch.Tensor):
 
 @dataclass
 class Pair:
-    """One R2FT forward's inputs and both candidates. xt, attention (B, W): the masked input; win, lose (B, W)
-    bool: the positions scored for the winner / loser; winner, loser (B, W): their target ids; win_len (B,):
-    the winner's length for ``lp_reduction: length``."""
+    """One R2FT forward's inputs and both candidates, on the host. xt, attention (B, W): the masked input;
+    win, lose (B, W) bool: the positions scored for the winner / loser; winner, loser (B, W): their target ids;
+    win_len (B,): the winner's length for ``lp_reduction: length``."""
 
     xt: torch.Tensor
     attention: torch.Tensor
@@ -67,9 +67,10 @@ class Pair:
 def phrase_span_pair(batch: ChatBatch, r, mask_id: int, eos_id: int, gen: torch.Generator) -> Pair:
     """The Conv repo's rejected sample (module docstring). Per row the draws are, in order: cut, phrase length,
     span length, phase, eos coin, eos position (the last only when the coin says so)."""
-    ids, P, n = batch.input_ids.cpu(), batch.prompt_len.cpu(), batch.target_len.cpu()
+    host = batch.on_host()  # lengths and ids from the CPU batch: no device reads
+    ids, P, n = host.input_ids, host.prompt_len, host.target_len
     B, T = ids.shape
-    ends = (P + batch.response_mask.sum(1).cpu()).tolist()
+    ends = (P + host.response_mask.sum(1)).tolist()
     draws = []
     for b in range(B):
         c = int(P[b]) + int(torch.randint(int(n[b]), (1,), generator=gen))
@@ -95,27 +96,27 @@ def phrase_span_pair(batch: ChatBatch, r, mask_id: int, eos_id: int, gen: torch.
         loser[b, c:c + z] = x0[b, c - g + (span + phase) % g]  # phase counted from the row start, as the repo
         if eos_at is not None:
             loser[b, eos_at] = eos_id
-    dev = batch.input_ids.device
-    return Pair(xt.to(dev), attention.to(dev), win.to(dev), x0.to(dev), lose.to(dev), loser.to(dev),
-                batch.target_len.to(dev))
+    return Pair(xt, attention, win, x0, lose, loser, n)
 
 
 def suffix_tile_pair(batch: ChatBatch, r, mask_id: int, gen: torch.Generator) -> Pair:
-    """The project's loser (module docstring): the suffix is scored for both candidates."""
-    B = batch.input_ids.shape[0]
+    """The project's loser (module docstring): the suffix is scored for both candidates. Built on the host."""
+    host = batch.on_host()
+    B = host.input_ids.shape[0]
     frac = r.min_suffix_frac + (1 - r.min_suffix_frac) * torch.rand(B, generator=gen)
     ns = torch.tensor(r.repeat_ns)[torch.randint(len(r.repeat_ns), (B,), generator=gen)]
-    suffix, loser = suffix_and_loser(batch, frac.to(batch.input_ids.device), ns)
-    xt = torch.where(suffix, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
-    return Pair(xt, batch.attention_mask, suffix, batch.input_ids, suffix, loser, batch.target_len)
+    suffix, loser = suffix_and_loser(host, frac, ns)
+    xt = torch.where(suffix, torch.full_like(host.input_ids, mask_id), host.input_ids)
+    return Pair(xt, host.attention_mask, suffix, host.input_ids, suffix, loser, host.target_len)
 
 
 def pair_logprobs(logits: torch.Tensor, pair: Pair, reduction: str, mask_id: int = -1):
-    """Per-row log-probs (B,) of winner and loser over their positions; logits (B, W, V). mask_id >= 0 takes
+    """Per-row log-probs (B,) of winner and loser over their positions; logits (B, W, V) on the device, ``pair``
+    on the host (the positions are indexed from there, so nothing waits on the device). mask_id >= 0 takes
     that id out of the softmax."""
-    B = logits.shape[0]
+    dev, B = logits.device, logits.shape[0]
     scored = pair.win | pair.lose
-    sel = logits[scored].float()  # (M, V): only the scored positions
+    sel = Selection.of(scored, dev).take(logits).float()  # (M, V): only the scored positions
     if mask_id >= 0:
         sel[:, mask_id] = float("-inf")
     logp = F.log_softmax(sel, dim=-1)
@@ -123,20 +124,21 @@ def pair_logprobs(logits: torch.Tensor, pair: Pair, reduction: str, mask_id: int
     out = []
     for where, target in ((pair.win, pair.winner), (pair.lose, pair.loser)):
         keep = where[scored]
-        tok = logp[keep].gather(1, target[where][:, None]).squeeze(1)
+        picked = logp.index_select(0, to_device(keep.nonzero().squeeze(1), dev))
+        tok = picked.gather(1, to_device(target[where][:, None], dev)).squeeze(1)
         out.append(row_sums(tok, rows[keep], B))
     (lp_w, n_w), (lp_l, n_l) = out
     if reduction == "mean":
         return lp_w / n_w.clamp(min=1), lp_l / n_l.clamp(min=1)
     if reduction == "length":
-        return lp_w / pair.win_len.to(lp_w.dtype).clamp(min=1), lp_l / n_l.clamp(min=1)
+        return lp_w / to_device(pair.win_len, dev).to(lp_w.dtype).clamp(min=1), lp_l / n_l.clamp(min=1)
     return lp_w, lp_l
 
 
 def row_sums(tok: torch.Tensor, rows: torch.Tensor, B: int):
-    """Per-row sums of the log-probs ``tok`` (M,) and the counts, both (B,)."""
-    total = torch.zeros(B, device=tok.device, dtype=tok.dtype).index_add_(0, rows, tok)
-    return total, torch.bincount(rows, minlength=B).to(tok.dtype)
+    """Per-row sums of the log-probs ``tok`` (M,) and the counts, both (B,); ``rows`` (M,) on the host."""
+    total = torch.zeros(B, device=tok.device, dtype=tok.dtype).index_add_(0, to_device(rows, tok.device), tok)
+    return total, to_device(torch.bincount(rows.cpu(), minlength=B), tok.device).to(tok.dtype)
 
 
 class R2FTObjective:
@@ -149,11 +151,12 @@ class R2FTObjective:
         r = self.cfg.r2ft
         pair = phrase_span_pair(batch, r, self.mask_id, self.eos_id, gen) if r.rejected == "phrase_span" \
             else suffix_tile_pair(batch, r, self.mask_id, gen)
-        out = model(pair.xt, attention_mask=pair.attention, compute_next=False)
+        dev = batch.input_ids.device
+        out = model(to_device(pair.xt, dev), attention_mask=to_device(pair.attention, dev), compute_next=False)
         lp_w, lp_l = pair_logprobs(out.logits, pair, r.lp_reduction, self.mask_id if r.ban_mask_logit else -1)
         pref = -F.logsigmoid(r.beta_w * lp_w - r.beta_l * lp_l - r.gamma)
         rows = pref - r.beta_a * lp_w
         loss = rows.sum() if r.batch_reduction == "sum" else rows.mean()
-        metrics = {"lp_w": lp_w.mean().item(), "lp_l": lp_l.mean().item(), "loss_pref": pref.mean().item(),
-                   "suffix_tokens": float(pair.win.sum())}
+        metrics = {"lp_w": lp_w.detach().mean(), "lp_l": lp_l.detach().mean(), "loss_pref": pref.detach().mean(),
+                   "suffix_tokens": float(pair.win.sum())}  # device scalars: the trainer reads them once per step
         return LossOutput(loss, metrics, int(pair.attention.sum()))

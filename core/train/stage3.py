@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from core.fused import head_weight, linear_cross_entropy, uses_fused_ce
 from core.train.config import TrainConfig
 from core.train.data import ChatBatch
-from core.train.objectives import LossOutput, SFTObjective
+from core.train.data import to_device
+from core.train.objectives import LossOutput, Selection, SFTObjective
 
 IGNORE = -100
 
@@ -139,17 +140,16 @@ def nearest_references(drafts: list[np.ndarray], truths: list[np.ndarray], refer
     return out
 
 
-def _mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean CE over labelled positions only (no float copy of the whole (B, T, V) logits)."""
-    where = targets != IGNORE
-    ce = F.cross_entropy(logits[where].float(), targets[where], reduction="sum")
-    return ce / where.sum().clamp(min=1)
+def _mean_ce(logits: torch.Tensor, targets: torch.Tensor, where: Selection) -> torch.Tensor:
+    """Mean CE over the labelled positions ``where`` (found on the host) only, no float copy of the whole
+    (B, T, V) logits. logits (B, T, V), targets (B, T) on the device."""
+    ce = F.cross_entropy(where.take(logits).float(), where.take(targets), reduction="sum")
+    return ce / where.count
 
 
-def _mean_linear_ce(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _mean_linear_ce(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, where: Selection) -> torch.Tensor:
     """:func:`_mean_ce` of ``hidden @ head.T`` (hidden (B, T, D), head (V, D)) through the fused linear CE."""
-    where = targets != IGNORE
-    return linear_cross_entropy(hidden[where], head, targets[where], fused=True).sum() / where.sum().clamp(min=1)
+    return linear_cross_entropy(where.take(hidden), head, where.take(targets), fused=True).sum() / where.count
 
 
 class Stage3Objective:
@@ -185,10 +185,11 @@ class Stage3Objective:
         from strategies import get_strategy
 
         s3, sp = self.cfg.stage3, self.special
-        B = batch.input_ids.shape[0]
-        rows = [(int(batch.prompt_len[b]), int(batch.response_mask[b].sum()), int(batch.target_len[b])) for b in range(B)]
+        host = batch.on_host()  # lengths and ids from the CPU batch: no device reads
+        B = host.input_ids.shape[0]
+        rows = [(int(host.prompt_len[b]), int(host.response_mask[b].sum()), int(host.target_len[b])) for b in range(B)]
         G = max(r for _, r, _ in rows)
-        ids = batch.input_ids.cpu()
+        ids = host.input_ids
         init, t = self.masked_answers(ids, rows, G, gen)
         k = s3.k_choices[int(torch.randint(len(s3.k_choices), (1,), generator=gen))]
         seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
@@ -251,19 +252,24 @@ class Stage3Objective:
     def draft_loss(self, model, prompts, drafts, truths, t=None) -> LossOutput:
         """Both heads' mean CE on the labelled draft positions; divided by the rollout's masking rate ``t``
         (a scalar: one per micro-batch) when given, as ME-DLM weights its intermediate steps."""
-        ids, attn, cur_t, next_t = (x.to(unwrap(model).device) for x in
-                                    draft_targets(prompts, drafts, truths, self.special,
-                                                  self.cfg.stage3.ignore_deleted_gaps, self.cfg.stage3.labels))
+        host = draft_targets(prompts, drafts, truths, self.special, self.cfg.stage3.ignore_deleted_gaps,
+                             self.cfg.stage3.labels)
+        dev = unwrap(model).device
+        ids, attn, cur_t, next_t = (to_device(x, dev) for x in host)
+        # the labelled positions and the logged fraction come from the host labels: no device reads
+        cur_where, next_where = Selection.of(host[2] != IGNORE, dev), Selection.of(host[3] != IGNORE, dev)
         if uses_fused_ce(model):  # neither head's (B, T, V) logits are built
             h = model(ids, attention_mask=attn, compute_next=True, compute_logits=False).hidden_states
-            cur = _mean_linear_ce(h, head_weight(model, "lm_head"), cur_t)
-            nxt = _mean_linear_ce(h, head_weight(model, "next_token_head"), next_t)
+            cur = _mean_linear_ce(h, head_weight(model, "lm_head"), cur_t, cur_where)
+            nxt = _mean_linear_ce(h, head_weight(model, "next_token_head"), next_t, next_where)
         else:
             out = model(ids, attention_mask=attn, compute_next=True)
-            cur, nxt = _mean_ce(out.logits, cur_t), _mean_ce(out.next_logits, next_t)
+            cur, nxt = _mean_ce(out.logits, cur_t, cur_where), _mean_ce(out.next_logits, next_t, next_where)
         loss = cur + self.cfg.objective.next_head_weight * nxt
         if t is not None:
             loss = loss / float(t)
-        changed = ((cur_t != IGNORE) & (cur_t != ids)).sum() / (cur_t != IGNORE).sum().clamp(min=1)
-        metrics = {"loss_cur": cur.item(), "loss_next": nxt.item(), "draft_step": 1.0, "draft_edit_frac": changed.item()}
-        return LossOutput(loss, metrics, int(attn.sum()))
+        labelled = host[2] != IGNORE
+        changed = (labelled & (host[2] != host[0])).sum() / labelled.sum().clamp(min=1)
+        metrics = {"loss_cur": cur.detach(), "loss_next": nxt.detach(), "draft_step": 1.0,
+                   "draft_edit_frac": changed.item()}
+        return LossOutput(loss, metrics, int(host[1].sum()))

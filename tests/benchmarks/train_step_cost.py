@@ -11,6 +11,13 @@ The GPU commands take ``--model-config JSON`` (replaces model.config: a tiny sha
     python tests/benchmarks/train_step_cost.py mfu --steps 4 --warmup 1 --model-config \
         '{"d_model": 64, "n_layers": 2, "n_heads": 4, "mlp_hidden_size": 128}' --set data.seq_len=128
 
+``--sync-debug`` (mfu, ratio) then runs ``--sync-steps`` more optimiser steps (untimed) with CUDA's sync debug
+mode on (``torch.cuda.set_sync_debug_mode("warn")``: PyTorch warns at every call that makes the host wait for
+the GPU) and prints the host syncs per step and the source lines they come from. It needs a GPU; the CPU
+suite pins the syncs it can see in tests/core/test_train_syncs.py.
+
+    python tests/benchmarks/train_step_cost.py mfu --steps 40 --warmup 10 --sync-debug
+
 The ratio compares a Stage-3 *draft* step (rollout + edit passes + labelling + forward/backward of both
 heads; the worst case, intermediate_ratio forced to 1 and the edit curriculum at its end) with a Stage-2
 step of the same model and batch, and prints the mixed average at the config's intermediate_ratio.
@@ -45,8 +52,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(cfg, steps: int, warmup: int) -> float:
-    """Median seconds per optimiser step after ``warmup`` steps (a fresh model, no checkpoints)."""
+def time_steps(cfg, steps: int, warmup: int, sync_steps: int = 0):
+    """Median seconds per optimiser step after ``warmup`` steps (a fresh model, no checkpoints), and the host
+    syncs of ``sync_steps`` more steps (:func:`count_host_syncs`; None when not asked for or on the CPU)."""
     from core.train.engine import Trainer
 
     tr = Trainer(cfg)
@@ -60,11 +68,66 @@ def time_steps(cfg, steps: int, warmup: int) -> float:
         _sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    syncs = count_host_syncs(tr, sync_steps) if sync_steps else None
     del tr
-    return statistics.median(times)
+    return statistics.median(times), syncs
 
 
-def step_cost_ratio(sft_cfg, stage3_cfg, steps: int = 10, warmup: int = 3) -> dict:
+SYNC_WARNING = "synchroniz"  # PyTorch's sync-debug warning: "called a synchronizing CUDA operation"
+
+
+def count_host_syncs(tr, steps: int) -> dict | None:
+    """Run ``steps`` more optimiser steps of the prepared trainer ``tr`` with CUDA's sync debug mode on, counting
+    its warnings: {"per_step": [n, ...], "by_site": {"file:line code": count over all steps}}. A site is the
+    innermost frame of this repository (outside this script) on the Python stack when the warning fires. None
+    on the CPU, where torch.cuda.set_sync_debug_mode does nothing."""
+    import collections
+    import traceback
+    import warnings
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    sites: collections.Counter = collections.Counter()
+    per_step = []
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if SYNC_WARNING not in str(message):
+            return original(message, category, filename, lineno, file, line)
+        per_step[-1] += 1
+        frames = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(str(REPO))
+                  and not f.filename.endswith("train_step_cost.py")]
+        f = frames[-1] if frames else traceback.FrameSummary(filename, lineno, "?")
+        sites[f"{os.path.relpath(f.filename, REPO)}:{f.lineno} {(f.line or '').strip()}"] += 1
+
+    original = warnings.showwarning
+    for _ in range(steps):
+        per_step.append(0)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                tr.train_step()
+                tr.step += 1
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+    return {"per_step": per_step, "by_site": dict(sites.most_common())}
+
+
+def sync_report(name: str, syncs: dict | None) -> list[str]:
+    """Lines for the log: the per-step counts, then each site with its count per step."""
+    if syncs is None:
+        return [f"{name}: host syncs not counted (CUDA's sync debug mode needs a GPU)"]
+    n = len(syncs["per_step"])
+    lines = [f"{name}: host syncs per optimiser step {syncs['per_step']} (over {n} steps after the timed ones)"]
+    lines += [f"  {c / n:6.1f}/step  {site}" for site, c in syncs["by_site"].items()]
+    return lines
+
+
+def step_cost_ratio(sft_cfg, stage3_cfg, steps: int = 10, warmup: int = 3, sync_steps: int = 0) -> dict:
     import dataclasses
     import gc
 
@@ -72,15 +135,18 @@ def step_cost_ratio(sft_cfg, stage3_cfg, steps: int = 10, warmup: int = 3) -> di
 
     s3 = stage3_cfg.stage3
     worst = dataclasses.replace(stage3_cfg, stage3=dataclasses.replace(s3, intermediate_ratio=1.0, curriculum_steps=1))
-    t2 = time_steps(sft_cfg, steps, warmup)
+    t2, syncs2 = time_steps(sft_cfg, steps, warmup, sync_steps)
     gc.collect()  # free the Stage-2 model and optimiser before the Stage-3 one is built
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    t3 = time_steps(worst, steps, warmup)
+    t3, syncs3 = time_steps(worst, steps, warmup, sync_steps)
     r = s3.intermediate_ratio
-    return {"stage2_step_s": t2, "stage3_draft_step_s": t3, "draft_over_stage2": t3 / t2,
-            "mixed_over_stage2": (r * t3 + (1 - r) * t2) / t2, "intermediate_ratio": r,
-            "rollout_passes": s3.rollout_passes, "edit_passes": s3.max_diffusion_steps}
+    res = {"stage2_step_s": t2, "stage3_draft_step_s": t3, "draft_over_stage2": t3 / t2,
+           "mixed_over_stage2": (r * t3 + (1 - r) * t2) / t2, "intermediate_ratio": r,
+           "rollout_passes": s3.rollout_passes, "edit_passes": s3.max_diffusion_steps}
+    if sync_steps:
+        res["stage2_syncs"], res["stage3_draft_syncs"] = syncs2, syncs3
+    return res
 
 
 # Speed targets, checked here and printed, never asserted in tests/: a busy machine must not fail the suite
@@ -136,21 +202,32 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU: a dry run)"
 
 
+def sync_steps(a) -> int:
+    """How many untimed sync-counting steps the command runs after its timed ones (0 without --sync-debug)."""
+    on = getattr(a, "sync_debug", False)  # callers building their own Namespace may leave the flags out
+    if on and a.sync_steps < 1:
+        raise SystemExit(f"--sync-steps must be >= 1 with --sync-debug, got {a.sync_steps}")
+    return a.sync_steps if on else 0
+
+
 def cmd_ratio(a) -> None:
     from core.train.config import load_config
 
     if a.tiny:
         with tempfile.TemporaryDirectory() as d:
             s2, s3 = tiny_configs(Path(d), a.batch, json.loads(a.model_config) if a.model_config else None)
-            res = step_cost_ratio(s2, s3, a.steps, a.warmup)
+            res = step_cost_ratio(s2, s3, a.steps, a.warmup, sync_steps(a))
     else:
         gpu_workspace()
         print(f"device: {device_name()}", flush=True)
         quiet = gpu_overrides(a, {"engine.progress": False, "engine.tensorboard": False})
         res = step_cost_ratio(load_config(TRAIN / "llada_1b_sft.yaml", quiet),
-                              load_config(TRAIN / "llada_1b_stage3.yaml", quiet), a.steps, a.warmup)
+                              load_config(TRAIN / "llada_1b_stage3.yaml", quiet), a.steps, a.warmup, sync_steps(a))
         res["device"] = device_name()
-    print(json.dumps(res, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if not k.endswith("_syncs")}, indent=1))
+    if sync_steps(a):
+        print("\n".join(sync_report("Stage-2 step", res["stage2_syncs"])
+                        + sync_report("Stage-3 draft step", res["stage3_draft_syncs"])))
     print(f"Stage-3 draft step / Stage-2 step = {res['draft_over_stage2']:.2f}x; mixed at intermediate_ratio "
           f"{res['intermediate_ratio']}: {res['mixed_over_stage2']:.2f}x")
     print("\n".join(target_report(res)))
@@ -195,11 +272,15 @@ def cmd_mfu(a) -> None:
     print(f"with attention (+12*layers*seq*d = {attn / 1e9:.2f} GFLOP/token): MFU = {mfu_attn:.1%}; "
           f"kernels: {mc.kernels}")
     print(f"loss: first {all_rows[0]['loss']:.3f} -> last {all_rows[-1]['loss']:.3f}")
+    n_sync = sync_steps(a)
+    syncs = count_host_syncs(tr, n_sync) if n_sync else None  # after the timed run: the warnings cost time
+    if n_sync:
+        print("\n".join(sync_report("Stage-1 step", syncs)))
     if a.json:
         Path(a.json).write_text(json.dumps({"device": gpu, "params": n_params, "tokens_per_s": tps, "mfu": mfu,
                                             "mfu_with_attention": mfu_attn, "kernels": mc.kernels,
                                             "peak_flops": H100_BF16_PEAK, "steps": len(all_rows),
-                                            "warmup": a.warmup, "metrics": all_rows}, indent=1))
+                                            "warmup": a.warmup, "host_syncs": syncs, "metrics": all_rows}, indent=1))
 
 
 def cmd_zero2(a) -> None:
@@ -267,6 +348,10 @@ def main() -> None:
     z = sub.add_parser("zero2")
     z.add_argument("--gpus", type=int, default=2, help="processes (one per GPU)")
     z.add_argument("--extra-steps", type=int, default=5, help="steps the resumed run adds after the first run")
+    for q in (r, m):
+        q.add_argument("--sync-debug", action="store_true",
+                       help="after the timed steps, count host syncs per step with CUDA's sync debug mode (GPU)")
+        q.add_argument("--sync-steps", type=int, default=3, help="--sync-debug: how many steps to count")
     for q in (m, z):
         q.add_argument("--model-config", default=None, help="LLaDAConfig JSON replacing model.config (e.g. tiny)")
     for q in (r, m, z):
