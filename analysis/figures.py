@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.tables import accuracy_table, gain_table  # noqa: E402
+from refinery.analysis.tables import accuracy_table, gain_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def edit_op_counts(df: pd.DataFrame) -> pd.DataFrame:
     -> columns entry, budget, task, example_id, pass (index among the row's edit passes), replaced,
     deleted, inserted, reverted (1 where the pass sent the row back to an earlier text instead of
     editing). Only passes the row was charged for (active) count."""
-    from experiments.store import load_trace
+    from refinery.experiments.store import load_trace
 
     out = []
     rows = df[df["trace_file"].notna()] if "trace_file" in df else df.iloc[:0].assign(trace_file=None)

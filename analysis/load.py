@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import pandas as pd
 
 if TYPE_CHECKING:
-    from experiments.store import RowsRead
+    from refinery.experiments.store import RowsRead
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def read_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[RowsRe
     """:func:`load_runs` plus, per run, what its ``rows.jsonl`` held that is no row: a torn last line,
     garbage lines, later duplicates of a key (the first is kept, so n never counts a row twice).
     Each run that had any is also logged as a warning (stderr under the CLI)."""
-    from experiments.store import read_rows
+    from refinery.experiments.store import read_rows
 
     if not run_dirs:
         raise ValueError("no run directories given")
@@ -88,9 +88,9 @@ def example_subsets(run_dir: str | Path) -> dict[tuple[str, str], str]:
     """(task, example_id) -> the example's ``meta["subset"]`` (e.g. pycode's "pair unseen in training"),
     rebuilt from the run's config, for rows written before rows carried ``subset``; empty (with a warning)
     when its examples cannot be rebuilt here."""
-    from experiments.config import config_from_dict
-    from experiments.runner import load_examples
-    from experiments.store import load_config_dict
+    from refinery.experiments.config import config_from_dict
+    from refinery.experiments.runner import load_examples
+    from refinery.experiments.store import load_config_dict
 
     try:
         config = config_from_dict(load_config_dict(run_dir), source=str(run_dir))

@@ -1,6 +1,6 @@
 """The results table of a tuning protocol: every strategy entry's preset and tuned rows on the test split.
 
-    python -m analysis.protocol_table runs/embedded_tune runs/embedded_tune_winners [--out table.md]
+    python -m refinery.analysis.protocol_table runs/embedded_tune runs/embedded_tune_winners [--out table.md]
 
 RUN_TUNE is a ``refinery tune`` run directory (its ``protocol.json``: trials, sampler, rule, every trial's
 dev score, the winners, ``test_looks``); RUN_TEST the ``refinery ablate`` run of its ``winners.yaml``,
@@ -26,8 +26,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from analysis.load import budget_order, rows_frame
-from analysis.tables import mcnemar_exact, to_markdown, wilson_interval
+from refinery.analysis.load import budget_order, rows_frame
+from refinery.analysis.tables import mcnemar_exact, to_markdown, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def load_protocol_run(run_tune: str | Path, run_test: str | Path) -> tuple[dict,
     """-> (the protocol record, the test rows with ``entry`` = the tune entry's label and ``setting`` =
     'paper' (its untuned start) or 'tuned'). Refuses rows of another split or labels the protocol
     does not know."""
-    from experiments.store import load_rows
-    from experiments.tune import PROTOCOL_FILE, read_protocol
+    from refinery.experiments.store import load_rows
+    from refinery.experiments.tune import PROTOCOL_FILE, read_protocol
 
     record = read_protocol(Path(run_tune) / PROTOCOL_FILE)
     if record is None:
@@ -135,7 +135,7 @@ def _params(params: dict) -> str:
 def protocol_markdown(run_tune: str | Path, run_test: str | Path,
                       baseline: tuple[str, str] = ("masked", "paper")) -> str:
     """The whole markdown (see the module docstring)."""
-    from experiments.tune import trials_markdown
+    from refinery.experiments.tune import trials_markdown
 
     record, df = load_protocol_run(run_tune, run_test)
     budgets = budget_order(df)
@@ -176,7 +176,7 @@ def _header(record: dict, df: pd.DataFrame, run_tune, run_test, base_name: str) 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.protocol_table", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m refinery.analysis.protocol_table", description=__doc__.split("\n\n")[0])
     p.add_argument("run_tune", help="the refinery tune run directory (holds protocol.json)")
     p.add_argument("run_test", help="the refinery ablate run of its winners.yaml on the test split")
     p.add_argument("--out", default=None, help="write the markdown here (default: stdout)")

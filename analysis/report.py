@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from analysis import figures
-from analysis.load import read_runs
-from analysis.tables import accuracy_table, find_baseline, gain_table, main_table_markdown, refinement_table, \
+from refinery.analysis import figures
+from refinery.analysis.load import read_runs
+from refinery.analysis.tables import accuracy_table, find_baseline, gain_table, main_table_markdown, refinement_table, \
     to_markdown
 
 log = logging.getLogger(__name__)

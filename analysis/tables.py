@@ -15,7 +15,7 @@ from typing import Optional
 
 import pandas as pd
 
-from analysis.load import budget_order
+from refinery.analysis.load import budget_order
 
 Z95 = 1.959963984540054
 
@@ -88,7 +88,7 @@ def non_default_settings(strategy: str, params: dict) -> int:
     """How many fields of ``strategy``'s config ``params`` (a row's ``params``: the whole config, JSON form)
     sets to something other than the default; a field the row lacks counts as default. The field names
     come from the config class, so a new option counts without a change here."""
-    from strategies.registry import strategy_class
+    from refinery.strategies.registry import strategy_class
 
     defaults = json.loads(json.dumps(dataclasses.asdict(strategy_class(strategy).config_class())))  # rows' form
     return sum(params.get(name, value) != value for name, value in defaults.items())

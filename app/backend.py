@@ -17,9 +17,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from app.render import TokenPieces, TraceView, final_ids
-from core.tasks.embedded import EMBEDDED_TASKS  # noqa: F401  (the demo's task list: one definition)
-from core.trace import CompactTrace, StepRecord, Trace
+from refinery.app.render import TokenPieces, TraceView, final_ids
+from refinery.core.tasks.embedded import EMBEDDED_TASKS  # noqa: F401  (the demo's task list: one definition)
+from refinery.core.trace import CompactTrace, StepRecord, Trace
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, name_or_path: str) -> tuple[Any, Any]:
-        from core.checkpoint import load_model_and_tokenizer, resolve_model_path
+        from refinery.core.checkpoint import load_model_and_tokenizer, resolve_model_path
 
         key = str(resolve_model_path(name_or_path))
         with self._lock:
@@ -50,8 +50,8 @@ class ModelCache:
 
     def tokenizer(self, name_or_path: str):
         """Only the tokenizer (opening a saved trace needs no model)."""
-        from core.checkpoint import resolve_model_path
-        from core.tokenizer import load_tokenizer
+        from refinery.core.checkpoint import resolve_model_path
+        from refinery.core.tokenizer import load_tokenizer
 
         key = str(resolve_model_path(name_or_path))
         with self._lock:
@@ -72,7 +72,7 @@ class PromptChoice:
 
 def draw_example(source: str, index: int, seed: int, data_dir: Optional[str]) -> PromptChoice:
     """Example ``index`` of ``source``'s test split (embedded tasks are generated, benchmarks need data_dir)."""
-    from core.tasks import get_task
+    from refinery.core.tasks import get_task
 
     if index < 0:
         raise ValueError(f"example index {index} must be >= 0")
@@ -90,7 +90,7 @@ def draw_example(source: str, index: int, seed: int, data_dir: Optional[str]) ->
 
 def prompt_ids(tokenizer, text: str, choice: Optional[PromptChoice] = None) -> list[int]:
     """Chat-formatted prompt ids (the task's own messages when the prompt came from a task), capped."""
-    from core.tokenizer import render_prompt
+    from refinery.core.tokenizer import render_prompt
 
     if choice is not None:
         messages = choice.example.messages()
@@ -128,7 +128,7 @@ def model_max_sequence_length(name_or_path: str) -> Optional[int]:
     """max_sequence_length from a checkpoint's config.json without loading it (None when unreadable)."""
     import json
 
-    from core.checkpoint import resolve_model_path
+    from refinery.core.checkpoint import resolve_model_path
 
     try:
         value = json.loads((resolve_model_path(name_or_path) / "config.json").read_text()).get("max_sequence_length")
@@ -149,7 +149,7 @@ def stream_generate(model, ids: list[int], gen_length: int, strategy, budget: st
     (final trace, GenerationResult). Errors of the worker are re-raised here; closing the iterator
     stops the worker at its next pass.
     """
-    from core.decode import generate
+    from refinery.core.decode import generate
 
     q: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -209,7 +209,7 @@ def run_views(model, tokenizer, ids: list[int], specs: Sequence[RunSpec], budget
     """Run every strategy in turn, yielding the full list of column views after each streamed update.
 
     A strategy whose parameters or budget are impossible gets its error in its column; the others run."""
-    from strategies import get_strategy
+    from refinery.strategies import get_strategy
 
     pieces = TokenPieces(tokenizer, model.config.mask_token_id)
     views = [TraceView(s.label or s.name, note="waiting", pieces=pieces) for s in specs]
@@ -232,7 +232,7 @@ def finish_view(view: TraceView, tokenizer, nfe: Optional[int], max_nfe: Optiona
                 choice: Optional[PromptChoice] = None, output: Optional[str] = None,
                 correct: Optional[bool] = None) -> TraceView:
     """Fill in the final text, NFE and (for task prompts) correctness of a finished column."""
-    from core.tokenizer import decode_response
+    from refinery.core.tokenizer import decode_response
 
     view.nfe, view.max_nfe = nfe, max_nfe
     view.final_text = output if output is not None else decode_response(tokenizer, final_ids(view.trace, view.row))
@@ -247,7 +247,7 @@ def finish_view(view: TraceView, tokenizer, nfe: Optional[int], max_nfe: Optiona
 
 def saved_views(run_dir: str, rows: Sequence[dict], tokenizer) -> list[TraceView]:
     """Columns for rows of a saved ablation run: their stored traces, outputs, NFE and correctness."""
-    from app.runs import load_row_trace, row_label
+    from refinery.app.runs import load_row_trace, row_label
 
     views = []
     for row in rows:

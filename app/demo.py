@@ -18,11 +18,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio read
 
 import gradio as gr  # noqa: E402
 
-from app import backend
-from app.guard import PathGuard
-from app.params import FieldSpec, changed_params, field_specs, short_label, widget_value
-from app.render import CSS, TraceView, board_html
-from app.runs import find_runs, load_rows, pick_rows, row_label, run_model
+from refinery.app import backend
+from refinery.app.guard import PathGuard
+from refinery.app.params import FieldSpec, changed_params, field_specs, short_label, widget_value
+from refinery.app.render import CSS, TraceView, board_html
+from refinery.app.runs import find_runs, load_rows, pick_rows, row_label, run_model
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ SOURCES = (backend.FREE_TEXT, *backend.EMBEDDED_TASKS, *backend.BENCHMARK_TASKS)
 
 
 def _model_choices(default: str) -> list[str]:
-    from core.checkpoint import EMBEDDED
+    from refinery.core.checkpoint import EMBEDDED
 
     names = [n for n, p in EMBEDDED.items() if (p / "config.json").is_file()]
     return list(dict.fromkeys([default, *names]))
@@ -65,7 +65,7 @@ def build_demo(model: str = "embedded", runs_dir: Optional[str] = None, data_dir
                stream_interval: float = 0.25, guard: Optional[PathGuard] = None) -> gr.Blocks:
     """The demo as a ``gr.Blocks`` (not launched). ``views`` pre-fills the board (e.g. with a fixture trace);
     ``guard`` limits the path fields (see :mod:`app.guard`; None: any path, for a loopback demo)."""
-    from strategies import available_strategies
+    from refinery.strategies import available_strategies
 
     guard = guard or PathGuard()
     cache = backend.ModelCache(device, dtype)
@@ -256,7 +256,7 @@ def start(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None, 
     """Start serving on ``host`` (loopback unless told otherwise) with the demo's CSS and return the local
     URL without blocking. Gradio's share-link hint is silenced (refinery never opens a public tunnel);
     a port that cannot be bound raises a UsageError naming it."""
-    from core.errors import UsageError
+    from refinery.core.errors import UsageError
 
     kw.pop("prevent_thread_lock", None)
     try:

@@ -57,7 +57,7 @@ class PathGuard:
     _model_dirs: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self):
-        from core.checkpoint import EMBEDDED
+        from refinery.core.checkpoint import EMBEDDED
 
         self._model_dirs = {str(p.resolve()) for p in EMBEDDED.values()}
         for m in self.models:
@@ -68,7 +68,7 @@ class PathGuard:
         """``name`` when the demo may load it (a shipped name or the command line's model)."""
         if not self.restricted:
             return name
-        from core.checkpoint import EMBEDDED
+        from refinery.core.checkpoint import EMBEDDED
 
         path = EMBEDDED.get(str(name), Path(str(name)).expanduser())
         if str(Path(path).resolve()) not in self._model_dirs:

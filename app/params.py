@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from core.typed import check_value, coerce, field_choices, type_hints, unwrap_optional
+from refinery.core.typed import check_value, coerce, field_choices, type_hints, unwrap_optional
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from core.trace import CompactTrace, walk_pass
+from refinery.core.trace import CompactTrace, walk_pass
 
 MASK_GLYPH = "░"
 # kind -> (background, text colour, legend text). Inline styles, so the colours survive any page CSS.

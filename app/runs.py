@@ -12,9 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from core.trace import CompactTrace
-from experiments.shard import rows_files
-from experiments.store import ROWS_FILE
+from refinery.core.trace import CompactTrace
+from refinery.experiments.shard import rows_files
+from refinery.experiments.store import ROWS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def load_rows(run_dir: str | Path) -> list[dict]:
     try:
         return _load_rows_cached(str(run_dir), tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in paths))
     except UnicodeDecodeError:
-        from core.errors import read_text
+        from refinery.core.errors import read_text
 
         for path in paths:
             read_text(path)  # raises the UsageError naming the file and the offending byte
@@ -50,7 +50,7 @@ def load_rows(run_dir: str | Path) -> list[dict]:
 
 @lru_cache(maxsize=8)
 def _load_rows_cached(run_dir: str, stamps: tuple) -> list[dict]:
-    from experiments.store import load_rows as store_rows
+    from refinery.experiments.store import load_rows as store_rows
 
     rows = store_rows(run_dir)
     for n, row in enumerate(rows, 1):
@@ -61,7 +61,7 @@ def _load_rows_cached(run_dir: str, stamps: tuple) -> list[dict]:
 
 def run_model(run_dir: str | Path) -> Optional[str]:
     """The tokenizer (or model) directory / shipped name the run was made with, from its config.yaml."""
-    from experiments.store import load_config_dict
+    from refinery.experiments.store import load_config_dict
 
     try:
         config = load_config_dict(Path(run_dir).expanduser())
@@ -88,7 +88,7 @@ def pick_rows(rows: list[dict], task: Optional[str] = None, example_id: Optional
 
 def load_row_trace(run_dir: str | Path, row: dict) -> tuple[CompactTrace, int]:
     """(trace, row index inside it) for one row; FileNotFoundError when the run stored no trace for it."""
-    from experiments.store import load_trace
+    from refinery.experiments.store import load_trace
 
     rel = row.get("trace_file")
     if rel and not (Path(run_dir).expanduser() / rel).is_file():

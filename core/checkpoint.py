@@ -17,8 +17,8 @@ from typing import Optional
 
 import torch
 
-from core.errors import UsageError
-from core.typed import DTYPE_NAMES
+from refinery.core.errors import UsageError
+from refinery.core.typed import DTYPE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def read_checkpoint_config(path: Path) -> dict:
     for k in REQUIRED_CONFIG_FIELDS:
         if isinstance(data[k], bool) or not isinstance(data[k], int):
             raise UsageError(f"{cfg_file}: field {k!r} should be an integer, got {data[k]!r}")
-    from core.model import LLaDAConfig
+    from refinery.core.model import LLaDAConfig
 
     try:
         LLaDAConfig(**{k: v for k, v in data.items() if k not in ("architectures", "model_type", "dtype",
@@ -174,7 +174,7 @@ def check_checkpoint(name_or_path: str | Path) -> Path:
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
     """Load a LLaDAModel in eval mode. dtype None: fp32 on a CPU (the embedded models are stored in
     bf16 to fit the repository's file limit), the stored dtype on an accelerator."""
-    from core.model import LLaDAModel
+    from refinery.core.model import LLaDAModel
 
     check_device(device)
     path = check_checkpoint(name_or_path)
@@ -204,7 +204,7 @@ def _quiet_loading_bar():
 
 def load_model_and_tokenizer(name_or_path: str | Path, device: str | torch.device = "cpu",
                              dtype: Optional[torch.dtype] = None, delete_token: Optional[str] = None):
-    from core.tokenizer import check_tokenizer_dir, load_tokenizer
+    from refinery.core.tokenizer import check_tokenizer_dir, load_tokenizer
 
     path = check_tokenizer_dir(resolve_model_path(name_or_path))  # before the weights: a missing tokenizer fails fast
     return load_model(path, device, dtype), load_tokenizer(path, delete_token=delete_token)

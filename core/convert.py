@@ -28,7 +28,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from core.source_layouts import LAYOUTS, SPECIAL_KEYS, detect_layout, map_key, read_source_config  # noqa: F401
+from refinery.core.source_layouts import LAYOUTS, SPECIAL_KEYS, detect_layout, map_key, read_source_config  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def resolve_special_ids(config_ids: dict, tokenizer, vocab_size: int, delete_tok
     """
     ids = dict(config_ids)
     if tokenizer is not None:
-        from core.tokenizer import special_token_ids
+        from refinery.core.tokenizer import special_token_ids
 
         for key, value in special_token_ids(tokenizer).as_config_kwargs().items():
             if value is None:
@@ -136,7 +136,7 @@ def resolve_special_ids(config_ids: dict, tokenizer, vocab_size: int, delete_tok
                 raise ValueError(f"{where}: {key}={ids[key]} but the tokenizer says {value}")
             ids[key] = value
     if vocab_size == _LLADA_8B_VOCAB:  # published vocabulary: fill the gaps with LLaDA-8B's ids
-        from core.model import LLaDAConfig
+        from refinery.core.model import LLaDAConfig
 
         published = LLaDAConfig.llada_8b().to_dict()
         for key in SPECIAL_KEYS:
@@ -157,7 +157,7 @@ _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 def expected_shapes(config) -> dict[str, tuple[int, ...]]:
     """Our state-dict key -> shape for ``config``, from a weightless (meta-device) model."""
-    from core.model import LLaDAModel
+    from refinery.core.model import LLaDAModel
 
     with torch.device("meta"):
         model = LLaDAModel(config)
@@ -292,7 +292,7 @@ def _load_source_tokenizer(src: Path, delete_token: Optional[str]):
     """The source tokenizer with ``delete_token`` renamed to <|del|> (same id), or None when there is none."""
     if not (src / "tokenizer.json").is_file() and not (src / "tokenizer_config.json").is_file():
         return None
-    from core.tokenizer import load_tokenizer
+    from refinery.core.tokenizer import load_tokenizer
 
     try:
         return load_tokenizer(src, delete_token=delete_token)
@@ -343,7 +343,7 @@ def convert_checkpoint(
     has a next-token head, none for a mask-only result); delete_token_id: the id when there is no tokenizer.
     Everything is validated before the first byte is written.
     """
-    from core.model import LLaDAConfig
+    from refinery.core.model import LLaDAConfig
 
     src, dst = Path(src), Path(dst)
     if layout is not None and layout not in LAYOUTS:

@@ -32,14 +32,14 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from core.graphs import acquire_forward, graph_fallback_reason, release_forward
-from core.model import KVCache
-from core.trace import Trace
-from core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord
-from core.types import strip_padding  # noqa: F401  (re-exported: it was defined here)
-from strategies.base import Strategy
-from strategies.registry import get_strategy
-from strategies.sampling import passes_for_budget
+from refinery.core.graphs import acquire_forward, graph_fallback_reason, release_forward
+from refinery.core.model import KVCache
+from refinery.core.trace import Trace
+from refinery.core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord
+from refinery.core.types import strip_padding  # noqa: F401  (re-exported: it was defined here)
+from refinery.strategies.base import Strategy
+from refinery.strategies.registry import get_strategy
+from refinery.strategies.sampling import passes_for_budget
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from typing import Callable, Optional
 
 import torch
 
-from core.model import KVCache
+from refinery.core.model import KVCache
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from core.fused import KernelSet, attention_priority, kernel_set
+from refinery.core.fused import KernelSet, attention_priority, kernel_set
 
 
 class LLaDAConfig(PretrainedConfig):

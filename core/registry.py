@@ -1,6 +1,6 @@
 """One generic registry type: names -> classes, for strategies and tasks alike.
 
-    STRATEGIES = Registry("strategy", base="strategies.base:Strategy", populate="strategies")
+    STRATEGIES = Registry("strategy", base="refinery.strategies.base:Strategy", populate="refinery.strategies")
 
     @STRATEGIES.register("masked")          # a class decorator: the class gets ``name = "masked"``
     class MaskedStrategy(Strategy): ...

@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Sequence
 
-from core.sandbox_bootstrap import BOOTSTRAP
+from refinery.core.sandbox_bootstrap import BOOTSTRAP
 
 log = logging.getLogger(__name__)
 

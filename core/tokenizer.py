@@ -100,7 +100,7 @@ def load_tokenizer(path: str | Path, delete_token: Optional[str] = None) -> PreT
     ``<|reserved_token_0|>``, id 126084); it is renamed so that every layer sees ``<|del|>``.
     """
     path = check_tokenizer_dir(path)
-    import core.model  # noqa: F401  registers refinery_llada, so AutoTokenizer can read a checkpoint's config.json
+    import refinery.core.model  # noqa: F401  registers refinery_llada, so AutoTokenizer can read a checkpoint's config.json
 
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if delete_token is not None and DELETE not in tok.get_vocab():
@@ -117,7 +117,7 @@ def check_tokenizer_dir(path: str | Path) -> Path:
 
     Without tokenizer.json transformers would try to convert a slow tokenizer and ask for sentencepiece,
     which says nothing about the real cause."""
-    from core.errors import UsageError
+    from refinery.core.errors import UsageError
 
     path = Path(path)
     if not path.is_dir():

@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from core.types import EVENT_KINDS, StepRecord  # noqa: F401  (StepRecord is defined beside the other shared types)
+from refinery.core.types import EVENT_KINDS, StepRecord  # noqa: F401  (StepRecord is defined beside the other shared types)
 
 @dataclass
 class CompactTrace:

@@ -38,8 +38,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Optional, TypeVar
 
-from core.errors import ConfigError
-from core.registry import suggest
+from refinery.core.errors import ConfigError
+from refinery.core.registry import suggest
 
 T = TypeVar("T")
 

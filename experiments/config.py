@@ -33,8 +33,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-from core.errors import ConfigError, read_text
-from core.typed import DTYPE_NAMES, build
+from refinery.core.errors import ConfigError, read_text
+from refinery.core.typed import DTYPE_NAMES, build
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _list(value, key: str, source: str) -> list:
 
 def canonical_budget(value) -> str:
     """'1/8', 0.125, 1 -> '1/8', '1/8', '1/1' (raises ValueError on a bad budget)."""
-    from core.decode import parse_budget
+    from refinery.core.decode import parse_budget
 
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"budget {value!r} is not a fraction like '1/4' or a number")
@@ -291,7 +291,7 @@ def _preset_params(name: str, preset: Optional[str], where: str, source: str) ->
     """The parameters of ``preset`` of strategy ``name`` ({} without a preset), or a ConfigError."""
     if preset is None:
         return {}
-    from strategies.registry import preset_params, strategy_class
+    from refinery.strategies.registry import preset_params, strategy_class
 
     try:
         strategy_class(name)
@@ -310,6 +310,6 @@ def dump_config(config: ExperimentConfig) -> str:
 
 def validate(config: ExperimentConfig, check_paths: bool = False) -> None:
     """Check every combination before any work starts (see :mod:`experiments.validate`)."""
-    from experiments.validate import validate as _validate
+    from refinery.experiments.validate import validate as _validate
 
     _validate(config, check_paths=check_paths)

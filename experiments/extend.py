@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from experiments.config import ExperimentConfig, StrategySpec, TaskSpec
+from refinery.experiments.config import ExperimentConfig, StrategySpec, TaskSpec
 
 # Keys that only change how a run is carried out, never a row's content.
 FREE_KEYS = ("name", "score_workers")

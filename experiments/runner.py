@@ -20,10 +20,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional
 
-from experiments import shard as sharding
-from experiments.config import ExperimentConfig, StrategySpec, TaskSpec, validate
-from experiments.shard import rows_files
-from experiments.store import RowsRead, RunStore, row_key
+from refinery.experiments import shard as sharding
+from refinery.experiments.config import ExperimentConfig, StrategySpec, TaskSpec, validate
+from refinery.experiments.shard import rows_files
+from refinery.experiments.store import RowsRead, RunStore, row_key
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Cell:
 
 def load_examples(config: ExperimentConfig) -> dict[int, tuple[object, list]]:
     """task index -> (Task, examples) for every task of the config."""
-    from core.tasks import get_task
+    from refinery.core.tasks import get_task
 
     out = {}
     for i, spec in enumerate(config.tasks):
@@ -87,9 +87,9 @@ def plan_cells(config: ExperimentConfig, examples: dict[int, tuple[object, list]
 
 def run_cell(cell: Cell, task, model, tokenizer, config: ExperimentConfig) -> tuple[list[dict], object]:
     """Generate and score one batch -> (rows without store fields, CompactTrace or None)."""
-    from core.decode import generate
-    from core.tokenizer import decode_response, render_prompt
-    from strategies import get_strategy
+    from refinery.core.decode import generate
+    from refinery.core.tokenizer import decode_response, render_prompt
+    from refinery.strategies import get_strategy
 
     strategy = get_strategy(cell.strategy.name, **cell.strategy.params)
     prompts = [render_prompt(tokenizer, ex.messages()) for ex in cell.examples]
@@ -225,7 +225,7 @@ def _open_store(out_dir: Path, config: ExperimentConfig, repair: bool, shard: sh
     try:
         return RunStore.open(out_dir, config, repair=repair, shard=shard)
     except UnicodeDecodeError:  # the codec's message names no file: name it
-        from core.errors import read_text
+        from refinery.core.errors import read_text
 
         for name in ("rows.jsonl", "config.yaml"):
             if (out_dir / name).is_file():
@@ -235,7 +235,7 @@ def _open_store(out_dir: Path, config: ExperimentConfig, repair: bool, shard: sh
 
 def check_out_dir(out_dir: str | Path) -> Path:
     """The run directory path, refused when it (or a parent) is an existing file."""
-    from core.errors import UsageError
+    from refinery.core.errors import UsageError
 
     out_dir = Path(out_dir)
     for p in (out_dir, *out_dir.parents):
@@ -267,7 +267,7 @@ class ModelCache:
         self.loaded: dict[str, tuple] = {}
 
     def get(self, name: str) -> tuple:
-        from core.checkpoint import resolve_model_path
+        from refinery.core.checkpoint import resolve_model_path
 
         key = str(resolve_model_path(name))  # two names of one checkpoint ('embedded', 'embedded-stage3'): once
         if key not in self.loaded:
@@ -282,8 +282,8 @@ def load_model_for(config: ExperimentConfig, shard: sharding.ShardInfo = shardin
     (each torchrun rank on its own GPU). The tokenizer is the config's ``tokenizer``, else the checkpoint's."""
     import torch
 
-    from core.checkpoint import load_model, parse_dtype, resolve_model_path
-    from core.tokenizer import load_tokenizer
+    from refinery.core.checkpoint import load_model, parse_dtype, resolve_model_path
+    from refinery.core.tokenizer import load_tokenizer
 
     model_dir = resolve_model_path(model if model is not None else config.model)
     device = config.device

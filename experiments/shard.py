@@ -24,7 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Sequence, TypeVar
 
-from core.torchrun import torchrun_env
+from refinery.core.torchrun import torchrun_env
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def other_shards_rows(run_dir: Path, shard: ShardInfo) -> list[dict]:
     import fcntl
     from collections import Counter
 
-    from experiments.store import _scan, repair_rows
+    from refinery.experiments.store import _scan, repair_rows
 
     out = []
     for path in rows_files(run_dir):

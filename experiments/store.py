@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from experiments.config import ExperimentConfig, dump_config
-from experiments.extend import merge_configs
-from experiments.shard import ShardInfo, other_shards_rows, rows_files
+from refinery.experiments.config import ExperimentConfig, dump_config
+from refinery.experiments.extend import merge_configs
+from refinery.experiments.shard import ShardInfo, other_shards_rows, rows_files
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def _stored_config(path: Path) -> Optional[ExperimentConfig]:
     is compared, as before configs could grow)."""
     import yaml
 
-    from experiments.config import config_from_dict
+    from refinery.experiments.config import config_from_dict
 
     first = path.read_text().splitlines()[:1]
     m = _HASH_LINE.search(first[0]) if first else None
@@ -481,7 +481,7 @@ def load_rows(run_dir: str | Path) -> list[dict]:
 
 def load_trace(run_dir: str | Path, row: dict):
     """-> (CompactTrace of the row's batch, the row's index in it). Raises if the run saved no traces."""
-    from core.trace import CompactTrace
+    from refinery.core.trace import CompactTrace
 
     rel: Optional[str] = row.get("trace_file")
     if not rel:

@@ -45,8 +45,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from experiments.config import ConfigError, ExperimentConfig, StrategySpec, config_from_dict
-from experiments.search import SAMPLERS, Dim, SpaceError, parse_space, sample_trials
+from refinery.experiments.config import ConfigError, ExperimentConfig, StrategySpec, config_from_dict
+from refinery.experiments.search import SAMPLERS, Dim, SpaceError, parse_space, sample_trials
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _entry(raw: Any, i: int, probe: ExperimentConfig, proto: dict, source: str) 
     preset = raw.get("preset")
     start = dict(spec.params)
     if preset is not None:
-        from strategies import preset_params
+        from refinery.strategies import preset_params
 
         try:
             start = {**preset_params(spec.name, preset), **start}
@@ -200,7 +200,7 @@ def _entry(raw: Any, i: int, probe: ExperimentConfig, proto: dict, source: str) 
 
 
 def _known_params(name: str, dims: Sequence[Dim], where: str) -> None:
-    from strategies.registry import strategy_class
+    from refinery.strategies.registry import strategy_class
 
     fields = sorted(f.name for f in dataclasses.fields(strategy_class(name).config_class))
     for d in dims:
@@ -210,8 +210,8 @@ def _known_params(name: str, dims: Sequence[Dim], where: str) -> None:
 
 def _canon(probe: ExperimentConfig, spec: StrategySpec):
     """params -> the full resolved config as JSON; ValueError when it cannot run at some budget of the entry."""
-    from experiments.config import validate
-    from strategies.registry import strategy_class
+    from refinery.experiments.config import validate
+    from refinery.strategies.registry import strategy_class
 
     cls = strategy_class(spec.name)
 
@@ -349,9 +349,9 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
 
     The protocol file is written before the first trial (no scores yet) and again at the end, so a killed
     run leaves its declared protocol behind; the looks at test recorded so far are always kept."""
-    from experiments.config import validate
-    from experiments.runner import run_ablation
-    from experiments.store import load_rows
+    from refinery.experiments.config import validate
+    from refinery.experiments.runner import run_ablation
+    from refinery.experiments.store import load_rows
 
     experiment = tune.experiment_for(limit=limit, only=only, model=model, device=device, batch_size=batch_size,
                                      score_workers=score_workers)

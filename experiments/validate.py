@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from experiments.config import ConfigError, ExperimentConfig, StrategySpec
+from refinery.experiments.config import ConfigError, ExperimentConfig, StrategySpec
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _model_key(config: ExperimentConfig, model: str) -> str:
 
 def _check_model_fits(config: ExperimentConfig, model_configs: dict[str, dict]) -> None:
     """What the strategies and lengths ask of each entry's checkpoint: room for a prompt, the edit heads."""
-    from strategies.registry import strategy_class
+    from refinery.strategies.registry import strategy_class
 
     for model, model_config in model_configs.items():
         limit = model_config.get("max_sequence_length")
@@ -76,8 +76,8 @@ def _check_model_fits(config: ExperimentConfig, model_configs: dict[str, dict]) 
 
 
 def _check_strategy(config: ExperimentConfig, spec: StrategySpec) -> None:
-    from core.decode import check_budget
-    from strategies.registry import strategy_class
+    from refinery.core.decode import check_budget
+    from refinery.strategies.registry import strategy_class
 
     src, where = config.source, spec.where
     try:
@@ -136,8 +136,8 @@ def _strip_where(message: str, name: str, param: str) -> str:
 
 
 def _check_task(config: ExperimentConfig, i: int, task, check_paths: bool) -> None:
-    from core.tasks import TASKS
-    from strategies.registry import unknown_name_message
+    from refinery.core.tasks import TASKS
+    from refinery.strategies.registry import unknown_name_message
 
     where = f"tasks[{i}]"
     if task.name not in TASKS:
@@ -158,7 +158,7 @@ def _check_task(config: ExperimentConfig, i: int, task, check_paths: bool) -> No
 
 def _check_task_data(config: ExperimentConfig, where: str, task) -> None:
     """The task's data can be loaded (files only: nothing is downloaded while checking)."""
-    from core.tasks import get_task
+    from refinery.core.tasks import get_task
 
     try:
         instance = get_task(task.name, **task.kwargs)
@@ -175,7 +175,7 @@ def _check_task_data(config: ExperimentConfig, where: str, task) -> None:
 
 
 def _check_device(config: ExperimentConfig) -> None:
-    from core.checkpoint import check_device
+    from refinery.core.checkpoint import check_device
 
     try:
         check_device(config.device, field="")  # the key "device" is in the message already
@@ -184,8 +184,8 @@ def _check_device(config: ExperimentConfig) -> None:
 
 
 def _check_tokenizer(config: ExperimentConfig, model: str, model_key: str) -> None:
-    from core.checkpoint import resolve_model_path
-    from core.tokenizer import check_tokenizer_dir
+    from refinery.core.checkpoint import resolve_model_path
+    from refinery.core.tokenizer import check_tokenizer_dir
 
     key = "tokenizer" if config.tokenizer else model_key
     try:
@@ -195,7 +195,7 @@ def _check_tokenizer(config: ExperimentConfig, model: str, model_key: str) -> No
 
 
 def _model_config(config: ExperimentConfig, model: str, key: str) -> dict:
-    from core.checkpoint import check_checkpoint, read_checkpoint_config
+    from refinery.core.checkpoint import check_checkpoint, read_checkpoint_config
 
     try:
         return read_checkpoint_config(check_checkpoint(model))
@@ -205,7 +205,7 @@ def _model_config(config: ExperimentConfig, model: str, key: str) -> dict:
 
 def validate_file(path: str | Path, check_paths: bool = False, limit: Optional[int] = None) -> ExperimentConfig:
     """load_config + validate in one call."""
-    from experiments.config import load_config
+    from refinery.experiments.config import load_config
 
     config = load_config(path).with_overrides(limit=limit)
     validate(config, check_paths=check_paths)

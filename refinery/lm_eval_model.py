@@ -42,10 +42,10 @@ class RefineryLM(LM):
                  device: Optional[str] = None, dtype: str = "fp32", mc_num: int = 128, mc_batch: int = 32,
                  **strategy_params) -> None:
         super().__init__()
-        from core.checkpoint import load_model, parse_dtype, resolve_model_path
-        from core.tokenizer import load_tokenizer
-        from experiments.shard import current
-        from strategies import get_strategy
+        from refinery.core.checkpoint import load_model, parse_dtype, resolve_model_path
+        from refinery.core.tokenizer import load_tokenizer
+        from refinery.experiments.shard import current
+        from refinery.strategies import get_strategy
 
         info = current()
         self._rank, self._world_size = info.rank, info.world
@@ -110,8 +110,8 @@ class RefineryLM(LM):
 
     @torch.no_grad()
     def _generate(self, contexts: list[str]) -> list[str]:
-        from core.decode import generate
-        from core.tokenizer import decode_response, render_prompt
+        from refinery.core.decode import generate
+        from refinery.core.tokenizer import decode_response, render_prompt
 
         prompts = [render_prompt(self.tokenizer, [{"role": "user", "content": c}]) for c in contexts]
         res = generate(self.model, prompts, self.gen_length, self.strategy, self.budget, seed=self.seed,

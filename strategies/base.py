@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from core.typed import build, check_fields
+from refinery.core.typed import build, check_fields
 # the shared decode types live in core.types (imported by the loop too); re-exported here for strategy authors
-from core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord  # noqa: F401
+from refinery.core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord  # noqa: F401
 
 
 @dataclass(frozen=True)

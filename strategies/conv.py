@@ -28,11 +28,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from core.typed import ranged
-from core.types import StepRecord
-from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
-from strategies.registry import register
-from strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, planned_passes, predict, select_topk,
+from refinery.core.typed import ranged
+from refinery.core.types import StepRecord
+from refinery.strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
+from refinery.strategies.registry import register
+from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, planned_passes, predict, select_topk,
                                  transfer_counts)
 
 EPS = 1e-5  # the reference grid's last time point

@@ -58,14 +58,14 @@ from typing import Literal, Optional
 
 import torch
 
-from core.typed import ranged
-from core.types import StepRecord, apply_edits
-from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy,
+from refinery.core.typed import ranged
+from refinery.core.types import StepRecord, apply_edits
+from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy,
                              StrategyConfig)
-from strategies.edit_rules import apply_with_room, finish_draft, medlm_mask_begin, medlm_mask_step, plan_room
-from strategies.masked import MaskedConfig, MaskedStrategy
-from strategies.registry import register
-from strategies.sampling import ban_tokens, log_probability_from_top, predict, probability_from_top
+from refinery.strategies.edit_rules import apply_with_room, finish_draft, medlm_mask_begin, medlm_mask_step, plan_room
+from refinery.strategies.masked import MaskedConfig, MaskedStrategy
+from refinery.strategies.registry import register
+from refinery.strategies.sampling import ban_tokens, log_probability_from_top, predict, probability_from_top
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Optional
 
 import torch
 
-from core.types import DecodeContext, DecodeState, Draft, ForwardOutput, StepRecord, apply_edits, strip_padding
-from strategies.sampling import NEG_INF, ban_tokens, select_topk, token_probability, transfer_counts
+from refinery.core.types import DecodeContext, DecodeState, Draft, ForwardOutput, StepRecord, apply_edits, strip_padding
+from refinery.strategies.sampling import NEG_INF, ban_tokens, select_topk, token_probability, transfer_counts
 
 
 def plan_room(ctx: DecodeContext, state: DecodeState, max_length: int) -> None:

@@ -21,13 +21,13 @@ from typing import Literal, Optional
 
 import torch
 
-from core.typed import ranged
-from core.types import StepRecord
+from refinery.core.typed import ranged
+from refinery.core.types import StepRecord
 
-from strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy, StrategyConfig,
+from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy, StrategyConfig,
                              commit)
-from strategies.registry import register
-from strategies.sampling import (NEG_INF, ban_tokens, banned_ids, planned_passes, predict, select_topk, split_evenly,
+from refinery.strategies.registry import register
+from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, planned_passes, predict, select_topk, split_evenly,
                                  transfer_counts, uniform_rand)
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from core.registry import Registry, unknown_name_message
+from refinery.core.registry import Registry, unknown_name_message
 
 if TYPE_CHECKING:
-    from strategies.base import Strategy
+    from refinery.strategies.base import Strategy
 
-STRATEGIES: Registry["Strategy"] = Registry("strategy", base="strategies.base:Strategy", populate="strategies")
+STRATEGIES: Registry["Strategy"] = Registry("strategy", base="refinery.strategies.base:Strategy", populate="refinery.strategies")
 
 
 def register(name: str, target: Optional[str] = None):

@@ -32,11 +32,11 @@ from typing import Literal
 
 import torch
 
-from core.typed import ranged
-from core.types import StepRecord
-from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
-from strategies.registry import register
-from strategies.sampling import ban_tokens, banned_ids, nucleus_filter, predict, uniform_rand
+from refinery.core.typed import ranged
+from refinery.core.types import StepRecord
+from refinery.strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
+from refinery.strategies.registry import register
+from refinery.strategies.sampling import ban_tokens, banned_ids, nucleus_filter, predict, uniform_rand
 
 EPS = 1e-5  # ReMDM's last time point: its grid runs from t = 1 to t = EPS
 

@@ -34,7 +34,7 @@ def predict(logits: torch.Tensor, temperature: float, generators: list,
     ``where`` (B, L) bool marks the positions the caller will read; elsewhere the values are unspecified
     (the GPU kernel skips them)."""
     if temperature == 0:
-        from strategies.kernels import argmax_probability
+        from refinery.strategies.kernels import argmax_probability
 
         return argmax_probability(logits, where)
     x0 = gumbel_argmax(logits, temperature, generators)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.model import LLaDAModel
+from refinery.core.model import LLaDAModel
 from tiny_models import ScriptedModel, save_tiny_checkpoint, single_thread, tiny_config
 
 

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from core.model import LLaDAConfig, LLaDAModel
-from core.tokenizer import special_token_ids, train_embedded_tokenizer
+from refinery.core.model import LLaDAConfig, LLaDAModel
+from refinery.core.tokenizer import special_token_ids, train_embedded_tokenizer
 
 VOCAB, MASK, DELETE, EOS, EOT = 64, 63, 62, 1, 2
 

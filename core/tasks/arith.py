@@ -25,8 +25,8 @@ from __future__ import annotations
 import random
 import re
 
-from core.tasks.base import Score, register_task
-from core.tasks.embedded import GeneratedTask, Problem
+from refinery.core.tasks.base import Score, register_task
+from refinery.core.tasks.embedded import GeneratedTask, Problem
 
 NAMES = ("Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eli", "Amy", "Ben", "Lily")
 PRONOUN = {"Mia": "She", "Ava": "She", "Zoe": "She", "Ivy": "She", "Amy": "She", "Lily": "She"}

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from core.registry import Registry
+from refinery.core.registry import Registry
 
 SPLITS = ("train", "dev", "test")  # "dev": held out from training, for choosing settings (generated tasks)
 
@@ -77,7 +77,7 @@ def check_split(task: str, split: str) -> None:
         raise ValueError(f"task {task!r}: split must be one of {SPLITS}, got {split!r}")
 
 
-TASKS: Registry[Task] = Registry("task", base=Task, populate="core.tasks")  # name -> Task subclass
+TASKS: Registry[Task] = Registry("task", base=Task, populate="refinery.core.tasks")  # name -> Task subclass
 
 
 def register_task(name: str):

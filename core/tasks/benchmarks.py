@@ -31,8 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from core.errors import UsageError
-from core.tasks.base import Example, Score, Task, check_split, register_task
+from refinery.core.errors import UsageError
+from refinery.core.tasks.base import Example, Score, Task, check_split, register_task
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ class _CodeTask(_Benchmark):
 
     def score_many(self, pairs: Sequence[tuple[Example, str]], workers: int = 1) -> list[Score]:
         """Run every non-empty program on a pool of ``workers`` sandboxes; scores in input order."""
-        from core.sandbox import run_many
+        from refinery.core.sandbox import run_many
 
         codes = [extract_code(out) for _, out in pairs]
         todo = [i for i, code in enumerate(codes) if code.strip()]

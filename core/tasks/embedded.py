@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from core.tasks.base import Example, Task, check_split
+from refinery.core.tasks.base import Example, Task, check_split
 
 TEST_PERCENT = 20  # share of problem keys that belong to the test split
 DEV_PERCENT = 10  # share that belongs to the dev split (held out from training, for choosing settings)
@@ -125,7 +125,7 @@ EMBEDDED_TASKS = ("arith", "pycode")
 
 def embedded_corpus(n_per_task: int = 5000, seed: int = 0, space: int = 1) -> list[str]:
     """Prompt + solution texts of the train split of every embedded task (for the tokenizer)."""
-    from core.tasks.base import get_task
+    from refinery.core.tasks.base import get_task
 
     texts = []
     for name in EMBEDDED_TASKS:

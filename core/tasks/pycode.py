@@ -33,8 +33,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from core.tasks.base import VERDICTS, Example, Score, register_task
-from core.tasks.embedded import GeneratedTask, Problem
+from refinery.core.tasks.base import VERDICTS, Example, Score, register_task
+from refinery.core.tasks.embedded import GeneratedTask, Problem
 
 ARGS = ("xs", "nums", "values", "lst", "numbers")
 ACCS = ("count", "total", "result", "acc", "n")
@@ -466,7 +466,7 @@ class PyCodeTask(GeneratedTask):
     def score_many(self, pairs, workers: int = 1) -> list[Score]:
         """Verdicts in order; each distinct program runs once per process (``core.tasks.base.VERDICTS``)."""
         def run(keys: list) -> list:
-            from core.sandbox import run_many
+            from refinery.core.sandbox import run_many
             results = run_many([k[1] for k in keys], workers=workers, timeout=self.timeout)
             return [(r.passed, None if r.passed else _why(r)) for r in results]
 

@@ -23,8 +23,8 @@ from typing import Literal, Optional
 
 import yaml
 
-from core.errors import ConfigError, read_text
-from core.typed import build, ranged
+from refinery.core.errors import ConfigError, read_text
+from refinery.core.typed import build, ranged
 
 Stage = Literal["pretrain", "sft", "stage3", "r2ft"]
 POSITIVE_INTS = {"range": (1, None), "min_len": 1}  # a non-empty list of integers >= 1
@@ -174,7 +174,7 @@ class TrainConfig:
 
 def config_from_dict(raw: dict, where: str = "config") -> TrainConfig:
     """Plain dict -> checked TrainConfig; a ``recipe`` supplies field values that explicit keys override."""
-    from core.train.recipes import with_recipe
+    from refinery.core.train.recipes import with_recipe
 
     if not isinstance(raw, dict):
         raise ConfigError(where, "", "top level must be a mapping")

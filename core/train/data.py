@@ -123,7 +123,7 @@ class ChatExample:
 def encode_chat(ds, tokenizer, seq_len: int, pad_len: int, eot_id: int) -> list[ChatExample]:
     """Render prompts with the chat template and tokenize responses (+eot). Examples whose prompt leaves no
     room for one ``pad_len`` block are skipped (logged); responses longer than the room left are cut."""
-    from core.tokenizer import render_prompt
+    from refinery.core.tokenizer import render_prompt
 
     out, skipped = [], 0
     for rec in ds:

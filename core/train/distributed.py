@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from core.torchrun import torchrun_env
-from core.train.config import TrainConfig
+from refinery.core.torchrun import torchrun_env
+from refinery.core.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

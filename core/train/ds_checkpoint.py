@@ -15,8 +15,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from core.train import checkpoint as ckpt
-from core.train.distributed import barrier, gathered_state_dict
+from refinery.core.train import checkpoint as ckpt
+from refinery.core.train.distributed import barrier, gathered_state_dict
 
 
 def save_deepspeed_checkpoint(trainer, path: Path) -> None:

@@ -21,16 +21,16 @@ from typing import Optional
 
 import torch
 
-from core.train import checkpoint as ckpt
-from core.train.config import TrainConfig, config_to_dict
-from core.train.data import (EpochSampler, collate_chat, encode_chat, load_records, pack_texts,
+from refinery.core.train import checkpoint as ckpt
+from refinery.core.train.config import TrainConfig, config_to_dict
+from refinery.core.train.data import (EpochSampler, collate_chat, encode_chat, load_records, pack_texts,
                              to_device)
-from core.train.distributed import (DistInfo, all_reduce_mean, barrier, deepspeed_config, dist_info, gathered_state_dict,
+from refinery.core.train.distributed import (DistInfo, all_reduce_mean, barrier, deepspeed_config, dist_info, gathered_state_dict,
                                     init_deepspeed, init_process_group_if_needed, resolve_device)
-from core.train.model_setup import build_model, build_tokenizer, special_ids
-from core.train.objectives import PretrainObjective, SFTObjective
-from core.train.r2ft import R2FTObjective
-from core.train.stage3 import Stage3Objective
+from refinery.core.train.model_setup import build_model, build_tokenizer, special_ids
+from refinery.core.train.objectives import PretrainObjective, SFTObjective
+from refinery.core.train.r2ft import R2FTObjective
+from refinery.core.train.stage3 import Stage3Objective
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class Trainer:
                                  scheduler=self.scheduler, gen=self.gen, state=self._state(),
                                  max_shard_size=self.cfg.engine.max_shard_size)
         else:
-            from core.train.ds_checkpoint import save_deepspeed_checkpoint
+            from refinery.core.train.ds_checkpoint import save_deepspeed_checkpoint
 
             save_deepspeed_checkpoint(self, path)
         if self.info.is_main:
@@ -294,7 +294,7 @@ class Trainer:
         if self.engine is None:
             state = ckpt.load_checkpoint(path, optimizer=self.optimizer, scheduler=self.scheduler, gen=self.gen)
         else:
-            from core.train.ds_checkpoint import load_deepspeed_checkpoint
+            from refinery.core.train.ds_checkpoint import load_deepspeed_checkpoint
 
             state = load_deepspeed_checkpoint(self, path)
         if state.get("world_size", 1) != self.info.world_size:

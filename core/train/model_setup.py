@@ -7,13 +7,13 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from core.train.config import TrainConfig
+from refinery.core.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def build_tokenizer(cfg: TrainConfig, where: str):
-    from core.tokenizer import load_tokenizer
+    from refinery.core.tokenizer import load_tokenizer
 
     path = cfg.tokenizer if cfg.tokenizer is not None else cfg.model.init_from
     try:
@@ -29,7 +29,7 @@ def special_ids(config) -> dict:
 
 
 def _check_tokenizer_matches(config, tokenizer, where: str) -> None:
-    from core.tokenizer import special_token_ids
+    from refinery.core.tokenizer import special_token_ids
 
     tok_ids = special_token_ids(tokenizer).as_config_kwargs()
     for key in ("mask_token_id", "eos_token_id", "eot_token_id", "delete_token_id"):
@@ -44,8 +44,8 @@ def build_model(cfg: TrainConfig, tokenizer, where: str, resume_dir: Optional[Pa
     """A fresh LLaDAModel (shape from ``model.config``, vocabulary and special ids from the tokenizer), the
     previous stage's ``init_from``, or - when resuming - the checkpoint's weights. Then the next-token head
     is attached if asked for and missing. Weights stay fp32 (autocast / DeepSpeed handle bf16)."""
-    from core.model import LLaDAConfig, LLaDAModel
-    from core.tokenizer import special_token_ids
+    from refinery.core.model import LLaDAConfig, LLaDAModel
+    from refinery.core.tokenizer import special_token_ids
 
     source = resume_dir if resume_dir is not None else cfg.model.init_from
     if source is not None:

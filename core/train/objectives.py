@@ -29,9 +29,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from core.fused import head_weight, linear_cross_entropy, uses_fused_ce
-from core.train.config import ObjectiveSection, TrainConfig
-from core.train.data import ChatBatch, to_device
+from refinery.core.fused import head_weight, linear_cross_entropy, uses_fused_ce
+from refinery.core.train.config import ObjectiveSection, TrainConfig
+from refinery.core.train.data import ChatBatch, to_device
 
 
 @dataclass

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.train.config import TrainConfig
-from core.train.data import ChatBatch, to_device
-from core.train.objectives import LossOutput, Selection
+from refinery.core.train.config import TrainConfig
+from refinery.core.train.data import ChatBatch, to_device
+from refinery.core.train.objectives import LossOutput, Selection
 
 
 def suffix_and_loser(batch: ChatBatch, frac: torch.Tensor, ns: torch.Tensor):

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.fused import head_weight, linear_cross_entropy, uses_fused_ce
-from core.train.config import TrainConfig
-from core.train.data import ChatBatch
-from core.train.data import to_device
-from core.train.objectives import LossOutput, Selection, SFTObjective
+from refinery.core.fused import head_weight, linear_cross_entropy, uses_fused_ce
+from refinery.core.train.config import TrainConfig
+from refinery.core.train.data import ChatBatch
+from refinery.core.train.data import to_device
+from refinery.core.train.objectives import LossOutput, Selection, SFTObjective
 
 IGNORE = -100
 
@@ -100,7 +100,7 @@ def label_rows(drafts, truths, special: dict, ignore_deleted_gaps: bool, layout:
     "medlm": ME-DLM's layout - both sequences aligned without their final token; the final draft token is
     labelled end-of-turn and its gap is not trained; the gap before it is labelled end-of-turn when nothing
     is inserted there, even right after a deletion; an empty draft trains nothing."""
-    from core.edit_labels import batch_edit_labels
+    from refinery.core.edit_labels import batch_edit_labels
 
     as64 = [np.asarray(x, dtype=np.int64) for x in drafts], [np.asarray(x, dtype=np.int64) for x in truths]
     kw = dict(delete_id=special["delete_token_id"], ignore_index=IGNORE, ignore_deleted_gaps=ignore_deleted_gaps)
@@ -127,7 +127,7 @@ def label_rows(drafts, truths, special: dict, ignore_deleted_gaps: bool, layout:
 def nearest_references(drafts: list[np.ndarray], truths: list[np.ndarray], references) -> list[np.ndarray]:
     """Per row, the candidate (truth first, then its references) at the least edit distance from the draft;
     ties keep the earlier candidate. One batched Numba call over all (draft, candidate) pairs."""
-    from core.align import batch_levenshtein, pack
+    from refinery.core.align import batch_levenshtein, pack
 
     cands = [[t, *refs] for t, refs in zip(truths, references)]
     a_flat, a_off = pack([d for d, c in zip(drafts, cands) for _ in c], "drafts")
@@ -159,7 +159,7 @@ class Stage3Objective:
         self.cfg, self.special = cfg, special
         self.sft = SFTObjective(cfg, special)
         if cfg.stage3.edit_preset is not None:  # fail before training, not at the first edit pass
-            from strategies.registry import preset_params
+            from refinery.strategies.registry import preset_params
 
             try:
                 preset_params("edit", cfg.stage3.edit_preset)
@@ -181,8 +181,8 @@ class Stage3Objective:
     def rollout(self, model, batch: ChatBatch, gen: torch.Generator, step: int):
         """Partially mask each answer and let the model finish it (then edit it): ragged prompts, drafts,
         truths, the number of edit passes applied, and t (B,), the masking rate of each row."""
-        from core.decode import generate
-        from strategies import get_strategy
+        from refinery.core.decode import generate
+        from refinery.strategies import get_strategy
 
         s3, sp = self.cfg.stage3, self.special
         host = batch.on_host()  # lengths and ids from the CPU batch: no device reads
@@ -237,7 +237,7 @@ class Stage3Objective:
     def draft_region(self, tokens: torch.Tensor):
         """(B, G) rollout output -> (B, G) drafts left-aligned with pad after them, lengths (B,). "cut": up to the
         first eos/pad; "strip": every eos/pad token dropped wherever it is (ME-DLM drops all pads)."""
-        from core.decode import strip_padding
+        from refinery.core.decode import strip_padding
 
         eos, pad = self.special["eos_token_id"], self.special["pad_token_id"]
         if self.cfg.stage3.draft_padding == "cut":

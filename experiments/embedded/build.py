@@ -1,13 +1,13 @@
 """Rebuild the embedded checkpoints from nothing: data + tokenizer, then Stage 1, 2 and 3.
 
-    python -m experiments.embedded.build --root runs/embedded --minutes 7      (one GPU)
-    python -m experiments.embedded.build --root /tmp/e --device cpu --steps 1:5,2:5,3:5 --n-records 2000
+    python -m refinery.experiments.embedded.build --root runs/embedded --minutes 7      (one GPU)
+    python -m refinery.experiments.embedded.build --root /tmp/e --device cpu --steps 1:5,2:5,3:5 --n-records 2000
 
 Each stage is one ``refinery train experiments/train/embedded_stageN.yaml`` process with the
 paths pointed into ``--root``. With ``--minutes``, Stage 1 runs its configured steps and its
 measured seconds per step size Stages 2 and 3 to fit the rest of the time (Stage 3 is charged
 ``--stage3-cost`` Stage-2 steps per step); the steps actually run are written to
-``ROOT/build.json`` for the model cards; ``python -m experiments.embedded.ship`` writes
+``ROOT/build.json`` for the model cards; ``python -m refinery.experiments.embedded.ship`` writes
 ``ROOT/stage2`` and the Stage-3 model into ``core/assets/embedded/`` in bf16 to ship them.
 ``--stages 1,2`` stops after Stage 2 (to continue Stage 3 in a later command, within a 10-minute
 device limit).
@@ -18,7 +18,7 @@ each into ``ROOT/NAME`` and capped at ``--final-seconds``; ``--references N`` al
 ``ROOT/data_refs`` (valid alternative solutions, for ``nearest_reference``). The space-2 build of the
 shipped models (model cards) is
 
-    python -m experiments.embedded.build --root runs/embedded --space 2 --workers 14 --references 32 \
+    python -m refinery.experiments.embedded.build --root runs/embedded --space 2 --workers 14 --references 32 \
         --steps 1:1200,2:2000 --stages 1,2 --final-seconds 300 --finals \
         stage3=experiments/train/embedded_stage3_v2.yaml,stage3_medlm=experiments/train/embedded_stage3_medlm.yaml,\
         r2ft_conv=experiments/train/embedded_r2ft_conv.yaml
@@ -108,7 +108,7 @@ def main() -> None:
         extra += ["--device", args.device]
     fixed = {int(k): int(v) for k, v in (kv.split(":") for kv in args.steps.split(","))} if args.steps else {}
     t0 = time.monotonic()
-    from experiments.embedded.prepare import prepare
+    from refinery.experiments.embedded.prepare import prepare
 
     counts = prepare(args.root / "data", args.n_records, args.n_records, vocab_size=1024, seed=0, workers=args.workers,
                      rename_prob=args.rename_prob, space=args.space)

@@ -1,6 +1,6 @@
 """Build the embedded training data and tokenizer from the generated tasks (no files needed).
 
-    python -m experiments.embedded.prepare --out runs/embedded_data
+    python -m refinery.experiments.embedded.prepare --out runs/embedded_data
 
 Writes ``tokenizer/`` (byte-level BPE trained on the embedded corpus), ``pretrain.jsonl``
 (Stage 1: ``{"text": ...}``), ``sft.jsonl`` (Stage 2 and 3: ``{"history": [...], "response": ...}``),
@@ -29,7 +29,7 @@ def write_jsonl(path: Path, records) -> int:
 
 def _records(args: tuple) -> list[dict]:
     name, split, n, seed, kind, refs, rename_prob, space = args
-    from core.tasks import get_task
+    from refinery.core.tasks import get_task
 
     kwargs = {"space": space} if space != 1 else {}  # space 1 exactly as before
     task = get_task(name, rename_prob=rename_prob, **kwargs) if name == "pycode" and rename_prob else \
@@ -41,8 +41,8 @@ def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, 
             references: int = 0, rename_prob: float = 0.0, space: int = 1) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
-    from core.tasks import EMBEDDED_TASKS, embedded_corpus
-    from core.tokenizer import train_embedded_tokenizer
+    from refinery.core.tasks import EMBEDDED_TASKS, embedded_corpus
+    from refinery.core.tokenizer import train_embedded_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     tok = train_embedded_tokenizer(embedded_corpus(n_per_task=5000, seed=seed, space=space), vocab_size=vocab_size)

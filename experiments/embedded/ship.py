@@ -1,6 +1,6 @@
 """Copy a trained embedded model into a shippable directory, its weights cast to a storage dtype.
 
-    python -m experiments.embedded.ship runs/embedded/stage2 core/assets/embedded/stage2 --dtype bf16
+    python -m refinery.experiments.embedded.ship runs/embedded/stage2 core/assets/embedded/stage2 --dtype bf16
 
 Training saves fp32 master weights; the repository keeps each checkpoint file <= 16 MiB, so the
 larger embedded models are stored in bf16 (evaluation loads them as fp32: ``dtype: fp32`` in the
@@ -19,7 +19,7 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", 
 
 def ship(src: Path, dst: Path, dtype: str = "bf16", max_shard_size: str = "16MB") -> list[Path]:
     """Write ``src``'s model in ``dtype`` plus its side files into ``dst``; returns the weight files."""
-    from core.checkpoint import load_model, parse_dtype
+    from refinery.core.checkpoint import load_model, parse_dtype
 
     model = load_model(src, "cpu", parse_dtype(dtype))
     dst.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ DEFAULT_DATA = REPO / ".." / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
 def _train_tokenizer(texts: list[str], tok_dir: Path, vocab: int) -> None:
-    from core.tokenizer import train_embedded_tokenizer
+    from refinery.core.tokenizer import train_embedded_tokenizer
 
     shutil.rmtree(tok_dir, ignore_errors=True)
     train_embedded_tokenizer(texts, vocab_size=vocab).save_pretrained(str(tok_dir))
@@ -46,7 +46,7 @@ def prepare(out: Path, data: Path = DEFAULT_DATA, vocab: int = 8192) -> dict:
 
 
 def _tokenizer_loads(tok_dir: Path) -> bool:
-    from core.tokenizer import load_tokenizer, special_token_ids
+    from refinery.core.tokenizer import load_tokenizer, special_token_ids
 
     try:
         special_token_ids(load_tokenizer(tok_dir))

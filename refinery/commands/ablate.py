@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from experiments.config import DEFAULT_CONFIG, load_config, validate
+    from refinery.experiments.config import DEFAULT_CONFIG, load_config, validate
 
     config = load_config(args.config or DEFAULT_CONFIG)
     config = config.with_overrides(model=args.model, device=args.device, limit=args.limit,
@@ -46,21 +46,21 @@ def run(args) -> int:
         n = len(config.strategies)
         print(f"{config.source}: ok ({len(config.tasks)} tasks, {n} strategy entries, {len(config.budgets)} budgets)")
         return 0
-    from analysis.load import rows_frame
-    from analysis.tables import main_table_markdown
-    from experiments.runner import run_ablation
-    from experiments.store import load_rows
+    from refinery.analysis.load import rows_frame
+    from refinery.analysis.tables import main_table_markdown
+    from refinery.experiments.runner import run_ablation
+    from refinery.experiments.store import load_rows
 
     out = Path(args.out) if args.out else Path("runs") / config.name
     if config.protocol is not None:  # a tune winners config: count this look at test in its protocol
-        from experiments.tune import record_test_look
+        from refinery.experiments.tune import record_test_look
 
         validate(config, check_paths=True)  # a config that cannot run is not a look
         looks = record_test_look(config, out)
         print(f"test look {looks} of the tune protocol named by {config.source}", flush=True)
     run_dir = run_ablation(config, out, progress=not args.no_progress, repair=args.repair,
                            on_repair=lambda report: print(report.repair_line(), flush=True))
-    from experiments.shard import current
+    from refinery.experiments.shard import current
 
     if current().rank != 0:  # under torchrun: every rank has finished; rank 0 prints the table of all shards
         return 0

@@ -23,7 +23,7 @@ def check_port_free(host: str, port: int) -> None:
     """Refuse a --port something already listens on, before anything is built (Gradio would traceback)."""
     import socket
 
-    from core.errors import UsageError
+    from refinery.core.errors import UsageError
 
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -41,7 +41,7 @@ def check_port_free(host: str, port: int) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from core.checkpoint import check_checkpoint, check_device, parse_dtype
+    from refinery.core.checkpoint import check_checkpoint, check_device, parse_dtype
 
     if args.port is not None and not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port} is not a TCP port")
@@ -55,8 +55,8 @@ def run(args) -> int:
     if args.port is not None:
         check_port_free(args.host, args.port)
 
-    from app.demo import build_demo, start
-    from app.guard import PathGuard, exposure_warning, is_loopback
+    from refinery.app.demo import build_demo, start
+    from refinery.app.guard import PathGuard, exposure_warning, is_loopback
 
     exposed = not is_loopback(args.host)
     if exposed:

@@ -35,8 +35,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from core.checkpoint import parse_dtype
-    from core.convert import convert_checkpoint
+    from refinery.core.checkpoint import parse_dtype
+    from refinery.core.convert import convert_checkpoint
 
     delete_token = None if args.delete_token.lower() == "none" else args.delete_token
     report = convert_checkpoint(

@@ -71,10 +71,10 @@ def parse_params(items: list[str]) -> dict:
 
 def run(args) -> int:
     _quiet_start(args.quiet)
-    from core.checkpoint import load_model_and_tokenizer, parse_dtype
-    from core.decode import check_budget, check_cache, generate
-    from core.errors import UsageError
-    from core.tokenizer import decode_response, render_prompt
+    from refinery.core.checkpoint import load_model_and_tokenizer, parse_dtype
+    from refinery.core.decode import check_budget, check_cache, generate
+    from refinery.core.errors import UsageError
+    from refinery.core.tokenizer import decode_response, render_prompt
 
     if args.gen_length < 1:
         raise UsageError(f"--gen-length {args.gen_length}: must be at least 1 token")
@@ -144,8 +144,8 @@ def _set_threads(model, threads: int | None) -> None:
 def build_strategy(name: str, preset: str | None, params: dict):
     """-> (strategy, the preset name used or None). The default rule: no --preset means the strategy's
     ``project`` preset when it has one; 'none' means the config defaults."""
-    from strategies import get_strategy
-    from strategies.registry import strategy_class
+    from refinery.strategies import get_strategy
+    from refinery.strategies.registry import strategy_class
 
     if preset is None:
         preset = DEFAULT_PRESET if DEFAULT_PRESET in strategy_class(name).presets else None
@@ -189,7 +189,7 @@ class TaskChoice:
 
 def draw_example(name: str, index: int, split: str | None, data_dir: str | None) -> TaskChoice:
     """Example ``index`` of ``name``'s ``split`` (seed 0 order, as the ablation configs draw them)."""
-    from core.tasks import get_task
+    from refinery.core.tasks import get_task
 
     if index < 0:
         raise ValueError(f"--example {index}: must be >= 0")

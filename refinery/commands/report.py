@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from analysis.report import write_report
+    from refinery.analysis.report import write_report
 
     try:
         path = write_report(args.runs, args.out or args.runs[0], baseline=args.baseline)
@@ -34,7 +34,7 @@ def not_utf8(run_dirs) -> ValueError:
     """The error naming the run file that is not UTF-8 (the codec's own message names no file)."""
     from pathlib import Path
 
-    from core.errors import UsageError, read_text
+    from refinery.core.errors import UsageError, read_text
 
     for d in run_dirs:
         for name in ("rows.jsonl", "config.yaml"):

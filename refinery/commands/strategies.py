@@ -15,8 +15,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from core.typed import describe_range
-    from strategies import available_strategies
+    from refinery.core.typed import describe_range
+    from refinery.strategies import available_strategies
 
     items = available_strategies()
     width = max(len(n) for n in items)

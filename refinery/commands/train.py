@@ -38,9 +38,9 @@ def argparse_suppress():
 def run(args) -> int:
     import os
 
-    from core.checkpoint import check_device
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.checkpoint import check_device
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

@@ -36,12 +36,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from experiments.tune import load_tune, run_tune, trials_markdown
+    from refinery.experiments.tune import load_tune, run_tune, trials_markdown
 
     tune = load_tune(args.config)
     only = args.only.split(",") if args.only is not None else None
     if args.validate_only:
-        from experiments.config import validate
+        from refinery.experiments.config import validate
 
         experiment = tune.experiment_for(limit=args.limit, only=only, model=args.model, device=args.device,
                                          batch_size=args.batch_size, score_workers=args.score_workers)

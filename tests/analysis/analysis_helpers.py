@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.trace import CompactTrace
+from refinery.core.trace import CompactTrace
 
 PARAMS = {"masked": {"remasking": "low_confidence", "block_length": None},
           "masked-semiar": {"remasking": "low_confidence", "block_length": 8}, "edit": {"edit_passes": 2}}

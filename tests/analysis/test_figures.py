@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 
-from analysis import figures
-from analysis.load import load_runs
-from analysis.report import write_report
+from refinery.analysis import figures
+from refinery.analysis.load import load_runs
+from refinery.analysis.report import write_report
 
-from core.trace import CompactTrace
+from refinery.core.trace import CompactTrace
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -69,8 +69,8 @@ def test_report_of_a_run_without_traces_has_no_edit_figure(run_dir, tmp_path):
 
 
 def test_report_breaks_accuracy_down_by_the_tasks_subsets(tmp_path):
-    from core.tasks import get_task
-    from experiments.config import config_from_dict, dump_config
+    from refinery.core.tasks import get_task
+    from refinery.experiments.config import config_from_dict, dump_config
 
     config = config_from_dict({"tasks": [{"name": "pycode", "n": 6, "split": "test"}], "strategies": [{"name": "masked"}],
                                "budgets": ["1/1"], "gen_length": 8, "batch_size": 4})

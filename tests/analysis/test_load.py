@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import analysis.load
-from analysis.load import load_runs
+import refinery.analysis.load
+from refinery.analysis.load import load_runs
 
 
 def _write(run_dir, rows: list[dict]):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
-from analysis.report import write_report
+from refinery.analysis.report import write_report
 from refinery.cli import main
 
 
@@ -24,7 +24,7 @@ def test_a_torn_last_line_is_counted_not_hidden_under_n(run_dir, tmp_path, caplo
     rows.remove(last)
     torn = json.dumps(last)
     (run_dir / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + torn[: len(torn) // 2])
-    with caplog.at_level(logging.WARNING, logger="analysis.load"):
+    with caplog.at_level(logging.WARNING, logger="refinery.analysis.load"):
         assert main(["report", str(run_dir), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     assert "rows read 11; dropped: 1 torn line, 0 duplicates (kept first), 0 garbage lines" in text
@@ -38,7 +38,7 @@ def test_duplicates_never_double_n_and_garbage_is_counted(run_dir, tmp_path, cap
     edit_1_1 = [line for line in lines if '"label": "edit"' in line and '"budget": "1/1"' in line]
     assert len(edit_1_1) == 4
     (run_dir / "rows.jsonl").write_text("".join(lines) + "not json\n" + "".join(edit_1_1) + "[1, 2]\n")
-    with caplog.at_level(logging.WARNING, logger="analysis.load"):
+    with caplog.at_level(logging.WARNING, logger="refinery.analysis.load"):
         text = write_report([run_dir], tmp_path / "out").read_text()
     assert "rows read 24; dropped: 0 torn lines, 4 duplicates (kept first), 2 garbage lines" in text
     details = text[text.index("## Details"):]
@@ -50,7 +50,7 @@ def test_duplicates_never_double_n_and_garbage_is_counted(run_dir, tmp_path, cap
 
 
 def test_a_clean_run_says_nothing_was_dropped(run_dir, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="analysis.load"):
+    with caplog.at_level(logging.WARNING, logger="refinery.analysis.load"):
         text = write_report([run_dir], tmp_path / "out").read_text()
     assert "rows read 24; dropped: 0 torn lines, 0 duplicates (kept first), 0 garbage lines" in text
-    assert not [r for r in caplog.records if r.name == "analysis.load" and "dropped" in r.getMessage()]
+    assert not [r for r in caplog.records if r.name == "refinery.analysis.load" and "dropped" in r.getMessage()]

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.load import load_runs
-from analysis.tables import accuracy_table, find_baseline, gain_table, main_table, main_table_markdown, \
+from refinery.analysis.load import load_runs
+from refinery.analysis.tables import accuracy_table, find_baseline, gain_table, main_table, main_table_markdown, \
     mcnemar_exact, refinement_table, wilson_interval
 
 from analysis_helpers import CORRECT, make_run
@@ -104,7 +104,7 @@ def test_refinement_table_counts_fixed_and_broken_drafts(run_dir):
 def test_baseline_counts_every_config_field_not_a_fixed_list(tmp_path):
     """An option added to MaskedConfig (here bans and logits_eos_inf, which the old hand-written list of
     four names did not know) makes an entry less plain: the defaults win although listed later."""
-    from analysis.tables import non_default_settings
+    from refinery.analysis.tables import non_default_settings
 
     assert non_default_settings("masked", {}) == 0
     assert non_default_settings("masked", {"remasking": "low_confidence", "block_length": None}) == 0

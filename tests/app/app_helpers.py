@@ -17,8 +17,8 @@ TEXTS = [
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
     """Train a tiny BPE, build a random 2-layer LLaDA with a next-token head, save both into ``path``."""
-    from core.model import LLaDAConfig, LLaDAModel
-    from core.tokenizer import special_token_ids, train_embedded_tokenizer
+    from refinery.core.model import LLaDAConfig, LLaDAModel
+    from refinery.core.tokenizer import special_token_ids, train_embedded_tokenizer
 
     tok = train_embedded_tokenizer(TEXTS, vocab_size=320)
     torch.manual_seed(seed)

@@ -22,7 +22,7 @@ def app_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pair(app_checkpoint):
-    from core.checkpoint import load_model_and_tokenizer
+    from refinery.core.checkpoint import load_model_and_tokenizer
 
     return load_model_and_tokenizer(str(app_checkpoint))
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from app import backend
-from app.params import changed_params, field_specs, parse_value, short_label, widget_value
-from app.runs import find_runs, load_row_trace, load_rows, pick_rows, row_label
-from core.decode import generate
-from core.tokenizer import decode_response, render_prompt
-from strategies import available_strategies, get_strategy
+from refinery.app import backend
+from refinery.app.params import changed_params, field_specs, parse_value, short_label, widget_value
+from refinery.app.runs import find_runs, load_row_trace, load_rows, pick_rows, row_label
+from refinery.core.decode import generate
+from refinery.core.tokenizer import decode_response, render_prompt
+from refinery.strategies import available_strategies, get_strategy
 
 GEN = 16
 
@@ -177,9 +177,9 @@ def fake_tasks(monkeypatch):
     import sys
     from types import ModuleType
 
-    module = ModuleType("core.tasks")
+    module = ModuleType("refinery.core.tasks")
     module.get_task = lambda name, **kw: _FakeTask(name=name, **kw)
-    monkeypatch.setitem(sys.modules, "core.tasks", module)
+    monkeypatch.setitem(sys.modules, "refinery.core.tasks", module)
 
 
 def test_draw_example_and_score_a_task_prompt(fake_tasks, tiny_pair, tmp_path):
@@ -200,7 +200,7 @@ def test_draw_example_and_score_a_task_prompt(fake_tasks, tiny_pair, tmp_path):
 
 
 def test_draw_example_from_the_real_embedded_task():
-    tasks = pytest.importorskip("core.tasks", reason="core.tasks (helper B) not in this tree yet")
+    tasks = pytest.importorskip("refinery.core.tasks", reason="core.tasks (helper B) not in this tree yet")
     choice = backend.draw_example("arith", 0, 0, None)
     assert choice.example.prompt and choice.example.task == "arith"
     assert isinstance(tasks.get_task("arith").score(choice.example, str(choice.example.reference)).correct, bool)

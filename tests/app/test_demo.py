@@ -7,11 +7,11 @@ import json
 import gradio as gr
 import pytest
 
-from app.backend import MAX_PROMPT_TOKENS
-from app.demo import build_demo
-from app.render import EVENT_STYLES, TokenPieces, TraceView
-from core.decode import generate
-from core.tokenizer import render_prompt
+from refinery.app.backend import MAX_PROMPT_TOKENS
+from refinery.app.demo import build_demo
+from refinery.app.render import EVENT_STYLES, TokenPieces, TraceView
+from refinery.core.decode import generate
+from refinery.core.tokenizer import render_prompt
 from refinery.cli import main
 
 
@@ -77,7 +77,7 @@ def test_cli_app_rejects_bad_arguments(tmp_path, capsys):
 
 
 def test_generation_limits_follow_the_model(app_checkpoint):
-    from core.checkpoint import EMBEDDED
+    from refinery.core.checkpoint import EMBEDDED
 
     demo = build_demo(model=str(app_checkpoint), stream_interval=0.01)
     widget = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Generation length")
@@ -91,7 +91,7 @@ def test_generation_limits_follow_the_model(app_checkpoint):
 
 
 def test_exposed_demo_refuses_paths_outside_what_the_command_line_gave(app_checkpoint, tmp_path):
-    from app.guard import PathGuard, is_loopback
+    from refinery.app.guard import PathGuard, is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::")

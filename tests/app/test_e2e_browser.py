@@ -46,7 +46,7 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60)
 @pytest.fixture
 def app_server(tmp_path):
     """The app on a free loopback port, serving the shipped embedded model or a tiny one made here."""
-    from core.checkpoint import EMBEDDED
+    from refinery.core.checkpoint import EMBEDDED
 
     t0 = time.monotonic()
     if (EMBEDDED["embedded"] / "config.json").is_file():
@@ -79,7 +79,7 @@ def test_decode_in_a_real_browser(app_server, chromium, tmp_path):
 
     t0 = time.monotonic()
 
-    from strategies import available_strategies
+    from refinery.strategies import available_strategies
 
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(

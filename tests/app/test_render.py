@@ -7,11 +7,11 @@ import re
 import numpy as np
 import pytest
 
-from app.render import (EVENT_STYLES, MASK_GLYPH, MASK_STYLE, TokenPieces, TraceView, board_html, column_html,
+from refinery.app.render import (EVENT_STYLES, MASK_GLYPH, MASK_STYLE, TokenPieces, TraceView, board_html, column_html,
                         describe_hunk, diff_html, edit_hunks, items_html, legend_html, pass_items)
-from core.decode import generate
-from core.tokenizer import render_prompt
-from core.trace import CompactTrace
+from refinery.core.decode import generate
+from refinery.core.tokenizer import render_prompt
+from refinery.core.trace import CompactTrace
 
 GEN = 16
 

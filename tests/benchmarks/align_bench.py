@@ -23,8 +23,8 @@ import numba
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from core.align import pack
-from core.edit_labels import BatchEditLabels, batch_edit_labels_flat
+from refinery.core.align import pack
+from refinery.core.edit_labels import BatchEditLabels, batch_edit_labels_flat
 
 VOCAB = 50_000
 DELETE_ID, EOS_ID = VOCAB, VOCAB + 1  # outside the vocabulary the pairs are drawn from

@@ -15,10 +15,10 @@ import argparse
 
 import torch
 
-import core.decode as decode
-from core.checkpoint import load_model_and_tokenizer
-from core.tasks import get_task
-from core.tokenizer import render_prompt
+import refinery.core.decode as decode
+from refinery.core.checkpoint import load_model_and_tokenizer
+from refinery.core.tasks import get_task
+from refinery.core.tokenizer import render_prompt
 
 ENTRIES = {  # label: (strategy, params, budget) - the block variants of embedded_cache.yaml
     "masked": ("masked", {}, "1/2"),

@@ -47,7 +47,7 @@ FULL_MATRIX = dict(benchmarks=6, budgets=("1/1", "1/2", "1/4", "1/8"))
 
 def tiny_config(tokenizer) -> dict:
     """The 8B config's keys at toy size, with the embedded tokenizer's vocabulary and special ids."""
-    from core.tokenizer import special_token_ids
+    from refinery.core.tokenizer import special_token_ids
 
     ids = special_token_ids(tokenizer)
     return LLADA_8B | dict(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=64,
@@ -136,7 +136,7 @@ def ablation_config(model: Path, tokenizer: Path, args) -> dict:
 
 def best_cache(entry: dict) -> str | None:
     """The most reusing KV-cache mode the entry's strategy accepts (dual, else prefix), or None."""
-    from strategies import get_strategy
+    from refinery.strategies import get_strategy
 
     strategy = get_strategy(entry["name"], **entry.get("params", {}))
     return next((m for m in ("dual", "prefix") if strategy.refuse_cache(m) is None), None)
@@ -154,9 +154,9 @@ def cached_entries(entries: list[dict]) -> list[dict]:
 
 def run_ablation_timed(config_path: Path, out: Path) -> dict:
     """Load time, then the ablation (in this process, so CUDA's peak memory counter sees it) -> figures."""
-    from experiments.config import load_config
-    from experiments.runner import load_model_for, run_ablation
-    from experiments.store import load_rows
+    from refinery.experiments.config import load_config
+    from refinery.experiments.runner import load_model_for, run_ablation
+    from refinery.experiments.store import load_rows
 
     config = load_config(config_path)
     cuda = torch.cuda.is_available() and config.device.startswith("cuda")
@@ -242,8 +242,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     import yaml
 
-    from core.checkpoint import resolve_model_path
-    from core.tokenizer import load_tokenizer, special_token_ids
+    from refinery.core.checkpoint import resolve_model_path
+    from refinery.core.tokenizer import load_tokenizer, special_token_ids
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")

@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.decode import generate
-from core.model import LLaDAConfig, LLaDAModel
-from strategies import get_strategy
+from refinery.core.decode import generate
+from refinery.core.model import LLaDAConfig, LLaDAModel
+from refinery.strategies import get_strategy
 
 STRATEGIES = {
     "masked": {},
@@ -158,7 +158,7 @@ def llada_reference(model, prompt: torch.Tensor, steps: int, gen_length: int, ma
 def check_kernel() -> float:
     """Relative error of the fused argmax/probability kernel against float64 torch on random bf16 logits,
     read through a strided slice as the loop does; then its time on a batch-32 pass's logits."""
-    from strategies.kernels import argmax_probability
+    from refinery.strategies.kernels import argmax_probability
 
     full = (torch.randn(4, 513, 126464, device="cuda") * 3).to(torch.bfloat16)
     full[..., 126336] = -math.inf
@@ -432,7 +432,7 @@ def strategy_row(tm, name: str, cache: str, graphs: str, B: int, budget: str, re
 def main() -> None:
     args = parse_args()
     if args.launch:
-        from strategies import kernels
+        from refinery.strategies import kernels
 
         kernels.LAUNCH.update(json.loads(args.launch))
         print(f"fused kernel launch: {kernels.LAUNCH}", flush=True)

@@ -17,7 +17,7 @@ import statistics
 import torch
 import triton.language as tl
 
-from strategies.kernels import argmax_probability
+from refinery.strategies.kernels import argmax_probability
 
 
 def time_ms(fn, repeats: int = 7) -> float:

@@ -21,7 +21,7 @@ import resource
 import statistics
 import time
 
-from core import sandbox
+from refinery.core import sandbox
 
 PROGRAM = "import math\n\ndef f(x):\n    return math.gcd(x, 6)\n\nassert f(4) == 2\n"
 

@@ -21,7 +21,7 @@ import train_step_cost as T  # noqa: E402
 def test_step_cost_ratio_reports_its_figures(tmp_path, benchmark):
     import dataclasses
 
-    from core.train.engine import Trainer
+    from refinery.core.train.engine import Trainer
 
     s2, s3 = T.tiny_configs(tmp_path, batch=8)
     res = T.step_cost_ratio(s2, s3, steps=3, warmup=1)
@@ -58,7 +58,7 @@ def test_gpu_workspace_reuses_a_copied_runs_gsm8k(tmp_path):
     sys.path.insert(0, str(T.TRAIN))
     from prepare_gsm8k import ensure_prepared
 
-    from core.tokenizer import load_tokenizer
+    from refinery.core.tokenizer import load_tokenizer
 
     out, missing = tmp_path / "gsm8k", tmp_path / "no-such-train.jsonl"
     with pytest.raises(FileNotFoundError, match="not prepared"):

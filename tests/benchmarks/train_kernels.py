@@ -34,8 +34,8 @@ def _loss_and_grads(model, x0, autocast: bool, seed: int = 0):
     """Loss and {name: grad} of one Stage-1 loss (both heads when the model has the next-token head)."""
     import torch
 
-    from core.train.config import ObjectiveSection
-    from core.train.objectives import masked_diffusion_loss
+    from refinery.core.train.config import ObjectiveSection
+    from refinery.core.train.objectives import masked_diffusion_loss
 
     model.zero_grad(set_to_none=True)
     gen = torch.Generator().manual_seed(seed)
@@ -55,8 +55,8 @@ def _draft_loss_and_grads(model, draft_batch, autocast: bool):
 
     import torch
 
-    from core.train.config import ObjectiveSection
-    from core.train.stage3 import Stage3Objective
+    from refinery.core.train.config import ObjectiveSection
+    from refinery.core.train.stage3 import Stage3Objective
 
     c = model.config
     obj = Stage3Objective.__new__(Stage3Objective)  # draft_loss reads only the special ids and the objective
@@ -101,7 +101,7 @@ def _grad_diff(a: dict, b: dict) -> tuple[float, float, str]:
 def check_shape(name: str, shape: dict, vocab: int, batch: int, seq: int, kernels: list[str], heads2: bool) -> list:
     import torch
 
-    from core.model import LLaDAConfig, LLaDAModel
+    from refinery.core.model import LLaDAConfig, LLaDAModel
 
     torch.manual_seed(0)
     cfg = LLaDAConfig(vocab_size=vocab, mask_token_id=vocab - 1, eos_token_id=vocab - 2, delete_token_id=vocab - 3,
@@ -155,8 +155,8 @@ def cmd_profile(a) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
     from train_step_cost import TRAIN, gpu_workspace
 
     gpu_workspace()

@@ -55,7 +55,7 @@ def _sync() -> None:
 def time_steps(cfg, steps: int, warmup: int, sync_steps: int = 0):
     """Median seconds per optimiser step after ``warmup`` steps (a fresh model, no checkpoints), and the host
     syncs of ``sync_steps`` more steps (:func:`count_host_syncs`; None when not asked for or on the CPU)."""
-    from core.train.engine import Trainer
+    from refinery.core.train.engine import Trainer
 
     tr = Trainer(cfg)
     tr._prepare(None)
@@ -165,7 +165,7 @@ def tiny_configs(root: Path, batch: int = 8, model_config: dict | None = None):
     sys.path.insert(0, str(REPO / "tests" / "core"))
     import _train_helpers as H
 
-    from core.train.config import load_config
+    from refinery.core.train.config import load_config
 
     ws = H.make_workspace(root, n_chat=32)
     extra = {"optim.micro_batch_size": batch, **({"model.config": model_config} if model_config else {})}
@@ -211,7 +211,7 @@ def sync_steps(a) -> int:
 
 
 def cmd_ratio(a) -> None:
-    from core.train.config import load_config
+    from refinery.core.train.config import load_config
 
     if a.tiny:
         with tempfile.TemporaryDirectory() as d:
@@ -240,8 +240,8 @@ def attention_flops_per_token(n_layers: int, seq_len: int, width: int) -> float:
 
 
 def cmd_mfu(a) -> None:
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
 
     if a.warmup >= a.steps:
         raise SystemExit(f"mfu: --warmup {a.warmup} leaves none of --steps {a.steps} to measure")
@@ -286,9 +286,9 @@ def cmd_mfu(a) -> None:
 def cmd_zero2(a) -> None:
     import torch
 
-    from core.model import LLaDAModel
-    from core.tokenizer import load_tokenizer
-    from core.train.config import load_config
+    from refinery.core.model import LLaDAModel
+    from refinery.core.tokenizer import load_tokenizer
+    from refinery.core.train.config import load_config
 
     gpu_workspace()
     print(f"device: {device_name()} (x{torch.cuda.device_count()} visible), {a.gpus} processes", flush=True)

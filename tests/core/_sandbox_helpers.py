@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.sandbox import SandboxResult, run_program, sandbox_info
+from refinery.core.sandbox import SandboxResult, run_program, sandbox_info
 
 INFO = sandbox_info()
 # CI (.ci/run) runs as root and sets this: there every layer must be there, so a test that would skip

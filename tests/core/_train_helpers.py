@@ -32,7 +32,7 @@ def write_jsonl(path: Path, records) -> Path:
 
 
 def make_tokenizer(path: Path) -> Path:
-    from core.tokenizer import train_embedded_tokenizer
+    from refinery.core.tokenizer import train_embedded_tokenizer
 
     texts = [r["text"] for r in toy_texts(40)] + [r["response"] for r in toy_chat(40)] + ["repeat user assistant"]
     tok = train_embedded_tokenizer(texts, vocab_size=300)

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture
 def made_dirs(monkeypatch) -> list[str]:
     """The temporary directories the sandbox harness creates during the test (to check they are gone)."""
-    import core.sandbox
+    import refinery.core.sandbox
 
     made, mkdtemp = [], tempfile.mkdtemp
 
@@ -21,5 +21,5 @@ def made_dirs(monkeypatch) -> list[str]:
             made.append(path)
         return path
 
-    monkeypatch.setattr(core.sandbox.tempfile, "mkdtemp", recording)
+    monkeypatch.setattr(refinery.core.sandbox.tempfile, "mkdtemp", recording)
     return made

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein
 
-from core.align import DELETE, INSERT, KEEP, REPLACE, align_into, alignment, batch_alignment, batch_edit_scripts, \
+from refinery.core.align import DELETE, INSERT, KEEP, REPLACE, align_into, alignment, batch_alignment, batch_edit_scripts, \
     batch_levenshtein, edit_script, levenshtein, pack
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None)
@@ -253,14 +253,14 @@ def test_batches_of_different_size_are_rejected():
 _PROBE = """
 import sys, numpy as np
 from numba.core.registry import CPUDispatcher
-import core.align as A
+import refinery.core.align as A
 assert A.__file__.startswith(sys.argv[1]), A.__file__
 a, b = np.array([1, 2, 3]), np.array([1, 3, 4])
 if sys.argv[2] != "import":
     A.levenshtein(a, b)
 if sys.argv[2] == "all":
     A.edit_script(a, b)
-    import core.edit_labels as E
+    import refinery.core.edit_labels as E
     fa, fb = A.pack([a, a]), A.pack([b, b])
     A.batch_levenshtein(*fa, *fb); A.batch_edit_scripts(*fa, *fb)
     E.edit_labels(a, b, delete_id=9, eos_id=0)

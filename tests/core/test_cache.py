@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from tiny_models import tiny_config
-from core.decode import generate
-from core.model import KVCache, LLaDAModel
-from core.trace import CompactTrace
-from strategies import get_strategy
+from refinery.core.decode import generate
+from refinery.core.model import KVCache, LLaDAModel
+from refinery.core.trace import CompactTrace
+from refinery.strategies import get_strategy
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
 
@@ -158,7 +158,7 @@ def _ablation(**top) -> dict:
 
 
 def test_ablation_config_cache_keys():
-    from experiments.config import config_from_dict, validate
+    from refinery.experiments.config import config_from_dict, validate
 
     config = config_from_dict(_ablation(), source="c.yaml")
     assert [config.cache_for(s) for s in config.strategies] == ["none", "dual"]
@@ -169,7 +169,7 @@ def test_ablation_config_cache_keys():
 
 
 def test_ablation_config_cache_mistakes_name_the_key():
-    from experiments.config import ConfigError, config_from_dict, validate
+    from refinery.experiments.config import ConfigError, config_from_dict, validate
 
     with pytest.raises(ConfigError, match=r"c\.yaml: cache: 'full' is not a cache mode"):
         config_from_dict(_ablation(cache="full"), source="c.yaml")

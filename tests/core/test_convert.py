@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.checkpoint import load_model
-from core.convert import convert_checkpoint, detect_layout, map_key, parse_size
-from core.model import LLaDAConfig, LLaDAModel
-from core.tokenizer import load_tokenizer
+from refinery.core.checkpoint import load_model
+from refinery.core.convert import convert_checkpoint, detect_layout, map_key, parse_size
+from refinery.core.model import LLaDAConfig, LLaDAModel
+from refinery.core.tokenizer import load_tokenizer
 from refinery.cli import main as cli_main
 from test_tokenizer import write_llada_like_tokenizer
 
@@ -354,7 +354,7 @@ def test_mask_only_conversion_has_no_delete_token_unless_asked(tmp_path, capsys)
 def test_masked_decoding_without_a_delete_token_bans_no_real_token(scripted):
     """delete_token_id None: the masked strategy may write every vocabulary id but [MASK] (here id 62,
     which a model with a delete token would never be allowed to write)."""
-    from core.decode import generate
+    from refinery.core.decode import generate
 
     def fn(ids):
         logits = torch.zeros(ids.shape[0], ids.shape[1], 64)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tiny_models import EOS, MASK
-from core.decode import generate, left_pad, parse_budget, strip_padding
-from strategies import get_strategy
+from refinery.core.decode import generate, left_pad, parse_budget, strip_padding
+from refinery.strategies import get_strategy
 
 
 def test_parse_budget_and_strip_padding():

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.align import align_pair, batch_edit_scripts, labels_into, pack
-from core.edit_labels import apply_edits, apply_edits_reference, batch_edit_labels, batch_edit_labels_flat, \
+from refinery.core.align import align_pair, batch_edit_scripts, labels_into, pack
+from refinery.core.edit_labels import apply_edits, apply_edits_reference, batch_edit_labels, batch_edit_labels_flat, \
     canonical_alignment, edit_labels
 
 PAD, EOS, DEL, IGN = 0, 1, 2, -100  # real tokens are >= 3

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.checkpoint import EMBEDDED, load_model_and_tokenizer
-from core.decode import generate
-from core.tasks import get_task
-from core.tokenizer import decode_response, render_prompt
-from strategies import get_strategy
+from refinery.core.checkpoint import EMBEDDED, load_model_and_tokenizer
+from refinery.core.decode import generate
+from refinery.core.tasks import get_task
+from refinery.core.tokenizer import decode_response, render_prompt
+from refinery.strategies import get_strategy
 
 MiB = 1 << 20
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.fused import KERNELS, kernel_set, linear_cross_entropy, liger_ops, uses_fused_ce
-from core.model import LLaDAConfig, LLaDAModel
-from core.train.config import ObjectiveSection, Stage3Section
+from refinery.core.fused import KERNELS, kernel_set, linear_cross_entropy, liger_ops, uses_fused_ce
+from refinery.core.model import LLaDAConfig, LLaDAModel
+from refinery.core.train.config import ObjectiveSection, Stage3Section
 
 TINY = dict(vocab_size=100, d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, mask_token_id=99,
             eos_token_id=98, delete_token_id=97)
@@ -90,7 +90,7 @@ def test_linear_cross_entropy_fallback_matches_the_logits_formula():
 
 @pytest.mark.parametrize("normalize", ["tokens", "masked"])
 def test_stage1_fused_heads_loss_equals_eager(normalize):
-    from core.train.objectives import masked_diffusion_loss
+    from refinery.core.train.objectives import masked_diffusion_loss
 
     eager, fused = _pair("liger")
     x0 = torch.randint(0, 97, (4, 16))
@@ -109,7 +109,7 @@ def test_stage1_fused_heads_loss_equals_eager(normalize):
 
 
 def test_stage3_draft_loss_fused_heads_equals_eager():
-    from core.train.stage3 import Stage3Objective
+    from refinery.core.train.stage3 import Stage3Objective
 
     eager, fused = _pair("compile")
     rng = np.random.default_rng(0)
@@ -138,8 +138,8 @@ def test_training_keeps_the_yaml_kernels_across_a_resume(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _train_helpers as H
 
-    from core.train.config import load_config
-    from core.train.engine import Trainer, build_optimizer
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer, build_optimizer
 
     ws = H.make_workspace(tmp_path)
     over = H.tiny_overrides(ws, "text", tmp_path / "s1", **{"optim.max_steps": 2, "engine.save_every": 2,

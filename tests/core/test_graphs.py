@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from tiny_models import tiny_config
-from core import graphs
-from core.decode import generate
-from core.model import KVCache, LLaDAModel
-from strategies import get_strategy
+from refinery.core import graphs
+from refinery.core.decode import generate
+from refinery.core.model import KVCache, LLaDAModel
+from refinery.strategies import get_strategy
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
 
@@ -36,12 +36,12 @@ def _model(n_layers: int = 2) -> LLaDAModel:
 def test_cpu_falls_back_to_eager_and_says_why(caplog):
     model = _model()
     off = generate(model, PROMPTS, 16, "masked", "1/2", graphs="off")
-    with caplog.at_level(logging.WARNING, logger="core.decode"):
+    with caplog.at_level(logging.WARNING, logger="refinery.core.decode"):
         on = generate(model, PROMPTS, 16, "masked", "1/2", graphs="on")
     assert "graphs='on': the forward runs eager: the model is on the cpu: CUDA graphs need a CUDA device" in caplog.text
     assert on.graph_passes == 0 and torch.equal(on.tokens, off.tokens)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="core.decode"):
+    with caplog.at_level(logging.WARNING, logger="refinery.core.decode"):
         auto = generate(model, PROMPTS, 16, "masked", "1/2")  # the default, "auto": eager on a CPU, silently
     assert auto.graph_passes == 0 and caplog.text == "" and torch.equal(auto.tokens, off.tokens)
     with pytest.raises(ValueError, match=r"graphs 'always' unknown; choose one of \['auto', 'on', 'off'\]"):
@@ -187,7 +187,7 @@ def test_a_failed_capture_is_logged_once_and_the_pass_runs_eager(monkeypatch, ca
 
     monkeypatch.setattr("core.decode.graph_fallback_reason", lambda *args: None)
     monkeypatch.setattr(graphs, "cuda_capture", broken)
-    with caplog.at_level(logging.WARNING, logger="core.graphs"):
+    with caplog.at_level(logging.WARNING, logger="refinery.core.graphs"):
         got = generate(model, PROMPTS, 16, get_strategy("masked", block_length=4), "1/2", cache="dual", graphs="on")
     assert torch.equal(got.tokens, ref.tokens) and got.graph_passes == 0 and len(calls) == 1
     assert caplog.text.count("running eager from here: RuntimeError: operation not permitted") == 1

@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoConfig, AutoModel, LlamaConfig, LlamaModel
 
-from core.model import LLaDAConfig, LLaDAModel
+from refinery.core.model import LLaDAConfig, LLaDAModel
 
 
 def tiny(**kw) -> LLaDAConfig:

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from core.registry import Registry, unknown_name_message
+from refinery.core.registry import Registry, unknown_name_message
 
 
 class Base:
@@ -68,9 +68,9 @@ def test_lazy_targets_are_imported_and_checked_on_first_use(monkeypatch):
 
 
 def test_strategies_and_tasks_share_the_registry_type_and_message():
-    from core.tasks.base import TASKS, Task, get_task
-    from strategies.base import Strategy
-    from strategies.registry import STRATEGIES, get_strategy
+    from refinery.core.tasks.base import TASKS, Task, get_task
+    from refinery.strategies.base import Strategy
+    from refinery.strategies.registry import STRATEGIES, get_strategy
 
     assert isinstance(TASKS, Registry) and isinstance(STRATEGIES, Registry)
     assert {"arith", "gsm8k", "pycode"} <= set(TASKS) and {"masked", "edit", "remdm"} <= set(STRATEGIES)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import core.sandbox
-from core.sandbox import run_many, sandbox_info
+import refinery.core.sandbox
+from refinery.core.sandbox import run_many, sandbox_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sandbox_helpers import INFO, REQUIRE_ISOLATION, needs_drop, needs_fs, run  # noqa: E402
@@ -91,24 +91,24 @@ def test_venv_under_an_unreadable_directory_gets_its_stdlib(tmp_path):
 
 
 def test_missing_layers_degrade_with_a_warning_and_are_reported(monkeypatch, caplog):
-    broken = core.sandbox._Isolation(("unshare", "--no-such-flag"), private_root=True, drop=False)
+    broken = refinery.core.sandbox._Isolation(("unshare", "--no-such-flag"), private_root=True, drop=False)
     monkeypatch.setattr(core.sandbox, "_candidates", lambda root: [broken])
-    core.sandbox._isolation_cached.cache_clear()
+    refinery.core.sandbox._isolation_cached.cache_clear()
     try:
-        with caplog.at_level("WARNING", logger="core.sandbox"):
+        with caplog.at_level("WARNING", logger="refinery.core.sandbox"):
             info = sandbox_info()
             r = run("import math\nassert math.gcd(4, 6) == 2")
         assert r.passed, r
         assert not info["namespaces"] and not info["mount_namespace"] and info["backend"] == "none"
         assert "--no-such-flag" in caplog.text and "no namespaces available" in caplog.text
     finally:
-        core.sandbox._isolation_cached.cache_clear()  # the next test probes this machine again
+        refinery.core.sandbox._isolation_cached.cache_clear()  # the next test probes this machine again
 
 
 _AS_USER = '''
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from core.sandbox import run_program, sandbox_info
+from refinery.core.sandbox import run_program, sandbox_info
 r = run_program("""
 import os, shutil, subprocess
 status = open("/proc/self/status").read()

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-import core.tasks.benchmarks  # noqa: F401  (registers the four tasks)
-from core.errors import UsageError
-from core.tasks.base import TASKS, Example, get_task
-from core.tasks.benchmarks import (
+import refinery.core.tasks.benchmarks  # noqa: F401  (registers the four tasks)
+from refinery.core.errors import UsageError
+from refinery.core.tasks.base import TASKS, Example, get_task
+from refinery.core.tasks.benchmarks import (
     CODE_SYSTEM, MATH_SYSTEM, extract_code, last_boxed, last_number, verified_equal,
 )
 

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from core.tasks import Example, get_task
-from core.tasks.arith import ArithTask
-from core.tasks.embedded import split_of
-from core.tasks.pycode import extract_code
+from refinery.core.tasks import Example, get_task
+from refinery.core.tasks.arith import ArithTask
+from refinery.core.tasks.embedded import split_of
+from refinery.core.tasks.pycode import extract_code
 
 
 def _example(task, problem) -> Example:
@@ -140,7 +140,7 @@ def test_pycode_solutions_pass_and_vary_and_wrong_code_fails():
 
 
 def test_pycode_renamed_training_problems_use_names_evaluation_never_does_and_still_pass():
-    from core.tasks.pycode import RENAMES
+    from refinery.core.tasks.pycode import RENAMES
 
     plain, renamed = get_task("pycode"), get_task("pycode", rename_prob=0.5)
     renames = {n for names in RENAMES.values() for n in names}
@@ -177,7 +177,7 @@ EXTRACTIONS = [
 @pytest.mark.parametrize("answer, pycode_code, benchmark_code", EXTRACTIONS,
                          ids=["fenced", "unterminated", "no fence", "code on the fence line", "several blocks"])
 def test_pycode_and_benchmark_extract_code_differ_only_where_pinned(answer, pycode_code, benchmark_code):
-    from core.tasks import benchmarks
+    from refinery.core.tasks import benchmarks
 
     assert extract_code(answer) == pycode_code
     assert benchmarks.extract_code(answer) == benchmark_code
@@ -221,14 +221,14 @@ def test_space_2_test_split_is_large_and_disjoint_from_its_train_and_dev(name, n
 
 
 def _arith_identity(p):
-    from core.tasks.arith import identity
+    from refinery.core.tasks.arith import identity
 
     return identity(p.meta["start"], p.meta["steps"])
 
 
 def test_no_space_2_test_or_dev_arith_problem_was_a_space_1_problem():
     """"The same problem": the same start and events in order (names, items and wording aside)."""
-    from core.tasks.arith import in_space_1
+    from refinery.core.tasks.arith import in_space_1
 
     v1, v2 = get_task("arith"), get_task("arith", space=2)
     old = [p for split, n in (("train", 3000), ("dev", 600), ("test", 1000)) for p in v1.problems(split, n, seed=0)]
@@ -242,7 +242,7 @@ def test_no_space_2_test_or_dev_arith_problem_was_a_space_1_problem():
 
 def test_no_space_2_test_or_dev_pycode_problem_was_a_space_1_problem():
     """"The same problem": the same function name and spec, whatever the argument is called."""
-    from core.tasks.pycode import identity, space_1_identities
+    from refinery.core.tasks.pycode import identity, space_1_identities
 
     v1, v2 = get_task("pycode"), get_task("pycode", space=2)
     ident = lambda p: identity(p.meta["entry_point"], p.meta["spec"])  # noqa: E731
@@ -262,7 +262,7 @@ def test_no_space_2_test_or_dev_pycode_problem_was_a_space_1_problem():
 
 
 def _space_2_problems_by_family() -> dict:
-    from core.tasks.pycode import V2
+    from refinery.core.tasks.pycode import V2
 
     task, rng, out = get_task("pycode", space=2), random.Random(5), {}
     while len(out) < len(V2.families):
@@ -305,12 +305,12 @@ def test_space_2_arith_solutions_score_and_knobs_follow_the_space():
 
 
 def test_prepare_emits_space_2_training_data(tmp_path):
-    from experiments.embedded.prepare import _records
+    from refinery.experiments.embedded.prepare import _records
 
     v2_train = {p.prompt for p in get_task("pycode", space=2).problems("train", 1, seed=0)}
     recs = _records(("pycode", "train", 200, 0, "sft", 0, 0.0, 2))
     prompts = {r["history"][0]["content"] for r in recs}
-    from core.tasks.pycode import V1
+    from refinery.core.tasks.pycode import V1
 
     v1_stems = {fam(random.Random(0), 3, V1)[0] for fam in V1.families}
     assert any(not any(f" {stem}(" in q for stem in v1_stems) for q in prompts)  # space 2's own families

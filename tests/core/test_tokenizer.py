@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.tokenizer import (
+from refinery.core.tokenizer import (
     SPECIAL_TOKENS, decode_response, load_tokenizer, render_prompt, special_token_ids, train_embedded_tokenizer,
 )
 

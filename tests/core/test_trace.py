@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.decode import generate
-from core.trace import CompactTrace, walk_pass
-from strategies import get_strategy
+from refinery.core.decode import generate
+from refinery.core.trace import CompactTrace, walk_pass
+from refinery.strategies import get_strategy
 
 MASK = 9
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.train.config import TrainConfig, load_config
+from refinery.core.train.config import TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 YAMLS = sorted((REPO / "experiments" / "train").glob("*.yaml"))
@@ -66,7 +66,7 @@ def test_overrides_and_types(tmp_path):
 
 
 def test_unknown_model_config_key(tmp_path):
-    from core.train.model_setup import build_model
+    from refinery.core.train.model_setup import build_model
 
     cfg = load_config(write(tmp_path, "stage: sft\ntokenizer: t\ndata: {train_files: [a]}\n"
                                       "model: {config: {d_modle: 8}}\n"))
@@ -79,7 +79,7 @@ def test_deepspeed_jsons_build_a_valid_engine_config(tmp_path, path):
     """The shipped ZeRO JSONs, filled from the YAML, pass DeepSpeed's own (strict, pydantic) validation."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    from core.train.distributed import deepspeed_config
+    from refinery.core.train.distributed import deepspeed_config
 
     cfg = load_config(write(tmp_path, f"stage: sft\ntokenizer: t\ndata: {{train_files: [a]}}\n"
                                       f"optim: {{micro_batch_size: 3, grad_accum: 2, grad_clip: 0.5}}\n"
@@ -92,7 +92,7 @@ def test_deepspeed_jsons_build_a_valid_engine_config(tmp_path, path):
 
 
 def test_deepspeed_conflicting_value_is_refused(tmp_path):
-    from core.train.distributed import deepspeed_config
+    from refinery.core.train.distributed import deepspeed_config
 
     bad = tmp_path / "z.json"
     bad.write_text(json.dumps({"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 2}}))

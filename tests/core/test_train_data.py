@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.train.data import ChatExample, EpochSampler, collate_chat, validate_jsonl
+from refinery.core.train.data import ChatExample, EpochSampler, collate_chat, validate_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _train_helpers as H  # noqa: E402
@@ -67,7 +67,7 @@ def test_bad_data_fails_before_training_via_cli(tmp_path):
 def test_pack_texts_joins_with_eos_and_chunks(tmp_path):
     import datasets
 
-    from core.train.data import pack_texts
+    from refinery.core.train.data import pack_texts
 
     class Tok:  # whitespace "tokenizer": word -> its length, so the stream is easy to write by hand
         def __call__(self, texts, add_special_tokens=False):
@@ -105,8 +105,8 @@ def test_sampler_covers_each_epoch_and_resumes():
 
 
 def test_chat_prompt_is_the_chat_template(tmp_path):
-    from core.tokenizer import load_tokenizer, render_prompt
-    from core.train.data import encode_chat, load_records
+    from refinery.core.tokenizer import load_tokenizer, render_prompt
+    from refinery.core.train.data import encode_chat, load_records
 
     ws = H.make_workspace(tmp_path, n_chat=3)
     tok = load_tokenizer(ws["tokenizer"])

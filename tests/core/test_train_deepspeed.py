@@ -20,9 +20,9 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 import _train_helpers as H
-from core.train.config import load_config
-from core.train.engine import Trainer
-from core.model import LLaDAModel
+from refinery.core.train.config import load_config
+from refinery.core.train.engine import Trainer
+from refinery.core.model import LLaDAModel
 root = Path(sys.argv[2])
 ws = H.make_workspace(root)
 base = {"engine.precision": "fp32", "optim.max_steps": 6, "engine.save_every": 3, "optim.grad_accum": 2,
@@ -68,8 +68,8 @@ def test_deepspeed_zero2_zero3_single_process_cpu(tmp_path):
 
 
 def test_stage3_under_zero3_is_refused(tmp_path):
-    from core.train.config import load_config
-    from core.train.distributed import deepspeed_config
+    from refinery.core.train.config import load_config
+    from refinery.core.train.distributed import deepspeed_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"stage: stage3\ntokenizer: t\ndata: {{train_files: [a]}}\n"

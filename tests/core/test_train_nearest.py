@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from core.tasks import get_task
-from core.train.data import collate_chat, encode_chat, validate_jsonl
-from core.train.stage3 import nearest_references
+from refinery.core.tasks import get_task
+from refinery.core.train.data import collate_chat, encode_chat, validate_jsonl
+from refinery.core.train.stage3 import nearest_references
 
 
 def test_nearest_reference_picks_the_closest_candidate_and_keeps_the_truth_on_ties():
@@ -50,6 +50,6 @@ def test_references_are_validated_tokenized_and_carried_in_the_batch(tmp_path, t
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    from core.tokenizer import train_embedded_tokenizer
+    from refinery.core.tokenizer import train_embedded_tokenizer
 
     return train_embedded_tokenizer(["1+1=2 two 2", "what is 1+1?"] * 20, vocab_size=300)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.train.objectives import weighted_ce
+from refinery.core.train.objectives import weighted_ce
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _train_helpers as H  # noqa: E402
@@ -38,8 +38,8 @@ def test_weighted_ce_normalisations_by_hand():
 
 
 def test_stage3_labels_for_hand_made_draft_match_edit_labels():
-    from core.edit_labels import edit_labels
-    from core.train.stage3 import IGNORE, draft_targets
+    from refinery.core.edit_labels import edit_labels
+    from refinery.core.train.stage3 import IGNORE, draft_targets
 
     prompts = [np.array([10, 11, 12]), np.array([13])]
     truths = [np.array([20, 21, 22, 2]), np.array([30, 31, 2])]
@@ -62,8 +62,8 @@ def test_stage3_labels_for_hand_made_draft_match_edit_labels():
 
 
 def test_r2ft_loser_tiles_the_context_before_the_suffix():
-    from core.train.data import collate_chat, ChatExample
-    from core.train.r2ft import suffix_and_loser
+    from refinery.core.train.data import collate_chat, ChatExample
+    from refinery.core.train.r2ft import suffix_and_loser
 
     ex = [ChatExample(np.array([5, 6]), np.array([20, 21, 22, 23, 24, 2]))]
     batch = collate_chat(ex, pad_len=8, seq_len=64, eos_id=1)  # response padded to 8: cols 2..9
@@ -89,8 +89,8 @@ def ws(tmp_path_factory):
     ("r2ft", "sft", {}, "loss"),
 ])
 def test_each_stage_drives_its_loss_down(ws, tmp_path, stage, data, extra, key):
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
 
     out = tmp_path / stage
     cfg = load_config(H.TINY / f"tiny_{stage}.yaml", H.tiny_overrides(ws, data, out, **{"engine.save_every": 0, **extra}))
@@ -108,9 +108,9 @@ def test_each_stage_drives_its_loss_down(ws, tmp_path, stage, data, extra, key):
 def test_stage3_mixes_draft_and_masked_steps_with_edit_curriculum(ws, tmp_path):
     """intermediate_ratio 0.5 gives both kinds of steps; the edit passes of the curriculum run through the
     'edit' strategy of the one decode loop (counted by the draft steps' changed-token share being finite)."""
-    from core.train.config import load_config
-    from core.train.engine import Trainer
-    from core.train.stage3 import edit_passes_at
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
+    from refinery.core.train.stage3 import edit_passes_at
 
     over = {"optim.max_steps": 12, "engine.save_every": 0, "stage3.max_diffusion_steps": 2, "stage3.curriculum_steps": 6}
     cfg = load_config(H.TINY / "tiny_stage3.yaml", H.tiny_overrides(ws, "sft", tmp_path / "s3", **over))
@@ -123,8 +123,8 @@ def test_stage3_mixes_draft_and_masked_steps_with_edit_curriculum(ws, tmp_path):
 
 
 def test_stage3_uniform_edit_passes_draws_every_count(ws, tmp_path):
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
 
     over = {"optim.max_steps": 10, "engine.save_every": 0, "stage3.max_diffusion_steps": 2, "stage3.curriculum_steps": 1,
             "stage3.intermediate_ratio": 1.0, "stage3.edit_passes_sampling": "uniform"}
@@ -138,8 +138,8 @@ def test_stage3_uniform_edit_passes_draws_every_count(ws, tmp_path):
 
 
 def test_gradient_checkpointing_option_reaches_every_block(ws, tmp_path):
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
 
     over = {"optim.max_steps": 3, "engine.save_every": 0, "model.gradient_checkpointing": True}
     trainer = Trainer(load_config(H.TINY / "tiny_sft.yaml", H.tiny_overrides(ws, "sft", tmp_path / "gc", **over)))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.train.config import config_from_dict, load_config
-from core.train.data import ChatExample, collate_chat
+from refinery.core.train.config import config_from_dict, load_config
+from refinery.core.train.data import ChatExample, collate_chat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _train_helpers as H  # noqa: E402
@@ -31,7 +31,7 @@ def cfg_for(stage: str, recipe: str = "project", **sections):
 
 @pytest.fixture(scope="module")
 def model():
-    from core.model import LLaDAConfig, LLaDAModel
+    from refinery.core.model import LLaDAConfig, LLaDAModel
 
     torch.manual_seed(0)
     # a large init spread, so that the losses depend visibly on which labels and masks are used
@@ -94,7 +94,7 @@ def test_bad_recipes_name_the_file_and_key(tmp_path, text, needle):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_medlm_masked_loss_equals_the_port(model, seed):
-    from core.train.objectives import SFTObjective
+    from refinery.core.train.objectives import SFTObjective
 
     batch = chat_batch(seed)
     cfg = cfg_for("sft", "medlm")
@@ -115,7 +115,7 @@ def test_medlm_masked_loss_equals_the_port(model, seed):
 
 
 def test_medlm_never_masks_the_first_response_token():
-    from core.train.objectives import chat_eligible
+    from refinery.core.train.objectives import chat_eligible
 
     batch = chat_batch(5, n_rows=4)
     elig = chat_eligible(batch, mask_first=False)
@@ -159,7 +159,7 @@ def draft_rows(seed: int, n_rows: int = 3):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_medlm_draft_labels_and_loss_equal_the_port(model, seed):
-    from core.train.stage3 import IGNORE, Stage3Objective, label_rows
+    from refinery.core.train.stage3 import IGNORE, Stage3Objective, label_rows
 
     prompts, drafts, truths = draft_rows(seed)
     for (cur, nxt, gap0), d, t in zip(label_rows(drafts, truths, SPECIAL, True, "medlm"), drafts, truths):
@@ -178,7 +178,7 @@ def test_medlm_draft_labels_and_loss_equal_the_port(model, seed):
 def test_medlm_rollout_runs_until_no_mask_is_left_in_random_order(model):
     """Full rollouts: ceil(most masks in a row / k) forwards, no mask left, the first answer token and every
     unmasked token kept; random order: the committed positions are not the most confident ones."""
-    from core.train.stage3 import Stage3Objective
+    from refinery.core.train.stage3 import Stage3Objective
 
     batch = chat_batch(7, n_rows=3, pad_len=16)
     calls = []
@@ -207,7 +207,7 @@ def test_medlm_rollout_runs_until_no_mask_is_left_in_random_order(model):
 
 
 def test_epoch_fraction_curriculum_reaches_32_passes_over_training():
-    from core.train.stage3 import edit_passes_at
+    from refinery.core.train.stage3 import edit_passes_at
 
     cfg = cfg_for("stage3", "medlm")
     assert [edit_passes_at(s, 100, cfg) for s in (0, 3, 4, 50, 99)] == [0, 0, 1, 16, 31]
@@ -216,7 +216,7 @@ def test_epoch_fraction_curriculum_reaches_32_passes_over_training():
 
 
 def test_strip_drops_every_pad_of_the_draft():
-    from core.train.stage3 import Stage3Objective
+    from refinery.core.train.stage3 import Stage3Objective
 
     obj = Stage3Objective(cfg_for("stage3", "medlm"), SPECIAL)
     tokens = torch.tensor([[5, EOS, 6, 7, EOS, EOS], [EOS, 8, EOS, 9, 10, 11]])
@@ -227,8 +227,8 @@ def test_strip_drops_every_pad_of_the_draft():
 
 
 def test_medlm_stage3_trains_the_tiny_config_end_to_end(tmp_path):
-    from core.model import LLaDAModel
-    from core.train.engine import Trainer
+    from refinery.core.model import LLaDAModel
+    from refinery.core.train.engine import Trainer
 
     ws = H.make_workspace(tmp_path / "ws")
     out = tmp_path / "s3"
@@ -254,7 +254,7 @@ def test_medlm_stage3_trains_the_tiny_config_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_conv_paper_r2ft_loss_equals_the_port(model, seed):
-    from core.train.r2ft import R2FTObjective
+    from refinery.core.train.r2ft import R2FTObjective
 
     batch = chat_batch(seed, n_rows=3, prompt_min=15)
     ours = R2FTObjective(cfg_for("r2ft", "conv-paper"), SPECIAL).loss(model, batch, torch.Generator().manual_seed(seed),
@@ -272,7 +272,7 @@ def test_conv_paper_rejected_sample_matches_the_port_and_its_distribution():
     """Same stream -> the same loser as the port; over many draws: the span is 30-49 long and starts at a cut
     inside the answer, it repeats a 1-14-token phrase that ends at the cut, with exactly one eos that is not
     the span's last token; most phrase and span lengths turn up."""
-    from core.train.r2ft import phrase_span_pair
+    from refinery.core.train.r2ft import phrase_span_pair
 
     r = cfg_for("r2ft", "conv-paper").r2ft
     gen, gen_port = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
@@ -307,8 +307,8 @@ def test_project_recipe_keeps_llada_sft_loss_and_the_suffix_tile_r2ft(model):
     averaged; R2FT: the suffix-tiling loser, per-token means, rows averaged (written out by hand here)."""
     import torch.nn.functional as F
 
-    from core.train.objectives import SFTObjective
-    from core.train.r2ft import R2FTObjective, suffix_and_loser
+    from refinery.core.train.objectives import SFTObjective
+    from refinery.core.train.r2ft import R2FTObjective, suffix_and_loser
 
     batch = chat_batch(4, n_rows=3)
     cfg = cfg_for("sft", objective={"next_head_weight": 0.0})
@@ -338,7 +338,7 @@ def test_project_recipe_keeps_llada_sft_loss_and_the_suffix_tile_r2ft(model):
 
 
 def test_unknown_edit_preset_fails_before_training():
-    from core.train.stage3 import Stage3Objective
+    from refinery.core.train.stage3 import Stage3Objective
 
     with pytest.raises(ValueError, match="stage3.edit_preset"):
         Stage3Objective(cfg_for("stage3", "medlm", stage3={"edit_preset": "papr"}), SPECIAL)

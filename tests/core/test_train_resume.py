@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.train import checkpoint as ckpt
+from refinery.core.train import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _train_helpers as H  # noqa: E402
@@ -81,8 +81,8 @@ def stage3_cfg(tmp_path_factory) -> Path:
 
 def test_sigkill_then_resume_replays_the_same_losses(stage3_cfg, tmp_path):
     """Stage 3 exercises every random stream: masking, the draft/masked coin, k, rollout seeds, data order."""
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
 
     killed = tmp_path / "killed"
     proc = run_cli(stage3_cfg, killed)
@@ -117,10 +117,10 @@ def test_sigkill_then_resume_replays_the_same_losses(stage3_cfg, tmp_path):
 
 
 def test_checkpoint_dir_is_self_contained_and_pickle_free(stage3_cfg, tmp_path):
-    from core.model import LLaDAModel
-    from core.tokenizer import load_tokenizer
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.model import LLaDAModel
+    from refinery.core.tokenizer import load_tokenizer
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
 
     out = tmp_path / "run"
     cfg = load_config(stage3_cfg, {"engine.out_dir": str(out), "engine.progress": False, "optim.max_steps": 10,
@@ -149,9 +149,9 @@ def test_checkpoint_dir_is_self_contained_and_pickle_free(stage3_cfg, tmp_path):
 
 def test_max_seconds_stops_early_and_still_saves_the_final_model(stage3_cfg, tmp_path, monkeypatch):
     """engine.max_seconds cuts a run at a step boundary; the steps run are logged and the model is saved."""
-    from core.train import engine as engine_mod
-    from core.train.config import load_config
-    from core.train.engine import Trainer
+    from refinery.core.train import engine as engine_mod
+    from refinery.core.train.config import load_config
+    from refinery.core.train.engine import Trainer
 
     clock = iter(range(10_000))  # a fake monotonic clock: one second per reading, so the cut is deterministic
     monkeypatch.setattr(engine_mod.time, "monotonic", lambda: float(next(clock)))
@@ -166,7 +166,7 @@ def test_max_seconds_stops_early_and_still_saves_the_final_model(stage3_cfg, tmp
 
 
 def test_max_seconds_must_be_positive(stage3_cfg):
-    from core.train.config import load_config
+    from refinery.core.train.config import load_config
 
     with pytest.raises(ValueError, match="engine.max_seconds"):
         load_config(stage3_cfg, {"engine.max_seconds": 0})

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from core.train.config import config_from_dict, load_config
-from core.train.data import ChatExample, collate_chat, to_device
+from refinery.core.train.config import config_from_dict, load_config
+from refinery.core.train.data import ChatExample, collate_chat, to_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _train_helpers as H  # noqa: E402
@@ -44,7 +44,7 @@ def cfg_for(stage: str, **sections):
 
 @pytest.fixture(scope="module")
 def model():
-    from core.model import LLaDAConfig, LLaDAModel
+    from refinery.core.model import LLaDAConfig, LLaDAModel
 
     torch.manual_seed(0)
     conf = LLaDAConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, max_sequence_length=256,
@@ -133,7 +133,7 @@ def old_pair_logprobs(logits, pair, reduction, mask_id):
 @pytest.mark.parametrize("normalize,t_sampling,next_w,crop", [
     ("tokens", "sequence", 0.5, 0.0), ("masked", "micro_batch", 1.0, 0.0), ("tokens", "sequence", 0.0, 1.0)])
 def test_stage1_loss_metrics_and_grads_equal_the_old_formula(model, normalize, t_sampling, next_w, crop):
-    from core.train.objectives import PretrainObjective
+    from refinery.core.train.objectives import PretrainObjective
 
     cfg = cfg_for("pretrain", objective={"normalize": normalize, "t_sampling": t_sampling, "next_head_weight": next_w},
                   data={"train_files": ["x.jsonl"], "random_length_prob": crop})
@@ -151,7 +151,7 @@ def test_stage1_loss_metrics_and_grads_equal_the_old_formula(model, normalize, t
 
 @pytest.mark.parametrize("normalize,mask_first", [("tokens", True), ("masked", False)])
 def test_stage2_loss_metrics_and_grads_equal_the_old_formula(model, normalize, mask_first):
-    from core.train.objectives import SFTObjective, chat_eligible
+    from refinery.core.train.objectives import SFTObjective, chat_eligible
 
     cfg = cfg_for("sft", objective={"normalize": normalize, "mask_first_response_token": mask_first})
     batch = chat_batch(3)
@@ -164,7 +164,7 @@ def test_stage2_loss_metrics_and_grads_equal_the_old_formula(model, normalize, m
 
 
 def test_weighted_ce_takes_a_device_mask_or_a_host_selection_alike():
-    from core.train.objectives import Selection, weighted_ce
+    from refinery.core.train.objectives import Selection, weighted_ce
 
     g = torch.Generator().manual_seed(0)
     logits, targets = torch.randn(3, 5, 11, generator=g), torch.randint(0, 11, (3, 5), generator=g)
@@ -183,7 +183,7 @@ def test_weighted_ce_takes_a_device_mask_or_a_host_selection_alike():
 # ------------------------------------------------------------------------------- numerics: Stage 3 and R2FT
 @pytest.mark.parametrize("t", [None, 0.25])
 def test_stage3_draft_loss_equals_the_old_formula(model, t):
-    from core.train.stage3 import Stage3Objective, draft_targets
+    from refinery.core.train.stage3 import Stage3Objective, draft_targets
 
     cfg = cfg_for("stage3", objective={"next_head_weight": 0.7})
     rng = np.random.default_rng(0)
@@ -216,7 +216,7 @@ def test_stage3_draft_loss_equals_the_old_formula(model, t):
     {}, {"lp_reduction": "sum", "batch_reduction": "sum", "ban_mask_logit": True},
     {"rejected": "phrase_span", "lp_reduction": "length", "repeat_ns": [1, 2]}])
 def test_r2ft_loss_and_metrics_equal_the_old_formula(model, r2ft):
-    from core.train.r2ft import R2FTObjective, phrase_span_pair, suffix_tile_pair
+    from refinery.core.train.r2ft import R2FTObjective, phrase_span_pair, suffix_tile_pair
 
     cfg = cfg_for("r2ft", r2ft={"beta_w": 1.0, "beta_l": 0.5, "gamma": 0.1, "beta_a": 0.1, **r2ft})
     r = cfg.r2ft
@@ -243,7 +243,7 @@ def ws(tmp_path_factory):
 
 
 def trainer_for(ws, tmp_path, stage: str, data: str, **over):
-    from core.train.engine import Trainer
+    from refinery.core.train.engine import Trainer
 
     cfg = load_config(H.TINY / f"tiny_{stage}.yaml", H.tiny_overrides(ws, data, tmp_path / stage,
                                                                       **{"engine.save_every": 0, **over}))

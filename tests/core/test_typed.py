@@ -9,8 +9,8 @@ from typing import Any, Literal, Mapping, Optional
 
 import pytest
 
-from core.errors import ConfigError, UsageError
-from core.typed import DTYPE_NAMES, build, check_fields, check_value, coerce, describe_range, field_choices, ranged
+from refinery.core.errors import ConfigError, UsageError
+from refinery.core.typed import DTYPE_NAMES, build, check_fields, check_value, coerce, describe_range, field_choices, ranged
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ def test_helpers_for_forms_and_dtypes():
 def test_one_dtype_table_for_configs_and_loading():
     import torch
 
-    from core.checkpoint import parse_dtype
-    from experiments.config import DTYPES
+    from refinery.core.checkpoint import parse_dtype
+    from refinery.experiments.config import DTYPES
 
     assert set(DTYPES) == set(DTYPE_NAMES)  # the ablation config accepts exactly what loading understands
     assert [parse_dtype(n) for n in ("fp32", "bf16", "float16", "auto", None)] == \

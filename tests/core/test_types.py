@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import core.decode
-import core.edit_labels
-import core.trace
-import core.types
-import strategies.base
-from strategies.registry import available_strategies
+import refinery.core.decode
+import refinery.core.edit_labels
+import refinery.core.trace
+import refinery.core.types
+import refinery.strategies.base
+from refinery.strategies.registry import available_strategies
 
 ROOT = Path(__file__).resolve().parents[2]
 TOP_PACKAGES = ("core", "strategies", "experiments", "app", "analysis", "refinery")
@@ -32,7 +32,7 @@ def imports_of(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
 def test_imports_of_sees_lazy_imports(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("import os\n\ndef f():\n    from core.decode import strip_padding\n    return strip_padding\n")
-    assert imports_of(src) == [("os", (), 1), ("core.decode", ("strip_padding",), 4)]
+    assert imports_of(src) == [("os", (), 1), ("refinery.core.decode", ("strip_padding",), 4)]
 
 
 def test_core_types_imports_no_project_module():
@@ -43,25 +43,25 @@ def test_core_types_imports_no_project_module():
 @pytest.mark.parametrize("path", sorted((ROOT / "strategies").glob("*.py")), ids=lambda p: p.name)
 def test_strategies_reach_core_only_through_core_types(path):
     """No strategy module imports the loop, the trace or the edit labels, not even lazily: that was the cycle."""
-    bad = [(m, line) for m, _, line in imports_of(path) if m.split(".")[0] == "core" and m != "core.types"]
+    bad = [(m, line) for m, _, line in imports_of(path) if m.split(".")[0] == "core" and m != "refinery.core.types"]
     assert bad == [], f"{path.name} imports {bad}"
 
 
 def test_edit_labels_imports_no_private_name_of_align():
     private = [(names, line) for m, names, line in imports_of(ROOT / "core" / "edit_labels.py")
-               if m == "core.align" and any(n.startswith("_") for n in names)]
+               if m == "refinery.core.align" and any(n.startswith("_") for n in names)]
     assert private == []
 
 
 def test_old_homes_re_export_the_same_objects():
-    assert strategies.base.DecodeContext is core.types.DecodeContext
-    assert strategies.base.DecodeState is core.types.DecodeState
-    assert strategies.base.ForwardOutput is core.types.ForwardOutput
-    assert strategies.base.CACHE_MODES is core.types.CACHE_MODES
-    assert core.trace.StepRecord is core.types.StepRecord
-    assert core.trace.EVENT_KINDS is core.types.EVENT_KINDS
-    assert core.edit_labels.apply_edits is core.types.apply_edits
-    assert core.decode.strip_padding is core.types.strip_padding
+    assert refinery.strategies.base.DecodeContext is refinery.core.types.DecodeContext
+    assert refinery.strategies.base.DecodeState is refinery.core.types.DecodeState
+    assert refinery.strategies.base.ForwardOutput is refinery.core.types.ForwardOutput
+    assert refinery.strategies.base.CACHE_MODES is refinery.core.types.CACHE_MODES
+    assert refinery.core.trace.StepRecord is refinery.core.types.StepRecord
+    assert refinery.core.trace.EVENT_KINDS is refinery.core.types.EVENT_KINDS
+    assert refinery.core.edit_labels.apply_edits is refinery.core.types.apply_edits
+    assert refinery.core.decode.strip_padding is refinery.core.types.strip_padding
 
 
 def test_only_edit_declares_the_next_token_head_and_the_delete_token():
@@ -69,14 +69,14 @@ def test_only_edit_declares_the_next_token_head_and_the_delete_token():
     classes = available_strategies()
     assert {n for n, c in classes.items() if c.needs_next_head} == {"edit"}
     assert {n for n, c in classes.items() if c.needs_delete_token} == {"edit"}
-    assert strategies.base.Strategy.needs_next_head is False
+    assert refinery.strategies.base.Strategy.needs_next_head is False
 
 
 def test_edit_keeps_no_per_call_state_on_itself(tiny_model):
     """Two generations with one strategy object equal two with fresh ones: the call's state lives in the
     DecodeState, and the strategy object holds only what its config determines."""
-    from core.decode import generate
-    from strategies.registry import get_strategy
+    from refinery.core.decode import generate
+    from refinery.strategies.registry import get_strategy
 
     shared = get_strategy("edit", edit_passes=2)
     before = dict(vars(shared))
@@ -92,7 +92,7 @@ def test_loop_owns_step_record_active(tiny_model):
     """A strategy's record leaves ``active`` unset; the loop fills in the rows it charged for the pass."""
     import torch
 
-    from strategies.registry import get_strategy
+    from refinery.strategies.registry import get_strategy
 
     strategy = get_strategy("masked")
     seen = []
@@ -105,7 +105,7 @@ def test_loop_owns_step_record_active(tiny_model):
 
     strategy.step = spy
     records = []
-    core.decode.generate(tiny_model, [[5, 6, 7], [8]], 4, strategy, "1/1", on_step=lambda i, r: records.append(r))
+    refinery.core.decode.generate(tiny_model, [[5, 6, 7], [8]], 4, strategy, "1/1", on_step=lambda i, r: records.append(r))
     assert seen == [None] * 4
     assert all(r.active is not None and r.active.dtype == torch.bool for r in records)
     assert records[0].active.tolist() == [True, True]

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-import core.sandbox
-from core.tasks import get_task
-from core.tasks.base import VERDICTS, VerdictMemo
+import refinery.core.sandbox
+from refinery.core.tasks import get_task
+from refinery.core.tasks.base import VERDICTS, VerdictMemo
 
 
 @pytest.fixture
 def counted(monkeypatch):
     """Clears the memo and counts the programs the sandbox runs."""
     ran = []
-    real = core.sandbox.run_many
+    real = refinery.core.sandbox.run_many
 
     def run_many(programs, workers=2, **kw):
         ran.extend(programs)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.config import ConfigError, config_from_dict, load_config, validate
-from strategies import available_strategies
+from refinery.experiments.config import ConfigError, config_from_dict, load_config, validate
+from refinery.strategies import available_strategies
 
 from ablation_helpers import small_config, write_yaml
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from core.tasks import get_task
-from core.tasks.pycode import RENAMES
-from experiments.embedded.prepare import prepare
+from refinery.core.tasks import get_task
+from refinery.core.tasks.pycode import RENAMES
+from refinery.experiments.embedded.prepare import prepare
 
 
 def _read(path):
@@ -23,7 +23,7 @@ def test_prepare_writes_train_split_records_and_a_tokenizer_that_covers_them(tmp
     assert not prompts & held  # only training problems
     renames = {n for names in RENAMES.values() for n in names}
     assert any(f"({n})" in p for p in prompts for n in renames)  # some pycode arguments renamed
-    from core.tokenizer import load_tokenizer
+    from refinery.core.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tmp_path / "tokenizer")
     assert len(tok) == counts["vocab"] and counts["max_response_tokens"] <= 48

@@ -8,9 +8,9 @@ import json
 import torch
 from tiny_models import tiny_config
 
-from core.checkpoint import load_model
-from core.model import LLaDAModel
-from experiments.embedded.ship import ship
+from refinery.core.checkpoint import load_model
+from refinery.core.model import LLaDAModel
+from refinery.experiments.embedded.ship import ship
 
 
 def test_ship_casts_to_bf16_keeps_the_card_and_loads_as_fp32_on_cpu(tmp_path):

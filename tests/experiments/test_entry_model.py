@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from experiments.config import ConfigError, config_from_dict, load_config, validate
-from experiments.runner import run_ablation
-from experiments.store import load_rows
-from experiments.tune import load_tune, tune_from_dict, winners_config
+from refinery.experiments.config import ConfigError, config_from_dict, load_config, validate
+from refinery.experiments.runner import run_ablation
+from refinery.experiments.store import load_rows
+from refinery.experiments.tune import load_tune, tune_from_dict, winners_config
 from refinery.cli import main
 
 from ablation_helpers import small_config, write_yaml
@@ -25,7 +25,7 @@ CONTENT = ("output", "correct", "nfe", "extracted", "error", "draft_output", "pa
 @pytest.fixture(scope="session")
 def other_checkpoint(tmp_path_factory):
     """A second tiny checkpoint with the same tokenizer and other weights."""
-    from core.model import LLaDAModel
+    from refinery.core.model import LLaDAModel
 
     path = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "other")
     with single_thread():
@@ -66,7 +66,7 @@ def test_entry_model_parses_and_only_entries_that_set_it_carry_it(tiny_checkpoin
 
 
 def test_each_entry_decodes_with_its_model_loaded_once(tmp_path, tiny_checkpoint, other_checkpoint, monkeypatch):
-    import experiments.runner as runner
+    import refinery.experiments.runner as runner
 
     loads = []
     real = runner.load_model_for
@@ -196,7 +196,7 @@ def test_the_shipped_tune_config_names_the_new_checkpoints_on_space_2():
     test = {t["name"]: t for t in tune.test_tasks}
     assert test["arith"]["n"] >= 1000 and test["pycode"]["n"] >= 500
     assert all(t["kwargs"] == {"space": 2} and t["split"] == "test" for t in test.values())
-    from core.checkpoint import EMBEDDED
+    from refinery.core.checkpoint import EMBEDDED
 
     assert EMBEDDED["embedded-r2ft_conv"].name == "r2ft_conv" and EMBEDDED["embedded-stage3_medlm"].name == \
         "stage3_medlm"

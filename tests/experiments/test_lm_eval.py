@@ -24,7 +24,7 @@ EDIT = dict(edit_passes=4, keep_threshold=0.5, revert_margin=0.5, revert_to="bes
 
 
 def test_task_jsonl_is_the_embedded_arith_dev_split():
-    from core.tasks import get_task
+    from refinery.core.tasks import get_task
 
     docs = [json.loads(line) for line in (TASKS / "arith_dev.jsonl").read_text().splitlines()]
     examples = get_task("arith").examples("dev", len(docs), 0)
@@ -32,7 +32,7 @@ def test_task_jsonl_is_the_embedded_arith_dev_split():
 
 
 def test_one_token_likelihood_is_exact_and_the_estimate_is_seeded(tiny_checkpoint):
-    from core.checkpoint import load_model
+    from refinery.core.checkpoint import load_model
 
     model = load_model(tiny_checkpoint, "cpu", torch.float32).eval()
     ctx, cont = [5, 6, 7, 8], [9]

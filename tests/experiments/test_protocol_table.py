@@ -1,4 +1,4 @@
-"""``python -m analysis.protocol_table``: a tiny tune + its winners on test -> the README table."""
+"""``python -m refinery.analysis.protocol_table``: a tiny tune + its winners on test -> the README table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from analysis.protocol_table import load_protocol_run, main, protocol_markdown
-from analysis.tables import mcnemar_exact, wilson_interval
-from core.tasks.base import Score
-from experiments.store import load_rows
+from refinery.analysis.protocol_table import load_protocol_run, main, protocol_markdown
+from refinery.analysis.tables import mcnemar_exact, wilson_interval
+from refinery.core.tasks.base import Score
+from refinery.experiments.store import load_rows
 from refinery.cli import main as refinery
 
 from ablation_helpers import write_yaml
@@ -29,7 +29,7 @@ def _coin_score(self, example, output: str) -> Score:
 @pytest.fixture(scope="module")
 def protocol_runs(tmp_path_factory, tiny_checkpoint):
     """A tune of two entries (masked from its paper preset) and one ablate of its winners on test."""
-    from core.tasks.arith import ArithTask
+    from refinery.core.tasks.arith import ArithTask
 
     tmp = tmp_path_factory.mktemp("protocol")
     data = tune_dict(tiny_checkpoint, test_tasks=[{"name": "arith", "n": 12, "split": "test", "seed": 0}])

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.config import config_from_dict, load_config
-from experiments.runner import WALL_TIME_FIELDS, load_examples, plan_cells, run_ablation
-from experiments.store import load_rows, load_trace
+from refinery.experiments.config import config_from_dict, load_config
+from refinery.experiments.runner import WALL_TIME_FIELDS, load_examples, plan_cells, run_ablation
+from refinery.experiments.store import load_rows, load_trace
 
 from ablation_helpers import small_config, write_yaml
 from tiny_models import single_thread
@@ -146,7 +146,7 @@ def test_edit_rows_carry_their_scored_draft(tiny_checkpoint, tmp_path):
     """An edit row keeps the mask phase's draft (as the trace has it at the end of that phase) and its score."""
     import numpy as np
 
-    from core.tokenizer import decode_response, load_tokenizer
+    from refinery.core.tokenizer import decode_response, load_tokenizer
 
     cfg = small_config(tiny_checkpoint, strategies=[{"name": "masked"}, {"name": "edit", "params": {"edit_passes": 2}}],
                        budgets=["1/1"])

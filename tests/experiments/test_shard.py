@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments.config import load_config
-from experiments.shard import ShardInfo, assign, current, my_cells, rows_files
-from experiments.store import RunStore, acquire_lock, load_rows, read_rows, row_key
+from refinery.experiments.config import load_config
+from refinery.experiments.shard import ShardInfo, assign, current, my_cells, rows_files
+from refinery.experiments.store import RunStore, acquire_lock, load_rows, read_rows, row_key
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "ablations" / "embedded_default.yaml"
@@ -154,8 +154,8 @@ def test_a_killed_rank_loses_only_its_unfinished_cells(single_and_sharded, tmp_p
 
 KILL_AFTER_FIRST_BATCH = """
 import os, sys
-from experiments.config import load_config
-from experiments.runner import run_ablation
+from refinery.experiments.config import load_config
+from refinery.experiments.runner import run_ablation
 config = load_config(sys.argv[1]).with_overrides(limit=2, only=["masked", "edit"], device="cpu")
 run_ablation(config, sys.argv[2], progress=False, on_batch=lambda cell, rows: os._exit(9))
 """

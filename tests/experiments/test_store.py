@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.trace import CompactTrace
-from experiments.config import config_from_dict, load_config
-from experiments.store import RunLocked, RunStore, load_rows, load_trace, read_rows, repair_rows, row_key
+from refinery.core.trace import CompactTrace
+from refinery.experiments.config import config_from_dict, load_config
+from refinery.experiments.store import RunLocked, RunStore, load_rows, load_trace, read_rows, repair_rows, row_key
 
 from ablation_helpers import small_config, write_yaml
 
@@ -146,8 +146,8 @@ def test_a_grown_config_extends_the_run_and_the_stored_config_is_the_union(tmp_p
 
 _HOLDER = """
 import sys, time
-from experiments.config import load_config
-from experiments.store import RunStore
+from refinery.experiments.config import load_config
+from refinery.experiments.store import RunStore
 store = RunStore.open(sys.argv[2], load_config(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(120)
@@ -167,7 +167,7 @@ def _hold_lock(cfg_path: Path, run_dir: Path) -> subprocess.Popen:
 
 
 def test_a_second_writer_process_is_refused_and_changes_nothing(tmp_path):
-    from experiments.config import load_config
+    from refinery.experiments.config import load_config
 
     cfg_path = write_yaml(tmp_path / "small.yaml", small_config(tmp_path))
     config, run_dir = load_config(cfg_path), tmp_path / "run"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.config import ConfigError, config_from_dict, load_config
-from experiments.search import SpaceError, parse_space, sample_trials
-from experiments.tune import load_tune, select, trial_scores, tune_from_dict
+from refinery.experiments.config import ConfigError, config_from_dict, load_config
+from refinery.experiments.search import SpaceError, parse_space, sample_trials
+from refinery.experiments.tune import load_tune, select, trial_scores, tune_from_dict
 from refinery.cli import main
 
 from ablation_helpers import small_config, write_yaml
@@ -128,8 +128,8 @@ def test_bad_tune_configs_name_file_and_key(tiny_checkpoint, change, key, reason
 
 
 def test_a_preset_is_the_start_and_written_params_override_it(tiny_checkpoint, monkeypatch):
-    from strategies.base import Preset
-    from strategies.registry import strategy_class
+    from refinery.strategies.base import Preset
+    from refinery.strategies.registry import strategy_class
 
     cls = strategy_class("threshold")
     monkeypatch.setattr(cls, "presets", {**cls.presets, "paper": Preset({"threshold": 0.9, "block_length": 8}, "t")})
@@ -179,7 +179,7 @@ def test_a_grid_protocol_runs_exactly_its_grid(tiny_checkpoint):
 
 
 def test_per_budget_winners_become_one_entry_per_winning_trial_at_the_budgets_it_won(tiny_checkpoint):
-    from experiments.tune import winners_config
+    from refinery.experiments.tune import winners_config
 
     data = tune_dict(tiny_checkpoint, protocol={"trials": 3, "sampler": "random", "seed": 0, "select": "per_budget"})
     tune = tune_from_dict(data, source="t.yaml")
@@ -240,7 +240,7 @@ def test_tune_then_ablate_the_winners_counts_every_look(tmp_path, tiny_checkpoin
 def test_looks_recorded_at_once_are_all_counted(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from experiments.tune import record_test_look
+    from refinery.experiments.tune import record_test_look
 
     (tmp_path / "protocol.json").write_text(json.dumps({"test_looks": 0}))
     cfg = write_yaml(tmp_path / "winners.yaml", dict(small_config(tmp_path / "m"), protocol="protocol.json"))
@@ -283,7 +283,7 @@ SHIPPED_TUNE = sorted((Path(__file__).resolve().parents[2] / "experiments" / "ab
 
 @pytest.mark.parametrize("path", SHIPPED_TUNE, ids=lambda p: p.name)
 def test_shipped_tune_configs_validate(path):
-    from experiments.config import validate
+    from refinery.experiments.config import validate
 
     tune = load_tune(path)
     validate(tune.experiment, check_paths=False)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from core.model import LLaDAConfig, LLaDAModel
+from refinery.core.model import LLaDAConfig, LLaDAModel
 from refinery.cli import main
 from tiny_models import save_tiny_checkpoint, single_thread
 
@@ -84,8 +84,8 @@ def test_device_without_cuda(ckpt, capsys, no_cuda):
 
 def test_gpu_index_beyond_the_machine(monkeypatch):
     """On a one-GPU machine ``cuda:7`` was an 'invalid device ordinal' traceback from inside model.to()."""
-    from core.checkpoint import check_device
-    from core.errors import UsageError
+    from refinery.core.checkpoint import check_device
+    from refinery.core.errors import UsageError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -156,7 +156,7 @@ def test_prompt_longer_than_the_model_is_refused_by_name(ckpt, capsys):
 
 
 def test_generate_refuses_prompt_plus_gen_length_over_the_limit():
-    from core.decode import generate
+    from refinery.core.decode import generate
 
     model = LLaDAModel(LLaDAConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mask_token_id=63,
                                    eos_token_id=1, max_sequence_length=24)).eval()
@@ -278,7 +278,7 @@ def test_busy_port_is_one_line(capsys):
 def test_exposed_host_warns_and_restricts_paths(tmp_path, capsys, monkeypatch):
     import gradio as gr
 
-    import app.demo
+    import refinery.app.demo
 
     seen = {}
 

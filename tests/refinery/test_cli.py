@@ -20,7 +20,7 @@ def test_help_lists_subcommands():
 
 
 def test_strategies_lists_every_registered_strategy(capsys):
-    from strategies import available_strategies
+    from refinery.strategies import available_strategies
 
     assert main(["strategies"]) == 0
     out = capsys.readouterr().out

@@ -51,7 +51,7 @@ def test_edit_alone_runs_the_results_table_setting():
 
 def test_task_examples_come_from_dev_for_generated_tasks():
     choice = draw_example("arith", 3, None, None)
-    from core.tasks import get_task
+    from refinery.core.tasks import get_task
 
     assert choice.example == get_task("arith").examples("dev", 4, 0)[3] and choice.label == "arith dev #3"
     assert draw_example("arith", 3, "test", None).example == get_task("arith").examples("test", 4, 0)[3]
@@ -101,7 +101,7 @@ def test_help_shows_defaults(capsys):
 
 def test_the_readme_tour_shows_edit_fixing_the_mask_only_draft(capsys):
     """The README's first two commands on the shipped model: masked at 1/8 is wrong, edit fixes it."""
-    from core.checkpoint import EMBEDDED
+    from refinery.core.checkpoint import EMBEDDED
 
     if not (EMBEDDED["embedded"] / "config.json").is_file():
         pytest.skip("the shipped embedded checkpoint is not in this checkout")

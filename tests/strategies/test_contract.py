@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.decode import generate
-from strategies import available_strategies, get_strategy
-from strategies.base import CACHE_MODES, Strategy, commit
+from refinery.core.decode import generate
+from refinery.strategies import available_strategies, get_strategy
+from refinery.strategies.base import CACHE_MODES, Strategy, commit
 
 L = 16
 BUDGETS = ("1/1", "1/2", "1/4", "1/8")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tiny_models import VOCAB
-from core.decode import generate
-from strategies import get_strategy
-from strategies.base import DecodeContext, DecodeState
-from strategies.conv import conv_gate
+from refinery.core.decode import generate
+from refinery.strategies import get_strategy
+from refinery.strategies.base import DecodeContext, DecodeState
+from refinery.strategies.conv import conv_gate
 
 
 def flat_script(prompt_len=2, conf=1.0):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tiny_models import DELETE, EOS, MASK, VOCAB
-from core.decode import generate
-from strategies import get_strategy
+from refinery.core.decode import generate
+from refinery.strategies import get_strategy
 
 BIG = 10.0
 
@@ -96,7 +96,7 @@ def test_budget_split(scripted):
 
 
 def test_edit_needs_the_next_token_head(tiny_model):
-    from core.model import LLaDAModel
+    from refinery.core.model import LLaDAModel
 
     from tiny_models import tiny_config
 

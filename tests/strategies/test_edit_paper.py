@@ -11,11 +11,11 @@ import yaml
 from torch import nn
 
 from tiny_models import DELETE, EOS, EOT, MASK, VOCAB
-from core.decode import generate, parse_budget
-from core.edit_labels import apply_edits, apply_edits_reference
+from refinery.core.decode import generate, parse_budget
+from refinery.core.edit_labels import apply_edits, apply_edits_reference
 from ports.medlm_infer import medlm_infer
-from strategies import get_strategy
-from strategies.sampling import passes_for_budget
+from refinery.strategies import get_strategy
+from refinery.strategies.sampling import passes_for_budget
 
 BIG = 10.0
 PAD = EOS  # the tiny models pad with end-of-text, as LLaDA does

@@ -3,7 +3,7 @@ against the same reference by tests/benchmarks/gpu_decode.py on the device)."""
 
 import torch
 
-from strategies.kernels import argmax_probability
+from refinery.strategies.kernels import argmax_probability
 
 
 def test_argmax_probability_matches_float64_softmax():
@@ -26,7 +26,7 @@ def test_argmax_probability_reads_strided_views():
 
 
 def test_probability_from_top_matches_the_softmax():
-    from strategies.sampling import predict, probability_from_top
+    from refinery.strategies.sampling import predict, probability_from_top
 
     g = torch.Generator().manual_seed(1)
     logits = 4 * torch.randn(3, 7, 50, generator=g)

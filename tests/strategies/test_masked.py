@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from tiny_models import EOS, MASK, VOCAB
-from core.decode import generate
-from strategies import get_strategy
-from strategies.sampling import select_topk, split_evenly, transfer_counts
+from refinery.core.decode import generate
+from refinery.strategies import get_strategy
+from refinery.strategies.sampling import select_topk, split_evenly, transfer_counts
 
 
 def confidence_script(conf, token_of=lambda i: 10 + i, prompt_len=1, uncond=None):

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from tiny_models import EOS, EOT, MASK, VOCAB
-from core.decode import generate, left_pad
+from refinery.core.decode import generate, left_pad
 from ports import conv
 from ports import masked as llada
 from ports import remdm as remdm_port
 from ports import threshold as fast
-from strategies import get_strategy, preset_params, strategy_class
+from refinery.strategies import get_strategy, preset_params, strategy_class
 
 PROMPTS = ([5, 6, 7], [9, 8, 7, 6, 5, 4, 3], [11])  # ragged: left-padded into one block
 

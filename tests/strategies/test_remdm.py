@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.decode import generate
-from strategies import get_strategy
+from refinery.core.decode import generate
+from refinery.strategies import get_strategy
 
 
 def test_t_off_must_be_below_t_on():

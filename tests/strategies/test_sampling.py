@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, log_probability_from_top,
+from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, log_probability_from_top,
                                  nucleus_filter, passes_for_budget, planned_passes, predict, probability_from_top,
                                  select_topk, split_evenly, token_probability, transfer_counts, uniform_rand)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tiny_models import VOCAB
-from core.decode import generate
-from strategies import get_strategy
+from refinery.core.decode import generate
+from refinery.strategies import get_strategy
 
 
 def probs_script(peaks, prompt_len=1):

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 @lru_cache(maxsize=1)
 def _task_and_examples():
-    from core.tasks import get_task
+    from refinery.core.tasks import get_task
 
     task = get_task("arith")
     return task, {e.id: e for e in task.examples("dev", None, 0)}
