@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from strategies.base import Strategy
 
 STRATEGIES: Registry["Strategy"] = Registry("strategy", base="strategies.base:Strategy", populate="strategies")
+STRATEGIES.register("dream", "strategies.dream:DreamStrategy")  # README "Add a strategy": lazy, imported on first use
 
 
 def register(name: str, target: Optional[str] = None):
