@@ -1,4 +1,4 @@
-"""Dream 7B's confidence-ordered unmasking (Ye et al., 2025, arXiv:2508.15487; ``diffusion_generate``).
+"""Dream 7B's confidence-ordered unmasking (Ye et al., 2025, "Dream 7B"; HKUNLP/Dream ``diffusion_generate``).
 
 Each pass predicts a token for every masked position (argmax, or a sample from the tempered, nucleus-
 filtered softmax) and scores the position by ``alg``: ``entropy`` the negative entropy of that softmax
@@ -24,10 +24,10 @@ from typing import Literal
 
 import torch
 
-from core.trace import StepRecord
 from core.typed import ranged
 
-from strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
+from strategies.base import (DecodeContext, DecodeState, ForwardOutput, Preset, StepRecord, Strategy, StrategyConfig,
+                             commit)
 from strategies.sampling import NEG_INF, ban_tokens, banned_ids, gumbel_argmax, select_topk
 
 
@@ -54,7 +54,7 @@ class DreamStrategy(Strategy):
     }
 
     def begin(self, ctx: DecodeContext, state: DecodeState) -> None:
-        # float32 on the CPU, as Dream computes 1 - s/t, so floor(m * (1 - s/t)) rounds the same way
+        # float32 as Dream's timesteps, so floor(m * (1 - s/t)) rounds alike; on the CPU: one schedule on every device
         t = torch.linspace(1, self.config.eps, ctx.max_nfe + 1)
         share = 1 - t[1:] / t[:-1]
         share[-1] = 1.0  # the last step commits every mask left
