@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from refinery.strategies.base import Strategy
 
 STRATEGIES: Registry["Strategy"] = Registry("strategy", base="refinery.strategies.base:Strategy", populate="refinery.strategies")
+STRATEGIES.register("dream", "refinery.strategies.dream:DreamStrategy")  # README "Add a strategy": lazy, imported on first use
 
 
 def register(name: str, target: Optional[str] = None):

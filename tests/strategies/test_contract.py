@@ -31,6 +31,7 @@ VARIANTS = {
     "threshold": [{}, {"threshold": 0.3, "block_length": 4}, {"threshold": 0.0},
                   {"threshold": 0.5, "block_length": 8, "inclusive": True, "allot": False}],
     "edit": [{}, {"edit_passes": 1}, {"block_length": 8}],
+    "dream": [{}, {"alg": "topk_margin"}, {"alg": "maskgit_plus", "temperature": 1.0, "top_p": 0.9}, {"alg_temp": 0.5}],
 }
 
 CASES = [(name, params, budget) for name in VARIANTS for params in VARIANTS[name] for budget in BUDGETS]
