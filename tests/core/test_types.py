@@ -31,7 +31,7 @@ def imports_of(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
 
 def test_imports_of_sees_lazy_imports(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import os\n\ndef f():\n    from core.decode import strip_padding\n    return strip_padding\n")
+    src.write_text("import os\n\ndef f():\n    from refinery.core.decode import strip_padding\n    return strip_padding\n")
     assert imports_of(src) == [("os", (), 1), ("refinery.core.decode", ("strip_padding",), 4)]
 
 
@@ -40,10 +40,24 @@ def test_core_types_imports_no_project_module():
     assert bad == []
 
 
+# core modules that import nothing of the project's loop or strategies: the shared types, the one typed-config
+# path, the one registry type and the error types (test_neutral_modules_import_no_strategy checks it)
+NEUTRAL = ("refinery.core.types", "refinery.core.typed", "refinery.core.registry", "refinery.core.errors")
+
+
+@pytest.mark.parametrize("module", NEUTRAL)
+def test_neutral_modules_import_no_strategy_and_no_loop(module):
+    path = ROOT.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    bad = [(m, line) for m, _, line in imports_of(path)
+           if m.split(".")[0] == "refinery" and m not in NEUTRAL]
+    assert bad == [], f"{module} imports {bad}"
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "strategies").glob("*.py")), ids=lambda p: p.name)
 def test_strategies_reach_core_only_through_core_types(path):
     """No strategy module imports the loop, the trace or the edit labels, not even lazily: that was the cycle."""
-    bad = [(m, line) for m, _, line in imports_of(path) if m.split(".")[0] == "core" and m != "refinery.core.types"]
+    bad = [(m, line) for m, _, line in imports_of(path)
+           if m.split(".")[:2] == ["refinery", "core"] and m not in NEUTRAL]
     assert bad == [], f"{path.name} imports {bad}"
 
 

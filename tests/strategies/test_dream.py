@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DELETE, MASK, VOCAB
+from tiny_models import DELETE, MASK, VOCAB
 from refinery.core.decode import generate, left_pad
 from refinery.core.errors import ConfigError
 from refinery.strategies import get_strategy
