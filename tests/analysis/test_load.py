@@ -28,7 +28,7 @@ def test_rows_that_carry_subset_never_rebuild_the_examples(tmp_path, monkeypatch
     def rebuild(run_dir):
         raise AssertionError("the examples were rebuilt")
 
-    monkeypatch.setattr(analysis.load, "example_subsets", rebuild)
+    monkeypatch.setattr(refinery.analysis.load, "example_subsets", rebuild)
     run = _write(tmp_path / "run", [_row(0, subset="seen"), _row(1, subset=None), _row(2, subset="unseen")])
     assert _subsets(load_runs([run])) == ["seen", None, "unseen"]
 
@@ -40,7 +40,7 @@ def test_only_old_rows_without_subset_get_it_rebuilt(tmp_path, monkeypatch):
         calls.append(run_dir)
         return {("pycode", "e1"): "rebuilt", ("pycode", "e0"): "not used"}
 
-    monkeypatch.setattr(analysis.load, "example_subsets", rebuild)
+    monkeypatch.setattr(refinery.analysis.load, "example_subsets", rebuild)
     run = _write(tmp_path / "run", [_row(0, subset="stored"), _row(1), _row(2)])
     assert _subsets(load_runs([run])) == ["stored", "rebuilt", None]
     assert calls == [run]

@@ -92,7 +92,7 @@ def test_venv_under_an_unreadable_directory_gets_its_stdlib(tmp_path):
 
 def test_missing_layers_degrade_with_a_warning_and_are_reported(monkeypatch, caplog):
     broken = refinery.core.sandbox._Isolation(("unshare", "--no-such-flag"), private_root=True, drop=False)
-    monkeypatch.setattr(core.sandbox, "_candidates", lambda root: [broken])
+    monkeypatch.setattr(refinery.core.sandbox, "_candidates", lambda root: [broken])
     refinery.core.sandbox._isolation_cached.cache_clear()
     try:
         with caplog.at_level("WARNING", logger="refinery.core.sandbox"):

@@ -19,7 +19,7 @@ def counted(monkeypatch):
         ran.extend(programs)
         return real(programs, workers=workers, **kw)
 
-    monkeypatch.setattr(core.sandbox, "run_many", run_many)
+    monkeypatch.setattr(refinery.core.sandbox, "run_many", run_many)
     VERDICTS.clear()
     yield ran
     VERDICTS.clear()

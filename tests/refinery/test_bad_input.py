@@ -290,8 +290,8 @@ def test_exposed_host_warns_and_restricts_paths(tmp_path, capsys, monkeypatch):
         seen.update(kw)
         return gr.Blocks()
 
-    monkeypatch.setattr(app.demo, "start", fake_start)
-    monkeypatch.setattr(app.demo, "build_demo", fake_build)
+    monkeypatch.setattr(refinery.app.demo, "start", fake_start)
+    monkeypatch.setattr(refinery.app.demo, "build_demo", fake_build)
     monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
     assert main(["app", "--host", "0.0.0.0", "--runs-dir", str(tmp_path)]) == 0
     err = capsys.readouterr().err
