@@ -299,13 +299,16 @@ def test_second_process_start_compiles_nothing(tmp_path):
 
 def _read_only_copy(tmp_path: Path) -> Path:
     site = tmp_path / "site"
-    (site / "core").mkdir(parents=True)
+    pkg = site / "refinery" / "core"  # the installed layout: refinery/core/align.py
+    pkg.mkdir(parents=True)
+    (site / "refinery" / "__init__.py").write_text("")
     src = Path(__file__).resolve().parents[2] / "core"
     for name in ("__init__.py", "align.py"):
-        shutil.copy(src / name, site / "core" / name)
+        shutil.copy(src / name, pkg / name)
     # chmod alone does not stop root; a plain file where __pycache__ would go stops everyone
-    (site / "core" / "__pycache__").write_text("")
-    for d in (site / "core", site):
+    for d in (pkg, site / "refinery"):
+        (d / "__pycache__").write_text("")
+    for d in (pkg, site / "refinery", site):
         d.chmod(0o555)
     return site
 
@@ -328,5 +331,5 @@ def test_read_only_install_caches_in_the_user_directory(tmp_path):
         blocked.write_text("")
         assert _probe(site, "import", tmp_path, XDG_CACHE_HOME=str(blocked), NUMBA_CACHE_DIR=None) == (0, 0, False)
     finally:
-        for d in (site / "core", site):
+        for d in (site / "refinery" / "core", site / "refinery", site):
             d.chmod(0o755)

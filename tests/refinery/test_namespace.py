@@ -35,3 +35,9 @@ def test_importing_the_package_loads_no_top_level_core_or_app(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_no_second_copy_of_a_module_under_a_top_level_name():
+    """A stray ``core.x`` string (monkeypatch targets, lazy imports) would import a second copy of the module
+    beside ``refinery.core.x`` and patch the wrong one: nothing imported so far in this process did."""
+    assert sorted({m.split(".")[0] for m in sys.modules} & set(FOLDERS)) == []
