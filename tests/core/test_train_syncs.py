@@ -25,42 +25,20 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from refinery.core.train.config import config_from_dict, load_config
-from refinery.core.train.data import ChatExample, collate_chat, to_device
+from refinery.core.train.config import load_config
+from refinery.core.train.data import to_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _train_helpers as H  # noqa: E402
-
-MASK, DEL, EOS, EOT = 99, 98, 1, 2
-SPECIAL = {"mask_token_id": MASK, "delete_token_id": DEL, "eos_token_id": EOS, "pad_token_id": EOS,
-           "eot_token_id": EOT, "bos_token_id": None}
+from _train_helpers import EOS, MASK, SPECIAL, cfg_for  # noqa: E402
 IGNORE = -100
 
 
-def cfg_for(stage: str, **sections):
-    raw = {"stage": stage, "tokenizer": "t", "data": {"train_files": ["x.jsonl"]}, **sections}
-    return config_from_dict(raw, "test.yaml")
+model = pytest.fixture(scope="module")(H.objective_model)
 
 
-@pytest.fixture(scope="module")
-def model():
-    from refinery.core.model import LLaDAConfig, LLaDAModel
-
-    torch.manual_seed(0)
-    conf = LLaDAConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, max_sequence_length=256,
-                       init_std=0.3, next_token_head=True, mask_token_id=MASK, delete_token_id=DEL, eos_token_id=EOS,
-                       pad_token_id=EOS, eot_token_id=EOT)
-    return LLaDAModel(conf).eval()
-
-
-def chat_batch(seed: int, n_rows: int = 4, pad_len: int = 4, prompt_min: int = 3):
-    rng = np.random.default_rng(seed)
-    ex = []
-    for _ in range(n_rows):
-        prompt = rng.integers(3, 98, int(rng.integers(prompt_min, prompt_min + 6)))
-        answer = np.append(rng.integers(3, 98, int(rng.integers(2, 11))), EOT)
-        ex.append(ChatExample(prompt.astype(np.int64), answer.astype(np.int64)))
-    return collate_chat(ex, pad_len=pad_len, seq_len=128, eos_id=EOS)
+def chat_batch(seed: int, n_rows: int = 4, **kw):
+    return H.chat_batch(seed, n_rows, **kw)
 
 
 def grads_of(model, loss: torch.Tensor) -> dict:
