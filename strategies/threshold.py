@@ -61,14 +61,15 @@ class ThresholdStrategy(Strategy):
     dual_needs_blocks = True  # a pass writes only inside each row's current block
 
     def cache_window(self, ctx: DecodeContext, state: DecodeState) -> tuple[int, int]:
-        """The span of the active rows' current blocks (rows advance at their own pace; one host sync)."""
+        """The span of the active rows' current blocks (rows advance at their own pace): one host read."""
         size = self._size(ctx.gen_length)
         block = _current_block(ctx, state, size)[0]
         blocks = torch.where(state.active, block, -1), torch.where(state.active, block, ctx.gen_length)
-        last, first = (int(v) for v in torch.stack([blocks[0].max(), blocks[1].min()]).tolist())
+        final = (state.active & (state.nfe + 1 >= ctx.max_nfe)).any()  # a row is at its last budgeted pass
+        last, first, at_end = (int(v) for v in torch.stack([blocks[0].max(), blocks[1].min(), final.long()]).tolist())
         if last < 0:  # no active row: the loop stops before any pass
             return 0, ctx.gen_length
-        if not self.config.allot and bool((state.active & (state.nfe + 1 >= ctx.max_nfe)).any()):
+        if not self.config.allot and at_end:
             return 0, ctx.gen_length  # a row's last budgeted pass may commit in any block: compute them all
         return first * size, (last + 1) * size
 
