@@ -4,22 +4,15 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    from refinery.commands.run_args import add_run_overrides
+
     p = sub.add_parser("ablate", help="run an ablation config (default: the embedded default) into a run directory",
                        description="Run every (task, strategy, budget, seed) cell of CONFIG. A killed run "
                                    "continues where it stopped when the same command is run again.")
     p.add_argument("config", nargs="?", default=None,
                    help="ablation YAML (default: experiments/ablations/embedded_default.yaml)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--model", default=None,
-                   help="override the config's model (checkpoint directory or name); an entry that names its own "
-                        "model keeps it")
-    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:1, ...)")
+    add_run_overrides(p)
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N examples per task")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="override the config's batch_size (examples per generate call; e.g. 256 on a GPU); "
-                        "rows are the same at any batch size")
-    p.add_argument("--score-workers", type=int, default=None, metavar="N",
-                   help="override the config's score_workers (sandbox processes scoring code)")
     p.add_argument("--only", default=None, metavar="LABEL[,LABEL]",
                    help="run only these strategy entries (labels as in the tables, e.g. masked,edit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    from refinery.commands.run_args import add_run_overrides
+
     p = sub.add_parser(
         "tune", help="equal-budget tuning on the dev split: every entry gets the same trials; writes winners.yaml",
         description="Expand CONFIG's search spaces into the same number of trials per strategy entry (its "
@@ -14,17 +16,8 @@ def add_parser(sub) -> None:
                     "with `refinery ablate RUN/winners.yaml`; every such run is counted in the protocol's "
                     "test_looks) and RUN/trials.md (the trials table).")
     p.add_argument("config", help="tune YAML (e.g. experiments/ablations/embedded_tune.yaml)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--model", default=None,
-                   help="override the config's model (checkpoint directory or name); an entry that names its own "
-                        "model keeps it")
-    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:1, ...)")
+    add_run_overrides(p)
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N dev examples per task")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="override the config's batch_size (examples per generate call; e.g. 256 on a GPU); "
-                        "rows are the same at any batch size")
-    p.add_argument("--score-workers", type=int, default=None, metavar="N",
-                   help="override the config's score_workers (sandbox processes scoring code)")
     p.add_argument("--only", default=None, metavar="LABEL[,LABEL]",
                    help="tune only these strategy entries (their labels in CONFIG, e.g. masked,edit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
