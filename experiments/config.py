@@ -159,16 +159,21 @@ class ExperimentConfig:
         return cfg
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and structurally check a YAML file (see :func:`validate` for the combinations)."""
+def read_yaml_file(path: str | Path, what: str = "config") -> Any:
+    """A YAML file's data (``yaml.safe_load`` only, so no code runs); a missing file, a non-UTF-8 one or
+    invalid YAML is an error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
+        raise FileNotFoundError(f"{path}: {what} file not found")
     try:
-        data = yaml.safe_load(read_text(path))  # read_text names a non-UTF-8 file
+        return yaml.safe_load(read_text(path))  # read_text names a non-UTF-8 file
     except yaml.YAMLError as e:
         raise ConfigError(str(path), "", f"not valid YAML ({e})") from None
-    return config_from_dict(data, source=str(path))
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and structurally check a YAML file (see :func:`validate` for the combinations)."""
+    return config_from_dict(read_yaml_file(path), source=str(path))
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> ExperimentConfig:

@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from refinery.experiments.config import ConfigError, ExperimentConfig, StrategySpec, config_from_dict
+from refinery.experiments.config import ConfigError, ExperimentConfig, StrategySpec, config_from_dict, read_yaml_file
 from refinery.experiments.search import SAMPLERS, Dim, SpaceError, parse_space, sample_trials
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,7 @@ class TuneConfig:
 
 def load_tune(path: str | Path) -> TuneConfig:
     """Read a tune YAML (``yaml.safe_load`` only); every mistake is a :class:`ConfigError` naming the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: tune config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), "", f"not valid YAML ({e})") from None
-    return tune_from_dict(data, source=str(path))
+    return tune_from_dict(read_yaml_file(path, "tune config"), source=str(path))
 
 
 def tune_from_dict(data: Any, source: str = "<dict>") -> TuneConfig:

@@ -248,6 +248,10 @@ def test_non_utf8_files_are_named(ckpt, tmp_path, capsys, caplog):
     train.write_bytes(b"stage: pretrain\n# caf\xe9\n")
     assert main(["train", str(train)]) == 2
     one_line_error(capsys, str(train), "not UTF-8")
+    tune = tmp_path / "tune.yaml"
+    tune.write_bytes(b"protocol: {trials: 2}\n# caf\xe9\n")
+    assert main(["tune", str(tune), "--validate-only"]) == 2
+    one_line_error(capsys, str(tune), "not UTF-8")
     cfg = write_yaml(tmp_path / "c.yaml", small_config(ckpt))
     run = tmp_path / "run"
     assert main(["ablate", str(cfg), "--out", str(run), "--no-progress"]) == 0
