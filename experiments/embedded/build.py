@@ -43,45 +43,53 @@ def step_seconds(out: Path) -> float:
     return statistics.median(r["seconds"] for r in rows[len(rows) // 10:])
 
 
+def train_cmd(config: str | Path, out: Path, data: Path, sets: dict, steps=None, seconds=None) -> list[str]:
+    """The ``refinery train`` command of one stage: CONFIG into ``out`` on ``data``, ``sets`` as --set KEY=path."""
+    cmd = [sys.executable, "-m", "refinery", "train", str(config), "--out", str(out),
+           "--set", f"data.train_files=[{json.dumps(str(data))}]"]
+    for key, path in sets.items():
+        cmd += ["--set", f"{key}={json.dumps(str(path))}"]
+    cmd += ["--max-steps", str(steps)] if steps else []
+    cmd += ["--max-seconds", str(seconds)] if seconds else []
+    return cmd
+
+
+def stage_report(name: str, out: Path, seconds: float) -> dict:
+    """Steps run, seconds and median step seconds of a finished stage; printed as one JSON line."""
+    n = sum(1 for _ in (out / "metrics.jsonl").open())
+    report = {"steps": n, "seconds": round(seconds, 1), "step_seconds": round(step_seconds(out), 4)}
+    print(json.dumps({name: report}), flush=True)
+    return report
+
+
 def train(stage: int, root: Path, steps: int | None, extra: list[str]) -> float:
     data = root / "data" / ("pretrain.jsonl" if stage == 1 else "sft.jsonl")
-    cmd = [sys.executable, "-m", "refinery", "train", str(CONFIGS[stage]), "--out", str(root / f"stage{stage}"),
-           "--set", f"data.train_files=[{json.dumps(str(data))}]"]
-    cmd += ["--set", f"tokenizer={json.dumps(str(root / 'data' / 'tokenizer'))}"] if stage == 1 else \
-        ["--set", f"model.init_from={json.dumps(str(root / f'stage{stage - 1}'))}"]
-    if steps is not None:
-        cmd += ["--max-steps", str(steps)]
+    sets = {"tokenizer": root / "data" / "tokenizer"} if stage == 1 else {"model.init_from": root / f"stage{stage - 1}"}
     start = time.monotonic()
-    subprocess.run(cmd + extra, check=True)
+    subprocess.run(train_cmd(CONFIGS[stage], root / f"stage{stage}", data, sets, steps) + extra, check=True)
     return time.monotonic() - start
 
 
 def train_finals(root: Path, finals: str, seconds: float | None, extra: list[str]) -> dict:
     """Train every ``NAME=CONFIG[:STEPS]`` of ``finals`` from ``root/stage2`` at once; returns their reports."""
-    procs, report = {}, {}
+    import yaml
+
+    procs = {}
     for item in finals.split(","):
         name, _, spec = item.partition("=")
         config, _, steps = spec.partition(":")
-        import yaml
-
         data = Path(yaml.safe_load(Path(config).read_text())["data"]["train_files"][0])
         data = root / data.parent.name / data.name  # runs/embedded/data_refs/sft.jsonl -> ROOT/data_refs/sft.jsonl
-        cmd = [sys.executable, "-m", "refinery", "train", config, "--out", str(root / name),
-               "--set", f"model.init_from={json.dumps(str(root / 'stage2'))}",
-               "--set", f"data.train_files=[{json.dumps(str(data))}]"]
-        cmd += ["--max-steps", steps] if steps else []
-        cmd += ["--max-seconds", str(seconds)] if seconds else []
+        cmd = train_cmd(config, root / name, data, {"model.init_from": root / "stage2"}, steps, seconds)
         log = open(root / f"{name}.log", "w")
         procs[name] = (subprocess.Popen(cmd + extra, stdout=log, stderr=subprocess.STDOUT), time.monotonic(), log)
+    report = {}
     for name, (proc, start, log) in procs.items():
         code = proc.wait()
         log.close()
         if code != 0:
             raise SystemExit(f"final model {name!r} failed (exit {code}); see {root / (name + '.log')}")
-        out = root / name
-        n = sum(1 for _ in (out / "metrics.jsonl").open())
-        report[name] = {"steps": n, "seconds": round(time.monotonic() - start, 1), "step_seconds": round(step_seconds(out), 4)}
-        print(json.dumps({name: report[name]}), flush=True)
+        report[name] = stage_report(name, root / name, time.monotonic() - start)
     return report
 
 
@@ -128,10 +136,7 @@ def main() -> None:
             share = 0.55 if stage == 2 else 1.0  # of the time left: Stage 2 a bit over half, Stage 3 the rest
             steps = max(10, int(share * (budget_end - time.monotonic() - 20) / per_step))
         seconds = train(stage, args.root, steps, extra)
-        out = args.root / f"stage{stage}"
-        n = sum(1 for _ in (out / "metrics.jsonl").open())
-        report["stages"][stage] = {"steps": n, "seconds": round(seconds, 1), "step_seconds": round(step_seconds(out), 4)}
-        print(json.dumps({f"stage{stage}": report["stages"][stage]}), flush=True)
+        report["stages"][stage] = stage_report(f"stage{stage}", args.root / f"stage{stage}", seconds)
     if args.finals:
         cap = args.final_seconds
         if budget_end is not None:  # the finals share what is left of --minutes (10 s kept for saving)
