@@ -6,6 +6,11 @@ Writes ``tokenizer/`` (byte-level BPE trained on the embedded corpus), ``pretrai
 (Stage 1: ``{"text": ...}``), ``sft.jsonl`` (Stage 2 and 3: ``{"history": [...], "response": ...}``),
 all from the TRAIN split of the embedded tasks; the test split stays unseen. ``--space 2`` draws them
 from the larger problem space v2 (``core.tasks.embedded``), whose dev and test splits are fresh.
+
+``prepare.json`` is written last: the arguments that determine the data (not ``workers``: each job has its
+own seed and the parts are joined in order), the counts, and every output file's size. Its presence means the
+directory is complete; a new prepare removes it first, so a killed run never leaves a manifest beside
+half-written files. :func:`prepared` reads it back so a build can reuse equal data instead of rebuilding it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ import random
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+MANIFEST = "prepare.json"
+MANIFEST_VERSION = 1  # bump when the layout or the meaning of a field changes: old manifests then never match
+
 
 def write_jsonl(path: Path, records) -> int:
     n = 0
@@ -37,14 +46,74 @@ def _records(args: tuple) -> list[dict]:
     return task.training_records(split, n, seed, kind=kind, references=refs if kind == "sft" else 0)
 
 
+def data_params(n_pretrain: int, n_sft: int, vocab_size: int, seed: int, references: int = 0,
+                rename_prob: float = 0.0, space: int = 1) -> dict:
+    """The arguments of :func:`prepare` that determine its output, as the manifest stores them."""
+    return {"n_pretrain": n_pretrain, "n_sft": n_sft, "vocab_size": vocab_size, "seed": seed,
+            "references": references, "rename_prob": float(rename_prob), "space": space}
+
+
+def generator_digest(params: dict) -> str:
+    """sha256 of a few records per task drawn as :func:`prepare` would draw them: changes when the task generators do.
+
+    There is no version number on the generators, so a sample stands in for one; it catches a changed
+    generator before stale data is reused, at the cost of ~16 records per task.
+    """
+    import hashlib
+
+    from refinery.core.tasks import EMBEDDED_TASKS
+
+    sample = [_records((name, "train", 8, params["seed"], kind, min(params["references"], 2),
+                        params["rename_prob"], params["space"]))
+              for name in EMBEDDED_TASKS for kind in ("text", "sft")]
+    return hashlib.sha256(json.dumps(sample, sort_keys=True).encode()).hexdigest()
+
+
+def _file_sizes(out: Path) -> dict[str, int]:
+    """Every file prepare wrote under ``out`` (the manifest excepted) -> its size in bytes."""
+    return {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp")}
+
+
+def prepared(out: Path, params: dict) -> tuple[dict | None, str]:
+    """``(counts, "")`` when ``out`` holds a complete prepare made with ``params``, else ``(None, why not)``.
+
+    ``why`` starts with ``"differs: "`` when a complete prepare exists but was made with other
+    arguments or other task generators (a caller may treat that as a conflict, not as missing data).
+    """
+    path = out / MANIFEST
+    if not path.is_file():
+        return None, f"no {path} (never prepared, or a prepare that did not finish)"
+    try:
+        manifest = json.loads(path.read_text())
+        version, stored, generator = manifest["version"], manifest["params"], manifest["generator"]
+        counts, files = manifest["counts"], manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None, f"{path} is unreadable"
+    if version != MANIFEST_VERSION:
+        return None, f"{path}: manifest version {version!r}, this code writes {MANIFEST_VERSION}"
+    wanted = json.loads(json.dumps(params))  # the JSON form, as stored
+    diff = [f"{k} {stored.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(stored) | set(wanted))
+            if stored.get(k) != wanted.get(k)]
+    if not diff and generator != generator_digest(params):
+        diff = ["the task generators changed since"]
+    if diff:
+        return None, f"differs: {path} was made with other data ({', '.join(diff)})"
+    if _file_sizes(out) != files:  # a file removed, truncated or replaced since the manifest was written
+        return None, f"{out}: its files no longer match {path}"
+    return counts, ""
+
+
 def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, workers: int = 1,
             references: int = 0, rename_prob: float = 0.0, space: int = 1) -> dict:
+    """Write the tokenizer, ``pretrain.jsonl`` and ``sft.jsonl`` into ``out``, then its manifest; returns the counts."""
     from concurrent.futures import ProcessPoolExecutor
 
     from refinery.core.tasks import EMBEDDED_TASKS, embedded_corpus
     from refinery.core.tokenizer import train_embedded_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the files below are about to change: never vouch for them meanwhile
     tok = train_embedded_tokenizer(embedded_corpus(n_per_task=5000, seed=seed, space=space), vocab_size=vocab_size)
     tok.save_pretrained(out / "tokenizer")
     jobs = [(name, "train", n, seed + 10 * i + j, kind, references, rename_prob, space)
@@ -64,6 +133,12 @@ def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, 
     lengths = [len(tok.encode(r["response"], add_special_tokens=False)) + 1 for r in sft[:2000]]
     counts["max_response_tokens"] = max(lengths)
     counts["vocab"] = len(tok)
+    params = data_params(n_pretrain, n_sft, vocab_size, seed, references, rename_prob, space)
+    manifest = {"version": MANIFEST_VERSION, "params": params, "generator": generator_digest(params),
+                "counts": counts, "files": _file_sizes(out)}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / MANIFEST)  # atomic: a manifest is either absent or whole
     return counts
 
 
