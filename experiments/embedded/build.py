@@ -32,9 +32,9 @@ second started before the machine lets ROOT go (same data options, so it reuses 
 
     DATA="--root runs/embedded --space 2 --workers 14 --references 32"
     python -m refinery.experiments.embedded.build $DATA --steps 1:1200,2:2000 --stages 1,2
-    python -m refinery.experiments.embedded.build $DATA --stages none --final-seconds 300 --finals \\
-        stage3=experiments/train/embedded_stage3_v2.yaml,stage3_medlm=experiments/train/embedded_stage3_medlm.yaml,\\
-        r2ft_conv=experiments/train/embedded_r2ft_conv.yaml
+    FINALS=stage3=experiments/train/embedded_stage3_v2.yaml,stage3_medlm=experiments/train/embedded_stage3_medlm.yaml
+    FINALS=$FINALS,r2ft_conv=experiments/train/embedded_r2ft_conv.yaml
+    python -m refinery.experiments.embedded.build $DATA --stages none --final-seconds 300 --finals $FINALS
 """
 
 from __future__ import annotations
