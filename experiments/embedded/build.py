@@ -16,7 +16,7 @@ trained by the same command is an error before anything starts.
 ``--finals NAME=CONFIG[:STEPS],...`` trains several final models from ``ROOT/stage2`` at the same time
 (one process each on the one GPU: at this size a step is mostly kernel launches, so they interleave),
 each into ``ROOT/NAME`` and capped at ``--final-seconds`` (counted from the start of its trainer, so
-setup is included; a capped final still saves its model, and build.json reports the steps it ran);
+setup is included; a capped final still saves its model, and build.json reports its steps and max_steps);
 ``--references N`` also writes ``ROOT/data_refs`` (valid alternative solutions, for ``nearest_reference``).
 
 Data is reused, not rebuilt, when ``ROOT/data`` (and ``ROOT/data_refs``) hold a complete prepare made with
@@ -211,9 +211,11 @@ def train_cmd(config: str | Path, out: Path, data: Path, sets: dict, steps=None,
 
 
 def stage_report(name: str, out: Path, seconds: float) -> dict:
-    """Steps run, seconds and median step seconds of a finished stage; printed as one JSON line."""
+    """Steps run (of ``max_steps``: fewer when a time cap cut it), seconds and median step seconds of a finished
+    stage; printed as one JSON line."""
     per_step = step_seconds(out)
     report = {"steps": sum(1 for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()),
+              "max_steps": json.loads((out / "train_config.json").read_text())["optim"]["max_steps"],
               "seconds": round(seconds, 1), "step_seconds": None if per_step is None else round(per_step, 4)}
     print(json.dumps({name: report}), flush=True)
     return report
