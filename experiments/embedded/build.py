@@ -21,9 +21,9 @@ setup is included; a capped final still saves its model, and build.json reports 
 
 Data is reused, not rebuilt, when ``ROOT/data`` (and ``ROOT/data_refs``) hold a complete prepare made with
 the same data options (``--n-records --space --rename-prob --references``) by the same task generators: its
-manifest ``prepare.json`` is written last, so a killed prepare is rebuilt. Data made with other options is
-rebuilt when Stage 1 runs; without Stage 1 it is an error, because the models this command starts from were
-trained on the old data (remove its ``prepare.json`` to rebuild it anyway). A command that runs Stage 1
+manifest ``prepare.json`` is written last, so a killed prepare is rebuilt. ``ROOT/data`` made with other
+options is an error when the command trains from models already in ROOT (a stage or final runs, Stage 1 does
+not), since they were trained on it (remove its ``prepare.json`` to rebuild it anyway); otherwise it is rebuilt. A command that runs Stage 1
 writes a new ``ROOT/build.json``; any other merges into it: the reports of the stages it reruns, of every
 later stage and of the finals that start from them are replaced, finals are added by name.
 
@@ -132,12 +132,14 @@ def check_inputs(root: Path, stages: list[int], finals: list[Final]) -> None:
                              "it; train it first (e.g. --stages 1,2)")
 
 
-def data_plan(args: argparse.Namespace, stages: list[int]) -> list[tuple[str, Path, dict, dict | None]]:
+def data_plan(args: argparse.Namespace, stages: list[int], finals: list[Final]) -> list[tuple]:
     """``(key, dir, prepare arguments, counts to reuse or None)`` for ROOT/data and, with --references, ROOT/data_refs.
 
-    Data made with other options is an error when no Stage 1 runs: Stage 2 onwards and the finals start
-    from models trained on the data already there (ROOT/data_refs feeds only the finals: rebuilt).
+    Data made with other options is an error when this command trains from models already in ROOT (a
+    stage or final runs, Stage 1 does not): they were trained on the data there. ROOT/data_refs feeds
+    only the finals, which this command retrains: it is rebuilt.
     """
+    trains_on_old = bool(stages or finals) and 1 not in stages
     plan = [("data", args.root / "data", data_params(args.n_records, args.n_records, 1024, 0, 0, args.rename_prob,
                                                      args.space))]
     if args.references:
@@ -146,7 +148,7 @@ def data_plan(args: argparse.Namespace, stages: list[int]) -> list[tuple[str, Pa
     checked = []
     for key, out, params in plan:
         counts, why = prepared(out, params)
-        if counts is None and why.startswith("differs") and key == "data" and 1 not in stages:
+        if counts is None and why.startswith("differs") and key == "data" and trains_on_old:
             raise UsageError(f"{why[len('differs: '):]}; the models this build starts from were trained on it: "
                              f"give the same data options, run Stage 1 too, or remove {out / MANIFEST}")
         if counts is None:
@@ -155,7 +157,7 @@ def data_plan(args: argparse.Namespace, stages: list[int]) -> list[tuple[str, Pa
     return checked
 
 
-def run_data(plan: list[tuple[str, Path, dict, dict | None]], workers: int) -> tuple[dict, bool]:
+def run_data(plan: list[tuple], workers: int) -> tuple[dict, bool]:
     """Prepare what ``plan`` has no counts for; returns the counts (refs under "refs") and whether any was built."""
     counts: dict = {}
     for key, out, params, reuse in plan:
@@ -283,7 +285,7 @@ def build(args: argparse.Namespace, extra: list[str]) -> int:
     stages, fixed = parse_stages(args.stages), parse_steps(args.steps)
     finals = parse_finals(args.finals, args.root, stages, args.references) if args.finals else []
     check_inputs(args.root, stages, finals)
-    plan = data_plan(args, stages)
+    plan = data_plan(args, stages, finals)
     report = start_report(args.root, stages)
     extra = extra + (["--device", args.device] if args.device else [])
     t0 = time.monotonic()
@@ -315,6 +317,8 @@ def build(args: argparse.Namespace, extra: list[str]) -> int:
         cap = left if cap is None else min(cap, left)
     done, failed = train_finals(args.root, finals, cap, extra)
     report.setdefault("finals", {}).update(done)
+    for name in failed:  # its directory was written over: an older report of it no longer holds
+        report["finals"].pop(name, None)
     save_report(args.root, report)
     if failed:
         print(f"build: error: final model(s) {', '.join(failed)} failed; see {args.root}/NAME.log", file=sys.stderr)

@@ -77,6 +77,9 @@ def test_finals_alone_reuse_the_data_and_merge_into_build_json(tiny_configs, tmp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "n_pretrain 8 -> 9" in err and "prepare.json" in err
     assert [p.stat().st_mtime_ns for p in kept] == mtimes and not (root / "c").exists()
+    # other options in a data-only command (nothing trained from it): the data is rebuilt
+    assert build.main(["--root", str(root), "--n-records", "9", "--workers", "1", "--stages", "none"]) == 0
+    assert json.loads(kept[0].read_text())["params"]["n_pretrain"] == 9 and _report(root)["data"]["pretrain"] == 18
 
 
 def test_finals_without_a_finished_stage2_fail_before_anything_starts(tiny_configs, tmp_path, capsys):
