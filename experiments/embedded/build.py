@@ -22,8 +22,9 @@ setup is included; a capped final still saves its model, and build.json reports 
 Data is reused, not rebuilt, when ``ROOT/data`` (and ``ROOT/data_refs``) hold a complete prepare made with
 the same data options (``--n-records --space --rename-prob --references``) by the same task generators: its
 manifest ``prepare.json`` is written last, so a killed prepare is rebuilt. ``ROOT/data`` made with other
-options is an error when the command trains from models already in ROOT (a stage or final runs, Stage 1 does
-not), since they were trained on it (remove its ``prepare.json`` to rebuild it anyway); otherwise it is rebuilt. A command that runs Stage 1
+options is an error when the command trains from models already in ROOT (a stage or final runs, Stage 1
+does not), since they were trained on it (remove its ``prepare.json`` to rebuild it anyway); otherwise it
+is rebuilt. A command that runs Stage 1
 writes a new ``ROOT/build.json``; any other merges into it: the reports of the stages it reruns, of every
 later stage and of the finals that start from them are replaced, finals are added by name.
 
