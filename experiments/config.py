@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -96,6 +97,28 @@ class ExperimentConfig:
     def budgets_for(self, spec: StrategySpec) -> tuple[str, ...]:
         return spec.budgets if spec.budgets is not None else self.budgets
 
+    def _only_budgets(self, budgets: Sequence[str]) -> "ExperimentConfig":
+        """The cells at ``budgets`` only: the file's budget list and each entry's own list cut to them (an
+        entry left with none is dropped). A budget no cell of the file runs is an error, so a typo never
+        runs nothing; a run directory of the whole file takes the result (its stored config is the union)."""
+        flag = f"--budgets {','.join(map(str, budgets))}"
+        try:
+            keep = [canonical_budget(b) for b in budgets]
+        except ValueError as e:
+            raise ValueError(f"{flag}: {e}") from None
+        known = set(self.budgets).union(*(self.budgets_for(s) for s in self.strategies))
+        unknown = [b for b in keep if b not in known]
+        if unknown or not keep:
+            raise ValueError(f"{flag}: {self.source} runs no cell at {', '.join(unknown) or 'no budget'} "
+                             f"(its budgets: {', '.join(sorted(known, key=lambda b: -Fraction(b)))})")
+        specs = []
+        for s in self.strategies:
+            if s.budgets is None:
+                specs.append(s)
+            elif any(b in keep for b in s.budgets):
+                specs.append(dataclasses.replace(s, budgets=tuple(b for b in s.budgets if b in keep)))
+        return dataclasses.replace(self, budgets=tuple(b for b in self.budgets if b in keep), strategies=tuple(specs))
+
     def cache_for(self, spec: StrategySpec) -> str:
         return spec.cache if spec.cache is not None else self.cache
 
@@ -128,9 +151,10 @@ class ExperimentConfig:
 
     def with_overrides(self, *, model: Optional[str] = None, device: Optional[str] = None,
                        limit: Optional[int] = None, only: Optional[Sequence[str]] = None,
-                       batch_size: Optional[int] = None, score_workers: Optional[int] = None) -> "ExperimentConfig":
+                       batch_size: Optional[int] = None, score_workers: Optional[int] = None,
+                       budgets: Optional[Sequence[str]] = None) -> "ExperimentConfig":
         """Command-line overrides; ``limit`` caps the examples drawn per task, ``only`` keeps the strategy
-        entries with these labels; ``batch_size`` and ``score_workers`` change how the run is carried out
+        entries with these labels, ``budgets`` the cells at these budgets (of the file's); ``batch_size`` and ``score_workers`` change how the run is carried out
         (a row's output does not depend on its batch: every row draws from its own seeded generator)."""
         cfg = self
         for flag, value in (("--batch-size", batch_size), ("--score-workers", score_workers)):
@@ -147,6 +171,8 @@ class ExperimentConfig:
                 raise ValueError(f"--only {','.join(only)}: {cfg.source} has no strategy entry labelled "
                                  f"{', '.join(map(repr, unknown)) or 'that'} (labels: {', '.join(labels)})")
             cfg = dataclasses.replace(cfg, strategies=tuple(s for s in cfg.strategies if s.label in only))
+        if budgets is not None:
+            cfg = cfg._only_budgets(budgets)
         if model is not None:
             cfg = dataclasses.replace(cfg, model=str(model))
         if device is not None:

@@ -15,6 +15,9 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N examples per task")
     p.add_argument("--only", default=None, metavar="LABEL[,LABEL]",
                    help="run only these strategy entries (labels as in the tables, e.g. masked,edit)")
+    p.add_argument("--budgets", default=None, metavar="B[,B]",
+                   help="run only the cells at these budgets of CONFIG (e.g. 1/4,1/8); the run directory of the "
+                        "whole config takes them, and a later run without --budgets adds the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--validate-only", action="store_true", help="check the config (and paths) and stop")
     p.add_argument("--repair", action="store_true",
@@ -33,7 +36,8 @@ def run(args) -> int:
     config = load_config(args.config or DEFAULT_CONFIG)
     config = config.with_overrides(model=args.model, device=args.device, limit=args.limit,
                                    only=args.only.split(",") if args.only is not None else None,
-                                   batch_size=args.batch_size, score_workers=args.score_workers)
+                                   batch_size=args.batch_size, score_workers=args.score_workers,
+                                   budgets=args.budgets.split(",") if args.budgets is not None else None)
     if args.validate_only:
         validate(config, check_paths=True)
         n = len(config.strategies)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,21 @@ def test_only_keeps_the_named_entries_and_names_unknown_labels():
     with pytest.raises(ValueError, match=r"no strategy entry labelled 'remdm'.*remdm-loop"):
         config.with_overrides(only=["masked", "remdm"])
 
+
+
+def test_budgets_keeps_the_cells_at_those_budgets_and_names_unknown_ones():
+    config = load_config(next(p for p in SHIPPED if p.name == "embedded_full.yaml"))
+    config = dataclasses.replace(config, strategies=(
+        dataclasses.replace(config.strategies[0], budgets=("1/1", "1/8")),  # its own list: cut to what is kept
+        dataclasses.replace(config.strategies[1], budgets=("1/1",)),       # none of its budgets kept: dropped
+        *config.strategies[2:]))
+    kept = config.with_overrides(budgets=["0.125", "1/2"])
+    assert kept.budgets == ("1/2", "1/8")  # the file's order, canonical spelling
+    assert kept.strategies[0].budgets == ("1/8",)
+    assert [s.label for s in kept.strategies] == [config.strategies[0].label] + [s.label for s in config.strategies[2:]]
+    for bad, why in ((["1/3"], "runs no cell at 1/3"), (["x"], "--budgets x: budget 'x'"), ([], "no budget")):
+        with pytest.raises(ValueError, match=why):
+            config.with_overrides(budgets=bad)
 
 def _error(tmp_path, data=None, text=None, check_paths=False) -> ConfigError:
     path = tmp_path / "bad.yaml"

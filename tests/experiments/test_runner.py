@@ -114,6 +114,26 @@ def test_changed_config_is_refused_on_resume(reference_run, tmp_path, tiny_check
 _STORE_FIELDS = ("batch_id", "batch_rows", "trace_file", "trace_row")
 
 
+
+def test_a_run_split_by_budgets_gives_the_rows_of_one_run(reference_run, tmp_path):
+    cfg_path, _, reference = reference_run
+    full = load_config(cfg_path)
+    low, high = full.budgets[-1:], full.budgets[:-1]
+    with single_thread():
+        run_ablation(full.with_overrides(budgets=list(low)), tmp_path / "split", progress=False)
+        first = load_rows(tmp_path / "split")
+        run_ablation(full.with_overrides(budgets=list(high)), tmp_path / "split", progress=False)
+    rows = load_rows(tmp_path / "split")
+    assert {r["budget"] for r in first} == set(low) and len(rows) == len(reference)
+    by_key = {r["key"]: r for r in _strip(reference)}
+    assert {r["key"] for r in rows} == set(by_key)
+    for r in _strip(rows):
+        assert {k: v for k, v in r.items() if k not in _STORE_FIELDS} == \
+            {k: v for k, v in by_key[r["key"]].items() if k not in _STORE_FIELDS}
+    with single_thread():  # the whole config then finds every cell done and accepts the directory
+        run_ablation(full, tmp_path / "split", progress=False)
+    assert load_rows(tmp_path / "split") == rows
+
 def test_a_larger_limit_and_an_added_entry_extend_a_run_to_the_uninterrupted_rows(reference_run, tmp_path):
     cfg_path, _, reference = reference_run
     full = load_config(cfg_path)
