@@ -193,7 +193,7 @@ def _cell_text(r, expected: int) -> str:
     """'81.2 (-1.6)'; ', 90 paired' when fewer rows paired than the cell has; ' n=90' below the planned rows."""
     text = f"{100 * r.acc:.1f}"
     if r.mode != "none" and r.paired > 0:
-        text += f" ({r.diff:+.1f}" + (f", {r.paired} paired" if r.paired < r.n else "") + ")"
+        text += f" ({r.diff:+.1f}" + (f", {int(r.paired)} paired" if r.paired < r.n else "") + ")"
     return text + (f" n={r.n}" if r.n < expected else "")
 
 
