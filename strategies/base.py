@@ -40,6 +40,13 @@ class StrategyConfig:
         return dataclasses.asdict(self)
 
 
+def check_block_length(block_length: Optional[int], gen_length: int) -> None:
+    """Blocks decoded in order must tile the region: ``block_length`` divides ``gen_length`` (None: one
+    block); else a ValueError naming both."""
+    if block_length is not None and (block_length <= 0 or gen_length % block_length):
+        raise ValueError(f"block_length={block_length} must divide gen_length={gen_length}")
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named setting of a strategy: data, not code. ``params`` go through the same ``from_dict``

@@ -24,11 +24,11 @@ import torch
 from refinery.core.typed import ranged
 from refinery.core.types import StepRecord
 
-from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy, StrategyConfig,
-                             commit)
+from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy,
+                                      StrategyConfig, check_block_length, commit)
 from refinery.strategies.registry import register
-from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, planned_passes, predict, select_topk, split_evenly,
-                                 transfer_counts, uniform_rand)
+from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, planned_passes, predict, select_topk,
+                                          split_evenly, transfer_counts, uniform_rand)
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,7 @@ class MaskedConfig(StrategyConfig):
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         super().check(gen_length, max_nfe)
-        if self.block_length is not None:
-            if self.block_length <= 0 or gen_length % self.block_length:
-                raise ValueError(f"block_length={self.block_length} must divide gen_length={gen_length}")
+        check_block_length(self.block_length, gen_length)
         cost = 2 if self.cfg_scale > 0 else 1
         nb = self.num_blocks(gen_length)
         if self.uneven_steps == "refuse" and (max_nfe % cost or (max_nfe // cost) % nb):
