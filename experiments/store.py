@@ -77,7 +77,8 @@ def acquire_lock(run_dir: Path, name: str = LOCK_FILE) -> int:
     except BaseException:
         os.close(fd)
         raise
-    info = dict(pid=os.getpid(), host=socket.gethostname(), command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]
+    info = dict(pid=os.getpid(), host=socket.gethostname(), command=command,
                 since=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)

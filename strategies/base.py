@@ -16,7 +16,8 @@ import torch
 
 from refinery.core.typed import build, check_fields
 # the shared decode types live in core.types (imported by the loop too); re-exported here for strategy authors
-from refinery.core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord  # noqa: F401
+from refinery.core.types import (CACHE_MODES, DecodeContext, DecodeState, ForwardOutput,  # noqa: F401
+                                 ForwardRequest, StepRecord)
 
 
 @dataclass(frozen=True)

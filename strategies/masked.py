@@ -42,7 +42,8 @@ class MaskedConfig(StrategyConfig):
     bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (LLaDA: none)
     logits_eos_inf: bool = False  # LLaDA: end-of-text logit -inf before the token choice
     confidence_eos_eot_inf: bool = False  # LLaDA: end-of-text / end-of-turn get confidence 0 (see eos_eot_confidence)
-    uneven_steps: Literal["split", "refuse"] = "split"  # passes that do not divide over blocks: split, or refuse (LLaDA)
+    # passes that do not divide over blocks: split them, or refuse (LLaDA)
+    uneven_steps: Literal["split", "refuse"] = "split"
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         super().check(gen_length, max_nfe)

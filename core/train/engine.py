@@ -137,7 +137,8 @@ class Trainer:
         if self.objective.kind == "pretrain":
             return to_device(torch.from_numpy(self.items[idx]), self.device)
         d = self.cfg.data
-        return collate_chat([self.items[i] for i in idx], d.pad_len, d.seq_len, self.special["eos_token_id"]).to(self.device)
+        batch = collate_chat([self.items[i] for i in idx], d.pad_len, d.seq_len, self.special["eos_token_id"])
+        return batch.to(self.device)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.cfg.engine.precision == "bf16" and not self.use_ds:
