@@ -91,8 +91,8 @@ def details_table(acc):
 
 def _rows_read_markdown(run_dirs: Sequence[str | Path], reads) -> str:
     """The header's account of each run's rows.jsonl: rows read and what was dropped (never silently)."""
-    lines = [f"- `{d}`: {r.summary()}" + ("; the torn line is a row still being written, or one a killed run left" if r.torn else "")
-             for d, r in zip(run_dirs, reads)]
+    torn = "; the torn line is a row still being written, or one a killed run left"
+    lines = [f"- `{d}`: {r.summary()}" + (torn if r.torn else "") for d, r in zip(run_dirs, reads)]
     return "Rows:\n\n" + "\n".join(lines)
 
 

@@ -161,7 +161,8 @@ def items_html(items: Sequence[Item], pieces: TokenPieces, collapse_from: int = 
         if j - i + 1 >= collapse_from and j == len(items) - 1:
             label = html.escape(pieces.piece(it.token))
             cls, (bg, fg, _) = ("tok-mask", MASK_STYLE) if it.token == pieces.mask_id else ("tok-special", RUN_STYLE)
-            out.append(f'<span class="tok {cls} tok-run" style="background:{bg};color:{fg}">{label} ×{j - i + 1}</span>')
+            out.append(f'<span class="tok {cls} tok-run" style="background:{bg};color:{fg}">'
+                       f'{label} ×{j - i + 1}</span>')
             i = j + 1
             continue
         out.append(_token_span(it, pieces))

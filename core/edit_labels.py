@@ -56,8 +56,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from refinery.core.align import align_pair, as_ragged, as_tokens, batch_labels_kernel, check_pairs, dynamic, labels_into, \
-    n_chunks, normalize_alignment, pack, scan_truth, scripts_from_alignment
+from refinery.core.align import (align_pair, as_ragged, as_tokens, batch_labels_kernel, check_pairs, dynamic,
+                                 labels_into, n_chunks, normalize_alignment, pack, scan_truth, scripts_from_alignment)
 from refinery.core.types import EditResult, apply_edits  # noqa: F401  (the rule lives with the shared decode types)
 
 

@@ -202,7 +202,8 @@ class GraphRunner:
                 kw.update(kv_cache=cache, use_cache=True)
             elif kind == "window":  # columns and positions from the start buffer: one graph follows the window
                 cache.index = inputs["start"] + torch.arange(n, device=input_ids.device)
-                kw.update(kv_cache=cache, position_ids=_window_positions(cache.index, inputs["mask"], input_ids.shape[0]))
+                positions = _window_positions(cache.index, inputs["mask"], input_ids.shape[0])
+                kw.update(kv_cache=cache, position_ids=positions)
             try:
                 return model(inputs["ids"], **kw)
             finally:

@@ -70,7 +70,8 @@ class LLaDAConfig(PretrainedConfig):
         if attn_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attn_backend {attn_backend!r} unknown; available: {sorted(ATTENTION_BACKENDS)}")
         kernel_set(kernels)  # unknown names fail here, with the list
-        for name, value in (("mask_token_id", mask_token_id), ("eos_token_id", eos_token_id), ("delete_token_id", delete_token_id)):
+        for name, value in (("mask_token_id", mask_token_id), ("eos_token_id", eos_token_id),
+                            ("delete_token_id", delete_token_id)):
             if value is not None and not 0 <= value < vocab_size:
                 raise ValueError(f"{name}={value} is outside the vocabulary (size {vocab_size})")
         self.vocab_size = vocab_size
@@ -326,7 +327,8 @@ class LLaDAPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def enable_checkpointing(self) -> None:
-        """Activation checkpointing on every block (transformers 5.17 renamed the method; older 5.x lack the new name)."""
+        """Activation checkpointing on every block (transformers 5.17 renamed the method; older 5.x lack the
+        new name)."""
         enable = getattr(self, "activation_checkpointing_enable", None) or self.gradient_checkpointing_enable
         enable()
 
@@ -353,7 +355,8 @@ class LLaDAModel(LLaDAPreTrainedModel):
         self.norm = RMSNorm(config.d_model, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.next_token_head = nn.Linear(config.d_model, config.vocab_size, bias=False) if config.next_token_head else None
+        self.next_token_head = (nn.Linear(config.d_model, config.vocab_size, bias=False) if config.next_token_head
+                                else None)
         self.post_init()
         self.set_kernels(config.kernels)
 

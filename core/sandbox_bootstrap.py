@@ -11,8 +11,8 @@ What it does, in order (see ``core.sandbox`` for the threat model):
    ``/lib*``, a few ``/etc`` files and the interpreter's own prefixes, at the same paths, with the
    directories above them created 0755 so ``nobody`` can traverse them; a fresh ``/tmp`` tmpfs; the
    working directory ``/sandbox``, a tmpfs owned by the program holding a copy of ``main.py``; a
-   fresh ``/proc``; ``/dev/{null,zero,random,urandom}``), pivots into it and detaches the old root. Then it forks: PID 1 stays a tiny
-   root-owned init that reaps and reports the program's exit status.
+   fresh ``/proc``; ``/dev/{null,zero,random,urandom}``), pivots into it and detaches the old root.
+   Then it forks: PID 1 stays a tiny root-owned init that reaps and reports the program's exit status.
 2. In the program's process: reads the pass nonce from stdin, sets the resource limits, drops to
    ``nobody`` (or, in a user namespace, drops every capability), sets no_new_privs, arms the audit
    hooks, runs the program, and only if it returns normally raises the ``refinery.sandbox.done``

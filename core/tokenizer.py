@@ -100,7 +100,8 @@ def load_tokenizer(path: str | Path, delete_token: Optional[str] = None) -> PreT
     ``<|reserved_token_0|>``, id 126084); it is renamed so that every layer sees ``<|del|>``.
     """
     path = check_tokenizer_dir(path)
-    import refinery.core.model  # noqa: F401  registers refinery_llada, so AutoTokenizer can read a checkpoint's config.json
+    # registers refinery_llada, so AutoTokenizer can read a checkpoint's config.json
+    import refinery.core.model  # noqa: F401
 
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if delete_token is not None and DELETE not in tok.get_vocab():

@@ -25,7 +25,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from refinery.core.types import EVENT_KINDS, StepRecord  # noqa: F401  (StepRecord is defined beside the other shared types)
+# StepRecord is defined beside the other shared types; re-exported here
+from refinery.core.types import EVENT_KINDS, StepRecord  # noqa: F401
 
 @dataclass
 class CompactTrace:
@@ -170,7 +171,8 @@ class Trace:
         L = max([self.initial.shape[1]] + [r.tokens.shape[1] for r in recs])  # a canvas that grew: pad to its width
         S = len(recs)
         initial = _widen(self.initial.numpy(), L, self.pad_id)
-        tokens = np.stack([_widen(r.tokens.numpy(), L, self.pad_id) for r in recs]) if S else np.zeros((0, B, L), np.int32)
+        tokens = (np.stack([_widen(r.tokens.numpy(), L, self.pad_id) for r in recs]) if S
+                  else np.zeros((0, B, L), np.int32))
         lengths = np.stack([r.lengths.numpy().astype(np.int32) for r in recs]) if S else np.zeros((0, B), np.int32)
         active = np.stack([r.active.numpy().astype(bool) for r in recs]) if S else np.zeros((0, B), bool)
         events, scores = {}, []

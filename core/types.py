@@ -140,7 +140,8 @@ class StepRecord:
     cache: str = ""
 
     def detach_to(self, device: str | torch.device = "cpu") -> "StepRecord":
-        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self.__dict__.items()}
         return StepRecord(**moved)
 
     def counts(self) -> dict[str, int]:

@@ -15,9 +15,9 @@ the top level, or for one entry. ``model:`` on an entry decodes that entry with 
 
 Every mistake raises :class:`ConfigError` naming the file, the dotted key
 (``strategies[2].params.block_length``) and the reason. Types, ranges and choices are declared on the
-dataclass fields below and checked by :mod:`core.typed`, the path every config of the project takes. YAML is read with ``yaml.safe_load``
-only, so no code runs from a config file. Relative paths (model, ``data_dir``) are taken
-relative to the working directory the command runs in.
+dataclass fields below and checked by :mod:`core.typed`, the path every config of the project takes.
+YAML is read with ``yaml.safe_load`` only, so no code runs from a config file. Relative paths (model,
+``data_dir``) are taken relative to the working directory the command runs in.
 """
 
 from __future__ import annotations

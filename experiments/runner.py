@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional
 
+from refinery.core.torchrun import ProcessLayout
 from refinery.experiments import shard as sharding
 from refinery.experiments.config import ExperimentConfig, StrategySpec, TaskSpec, validate
 from refinery.experiments.shard import rows_files
@@ -157,7 +158,7 @@ def run_ablation(config: ExperimentConfig, out_dir: str | Path, *, progress: boo
     drop damaged rows first (see :func:`experiments.store.repair_damage`); ``on_repair`` gets what was
     dropped. Under torchrun (``RANK``/``WORLD_SIZE`` set) this process runs only its rank's cells, into
     its own shard, and returns once every rank has finished, so the run directory then holds every row."""
-    info = sharding.current()
+    info = ProcessLayout.from_env()
     validate(config, check_paths=check_paths)
     out_dir = check_out_dir(out_dir)
     examples = load_examples(config)  # before the run directory exists: a missing data file leaves no trace
@@ -221,7 +222,7 @@ def _part_id(examples: tuple) -> str:
     return hashlib.sha1("|".join(ex.id for ex in examples).encode()).hexdigest()[:8]
 
 
-def _open_store(out_dir: Path, config: ExperimentConfig, repair: bool, shard: sharding.ShardInfo) -> RunStore:
+def _open_store(out_dir: Path, config: ExperimentConfig, repair: bool, shard: ProcessLayout) -> RunStore:
     try:
         return RunStore.open(out_dir, config, repair=repair, shard=shard)
     except UnicodeDecodeError:  # the codec's message names no file: name it
@@ -262,7 +263,7 @@ class ModelCache:
     """(model, tokenizer) per checkpoint directory of a config, each loaded on first use and kept: a run whose
     entries name several checkpoints loads each once, and one that never reaches an entry never loads it."""
 
-    def __init__(self, config: ExperimentConfig, shard: sharding.ShardInfo = sharding.ShardInfo()):
+    def __init__(self, config: ExperimentConfig, shard: ProcessLayout = ProcessLayout()):
         self.config, self.shard = config, shard
         self.loaded: dict[str, tuple] = {}
 
@@ -276,7 +277,7 @@ class ModelCache:
         return self.loaded[key]
 
 
-def load_model_for(config: ExperimentConfig, shard: sharding.ShardInfo = sharding.ShardInfo(),
+def load_model_for(config: ExperimentConfig, shard: ProcessLayout = ProcessLayout(),
                    model: Optional[str] = None):
     """-> (model, tokenizer) of ``config`` (or of the checkpoint ``model`` an entry names) on its device
     (each torchrun rank on its own GPU). The tokenizer is the config's ``tokenizer``, else the checkpoint's."""

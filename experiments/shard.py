@@ -9,7 +9,7 @@ Each rank writes its own shard files into the run directory (``rows.rank<k>.json
 planned cell, not only the unfinished ones, so ranks that read the run directory at different moments
 still agree on who owns what; each rank then skips the cells of its share that any shard holds.
 
-    info = current()
+    info = ProcessLayout.from_env()
     mine = my_cells(cells, info, gen_length=48)
 """
 
@@ -19,49 +19,15 @@ import heapq
 import logging
 import os
 import re
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence, TypeVar
 
-from refinery.core.torchrun import torchrun_env
+from refinery.core.torchrun import ProcessLayout
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """This process's place in a sharded run: ``rank`` of ``world`` processes, ``local_rank`` on its host."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def sharded(self) -> bool:
-        """True under torchrun with more than one process (each then writes its own shard files)."""
-        return self.world > 1
-
-    @property
-    def rows_name(self) -> str:
-        """The rows file this process appends to."""
-        return f"rows.rank{self.rank}.jsonl" if self.sharded else "rows.jsonl"
-
-    @property
-    def lock_name(self) -> str:
-        """The writer lock this process holds: one per shard, so ranks never wait on each other."""
-        return f".lock.rank{self.rank}" if self.sharded else ".lock"
-
-    def device(self, device: str) -> str:
-        """``device`` for this rank: a bare ``cuda`` becomes this rank's own GPU (``cuda:LOCAL_RANK``)."""
-        return f"cuda:{self.local_rank}" if self.sharded and device == "cuda" else device
-
-
-def current() -> ShardInfo:
-    """The shard of this process from torchrun's environment (rank 0 of 1 outside torchrun)."""
-    return ShardInfo(*torchrun_env())
 
 
 def cell_cost(cell, gen_length: int) -> float:
@@ -85,7 +51,7 @@ def assign(costs: Sequence[float], world: int) -> list[int]:
     return owner
 
 
-def my_cells(cells: Sequence[T], info: ShardInfo, gen_length: int) -> list[T]:
+def my_cells(cells: Sequence[T], info: ProcessLayout, gen_length: int) -> list[T]:
     """The cells of ``cells`` this rank runs, in their planned order (all of them outside torchrun)."""
     if not info.sharded:
         return list(cells)
@@ -93,7 +59,7 @@ def my_cells(cells: Sequence[T], info: ShardInfo, gen_length: int) -> list[T]:
     return [c for c, r in zip(cells, owner) if r == info.rank]
 
 
-def barrier(info: ShardInfo) -> None:
+def barrier(info: ProcessLayout) -> None:
     """Wait until every rank got here (no-op outside torchrun); the group is set up on first use (gloo)."""
     if not info.sharded:
         return
@@ -104,7 +70,7 @@ def barrier(info: ShardInfo) -> None:
     dist.barrier()
 
 
-def finish(info: ShardInfo) -> None:
+def finish(info: ProcessLayout) -> None:
     """Final barrier, then tear the process group down (so a process may run a second ablation)."""
     if not info.sharded:
         return
@@ -126,13 +92,23 @@ def rows_files(run_dir: str | Path) -> list[Path]:
     return plain + [p for _, p in ranked]
 
 
-def lock_name_for(rows_name: str) -> str:
-    """The writer lock that guards a rows file (see :attr:`ShardInfo.lock_name`)."""
-    m = _SHARD_FILE.fullmatch(rows_name)
+def rows_name(info: ProcessLayout) -> str:
+    """The rows file this process appends to: its own per rank when sharded."""
+    return f"rows.rank{info.rank}.jsonl" if info.sharded else "rows.jsonl"
+
+
+def lock_name(info: ProcessLayout) -> str:
+    """The writer lock this process holds: one per shard, so ranks never wait on each other."""
+    return lock_name_for(rows_name(info))
+
+
+def lock_name_for(rows_file: str) -> str:
+    """The writer lock that guards the rows file named ``rows_file``."""
+    m = _SHARD_FILE.fullmatch(rows_file)
     return f".lock.rank{m.group(1)}" if m else ".lock"
 
 
-def other_shards_rows(run_dir: Path, shard: ShardInfo) -> list[dict]:
+def other_shards_rows(run_dir: Path, shard: ProcessLayout) -> list[dict]:
     """The rows of every other rows file. One whose writer is gone (its lock is free) is repaired like
     our own, so a killed rank's torn tail is cut whoever reruns; one still being written is read
     leniently, counting only whole batches."""
@@ -143,7 +119,7 @@ def other_shards_rows(run_dir: Path, shard: ShardInfo) -> list[dict]:
 
     out = []
     for path in rows_files(run_dir):
-        if path.name == shard.rows_name:
+        if path.name == rows_name(shard):
             continue
         fd = os.open(run_dir / lock_name_for(path.name), os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from refinery.core.torchrun import ProcessLayout
 from refinery.experiments.config import ExperimentConfig, dump_config
 from refinery.experiments.extend import merge_configs
-from refinery.experiments.shard import ShardInfo, other_shards_rows, rows_files
+from refinery.experiments.shard import lock_name, other_shards_rows, rows_files, rows_name
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def acquire_lock(run_dir: Path, name: str = LOCK_FILE) -> int:
     except BaseException:
         os.close(fd)
         raise
-    info = dict(pid=os.getpid(), host=socket.gethostname(), command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]
+    info = dict(pid=os.getpid(), host=socket.gethostname(), command=command,
                 since=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
@@ -97,7 +99,7 @@ class RunStore:
     """Appends whole batches to a run directory; see the module docstring for the guarantees."""
 
     def __init__(self, run_dir: Path, done_batches: set[str], num_rows: int, lock_fd: Optional[int] = None,
-                 shard: ShardInfo = ShardInfo()):
+                 shard: ProcessLayout = ProcessLayout()):
         self.run_dir = run_dir
         self.shard = shard  # which rows file this writer appends to
         self.done_batches = done_batches  # batch ids whose rows are all stored
@@ -108,7 +110,7 @@ class RunStore:
 
     @classmethod
     def open(cls, run_dir: str | Path, config: ExperimentConfig, repair: bool = False,
-             shard: ShardInfo = ShardInfo()) -> "RunStore":
+             shard: ProcessLayout = ProcessLayout()) -> "RunStore":
         """Create ``run_dir`` for ``config``, or verify and repair a previous run of the same config.
 
         Takes the directory's writer lock first, so a second writer is refused before anything changes
@@ -121,15 +123,16 @@ class RunStore:
             return cls._open_locked(run_dir, config, repair, shard)
 
     @classmethod
-    def _open_locked(cls, run_dir: Path, config: ExperimentConfig, repair: bool, shard: ShardInfo) -> "RunStore":
-        lock_fd = acquire_lock(run_dir, shard.lock_name)
+    def _open_locked(cls, run_dir: Path, config: ExperimentConfig, repair: bool,
+                     shard: ProcessLayout) -> "RunStore":
+        lock_fd = acquire_lock(run_dir, lock_name(shard))
         try:
             (run_dir / TRACE_DIR).mkdir(exist_ok=True)
             _check_or_write_config(run_dir, config)
             for stale in (run_dir / TRACE_DIR).glob(_tmp_suffix(shard, "*")):
                 stale.unlink()  # a trace that was being written when this writer's last run died
-            report = repair_damage(run_dir, shard.rows_name) if repair else None
-            rows = repair_rows(run_dir / shard.rows_name)
+            report = repair_damage(run_dir, rows_name(shard)) if repair else None
+            rows = repair_rows(run_dir / rows_name(shard))
             others = other_shards_rows(run_dir, shard)
         except BaseException:
             os.close(lock_fd)
@@ -171,7 +174,7 @@ class RunStore:
         for row in rows:
             row["batch_id"], row["batch_rows"] = batch_id, len(rows)
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-        fd = os.open(self.run_dir / self.shard.rows_name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.run_dir / rows_name(self.shard), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             written = 0
             while written < len(data):  # regular files take it in one write; loop for the odd short write
@@ -184,7 +187,7 @@ class RunStore:
         self.num_rows += len(rows)
 
 
-def _tmp_suffix(shard: ShardInfo, name: str) -> str:
+def _tmp_suffix(shard: ProcessLayout, name: str) -> str:
     """A trace's temporary name; per rank, so no rank removes another's half-written trace."""
     return f"{name}.rank{shard.rank}.tmp" if shard.sharded else f"{name}.tmp"
 

@@ -44,10 +44,10 @@ class RefineryLM(LM):
         super().__init__()
         from refinery.core.checkpoint import load_model, parse_dtype, resolve_model_path
         from refinery.core.tokenizer import load_tokenizer
-        from refinery.experiments.shard import current
+        from refinery.core.torchrun import ProcessLayout
         from refinery.strategies import get_strategy
 
-        info = current()
+        info = ProcessLayout.from_env()
         self._rank, self._world_size = info.rank, info.world
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"

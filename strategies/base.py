@@ -16,7 +16,8 @@ import torch
 
 from refinery.core.typed import build, check_fields
 # the shared decode types live in core.types (imported by the loop too); re-exported here for strategy authors
-from refinery.core.types import CACHE_MODES, DecodeContext, DecodeState, ForwardOutput, ForwardRequest, StepRecord  # noqa: F401
+from refinery.core.types import (CACHE_MODES, DecodeContext, DecodeState, ForwardOutput,  # noqa: F401
+                                 ForwardRequest, StepRecord)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class StrategyConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_block_length(block_length: Optional[int], gen_length: int) -> None:
+    """Blocks decoded in order must tile the region: ``block_length`` divides ``gen_length`` (None: one
+    block); else a ValueError naming both."""
+    if block_length is not None and (block_length <= 0 or gen_length % block_length):
+        raise ValueError(f"block_length={block_length} must divide gen_length={gen_length}")
 
 
 @dataclass(frozen=True)

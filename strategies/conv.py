@@ -32,8 +32,8 @@ from refinery.core.typed import ranged
 from refinery.core.types import StepRecord
 from refinery.strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
 from refinery.strategies.registry import register
-from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, planned_passes, predict, select_topk,
-                                 transfer_counts)
+from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, gumbel_argmax, planned_passes, predict,
+                                          select_topk, transfer_counts)
 
 EPS = 1e-5  # the reference grid's last time point
 

@@ -26,8 +26,8 @@ import torch
 
 from refinery.core.typed import ranged
 
-from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, Preset, StepRecord, Strategy, StrategyConfig,
-                             commit)
+from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, Preset, StepRecord, Strategy,
+                                      StrategyConfig, commit)
 from refinery.strategies.sampling import NEG_INF, ban_tokens, banned_ids, gumbel_argmax, select_topk
 
 

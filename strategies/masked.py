@@ -24,11 +24,11 @@ import torch
 from refinery.core.typed import ranged
 from refinery.core.types import StepRecord
 
-from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy, StrategyConfig,
-                             commit)
+from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, ForwardRequest, Preset, Strategy,
+                                      StrategyConfig, check_block_length, commit)
 from refinery.strategies.registry import register
-from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, planned_passes, predict, select_topk, split_evenly,
-                                 transfer_counts, uniform_rand)
+from refinery.strategies.sampling import (NEG_INF, ban_tokens, banned_ids, planned_passes, predict, select_topk,
+                                          split_evenly, transfer_counts, uniform_rand)
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,12 @@ class MaskedConfig(StrategyConfig):
     bans: Literal["mask+delete", "mask", "none"] = "mask+delete"  # ids never predicted (LLaDA: none)
     logits_eos_inf: bool = False  # LLaDA: end-of-text logit -inf before the token choice
     confidence_eos_eot_inf: bool = False  # LLaDA: end-of-text / end-of-turn get confidence 0 (see eos_eot_confidence)
-    uneven_steps: Literal["split", "refuse"] = "split"  # passes that do not divide over blocks: split, or refuse (LLaDA)
+    # passes that do not divide over blocks: split them, or refuse (LLaDA)
+    uneven_steps: Literal["split", "refuse"] = "split"
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         super().check(gen_length, max_nfe)
-        if self.block_length is not None:
-            if self.block_length <= 0 or gen_length % self.block_length:
-                raise ValueError(f"block_length={self.block_length} must divide gen_length={gen_length}")
+        check_block_length(self.block_length, gen_length)
         cost = 2 if self.cfg_scale > 0 else 1
         nb = self.num_blocks(gen_length)
         if self.uneven_steps == "refuse" and (max_nfe % cost or (max_nfe // cost) % nb):

@@ -13,8 +13,10 @@ from refinery.core.registry import Registry, unknown_name_message
 if TYPE_CHECKING:
     from refinery.strategies.base import Strategy
 
-STRATEGIES: Registry["Strategy"] = Registry("strategy", base="refinery.strategies.base:Strategy", populate="refinery.strategies")
-STRATEGIES.register("dream", "refinery.strategies.dream:DreamStrategy")  # README "Add a strategy": lazy, imported on first use
+STRATEGIES: Registry["Strategy"] = Registry("strategy", base="refinery.strategies.base:Strategy",
+                                             populate="refinery.strategies")
+# README "Add a strategy": registered lazily, imported on first use
+STRATEGIES.register("dream", "refinery.strategies.dream:DreamStrategy")
 
 
 def register(name: str, target: Optional[str] = None):

@@ -25,7 +25,8 @@ import torch
 from refinery.core.typed import ranged
 from refinery.core.types import StepRecord
 
-from refinery.strategies.base import DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig, commit
+from refinery.strategies.base import (DecodeContext, DecodeState, ForwardOutput, Preset, Strategy, StrategyConfig,
+                                      check_block_length, commit)
 from refinery.strategies.registry import register
 from refinery.strategies.sampling import NEG_INF, ban_tokens, banned_ids, predict, select_topk, split_evenly
 
@@ -41,8 +42,7 @@ class ThresholdConfig(StrategyConfig):
 
     def check(self, gen_length: int, max_nfe: int) -> None:
         super().check(gen_length, max_nfe)
-        if self.block_length is not None and (self.block_length <= 0 or gen_length % self.block_length):
-            raise ValueError(f"block_length={self.block_length} must divide gen_length={gen_length}")
+        check_block_length(self.block_length, gen_length)
 
 
 @register("threshold")

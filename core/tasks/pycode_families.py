@@ -50,6 +50,13 @@ def _filter_loop(fname: str, arg: str, acc: str, init: str, x: str, cond: str, a
                  f"return {acc}")
 
 
+def _filter_names(r: random.Random, accs: Sequence[str], pools, p: Pred) -> tuple[str, str, str]:
+    """(accumulator, loop variable, ``p``'s condition on it) for a loop over the numbers that pass ``p``; the
+    accumulator is drawn first, then the variable (the problems' byte-for-byte fingerprint depends on the order)."""
+    acc, x = r.choice(accs), r.choice(pools.vars)
+    return acc, x, p.expr.format(x=x)
+
+
 def _counting(r: random.Random, fname: str, arg: str, acc: str, x: str, cond: str, one_liners: Sequence[str]) -> str:
     """A counting loop over ``arg`` (one time in three) or one of two equivalent one-line returns."""
     choice = r.randrange(3)
@@ -77,8 +84,7 @@ def fam_count(rng, k, pools=None):
     p = rng.choice(pools.preds(k))
 
     def write(r, fname, arg):
-        acc, x = r.choice(pools.accs), r.choice(pools.vars)
-        cond = p.expr.format(x=x)
+        acc, x, cond = _filter_names(r, pools.accs, pools, p)
         return _counting(r, fname, arg, acc, x, cond, (f"sum(1 for {x} in {arg} if {cond})",
                                                         f"len([{x} for {x} in {arg} if {cond}])"))
 
@@ -91,8 +97,7 @@ def fam_sum(rng, k, pools=None):
     p = rng.choice(pools.preds(k))
 
     def write(r, fname, arg):
-        acc, x = r.choice(pools.accs), r.choice(pools.vars)
-        cond = p.expr.format(x=x)
+        acc, x, cond = _filter_names(r, pools.accs, pools, p)
         if r.random() < 0.6:
             return _filter_loop(fname, arg, acc, "0", x, cond, _acc_update(r, acc, "+", x))
         return f"def {fname}({arg}):\n{IND}return sum({x} for {x} in {arg} if {cond})"
@@ -106,8 +111,7 @@ def fam_filter(rng, k, pools=None):
     p = rng.choice(pools.preds(k))
 
     def write(r, fname, arg):
-        acc, x = r.choice(("out", "result", "keep", "res")), r.choice(pools.vars)
-        cond = p.expr.format(x=x)
+        acc, x, cond = _filter_names(r, ("out", "result", "keep", "res"), pools, p)
         if r.random() < 0.5:
             return _filter_loop(fname, arg, acc, "[]", x, cond, f"{acc}.append({x})")
         return f"def {fname}({arg}):\n{IND}return [{x} for {x} in {arg} if {cond}]"

@@ -134,7 +134,8 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
     """Newest complete checkpoint under ``root`` (only renamed, finished directories count)."""
     if not root.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
     return max(found)[1] if found else None
 
 

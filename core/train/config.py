@@ -33,7 +33,8 @@ POSITIVE_INTS = {"range": (1, None), "min_len": 1}  # a non-empty list of intege
 @dataclass(frozen=True)
 class ModelSection:
     init_from: Optional[str] = None  # checkpoint directory of the previous stage; None = fresh model
-    config: dict = field(default_factory=dict)  # LLaDAConfig kwargs for a fresh model (vocab/special ids from tokenizer)
+    # LLaDAConfig kwargs for a fresh model (vocab size and special ids come from the tokenizer)
+    config: dict = field(default_factory=dict)
     add_next_token_head: Literal["none", "copy", "fresh"] = "none"  # attach the ME-DLM head if missing
     gradient_checkpointing: bool = False  # recompute block activations in backward (memory for compute)
 
@@ -51,7 +52,8 @@ class DataSection:
 class ObjectiveSection:
     min_t: float = 1e-3  # t ~ U(min_t, max_t): per-sequence masking probability
     max_t: float = 1.0
-    normalize: Literal["tokens", "masked"] = "tokens"  # divide the 1/t-weighted sum by all (response) tokens or by masked ones
+    # divide the 1/t-weighted sum by all (response) tokens or by the masked ones
+    normalize: Literal["tokens", "masked"] = "tokens"
     next_head_weight: float = 1.0  # weight of the next-token head's loss (when the model has the head)
     t_sampling: Literal["sequence", "micro_batch"] = "sequence"  # one t per row (LLaDA) or per micro-batch (ME-DLM)
     # chat stages: may the first response token be masked? True is the project's gap-0 fix (the next-token head
@@ -158,7 +160,8 @@ class TrainConfig:
             (not d.train_files, "data.train_files", "at least one file is needed"),
             (self.tokenizer is None and self.model.init_from is None, "tokenizer",
              "needed when model.init_from is not given"),
-            (not 0 < o.min_t <= o.max_t <= 1, "objective.min_t", f"need 0 < min_t <= max_t <= 1, got {o.min_t}, {o.max_t}"),
+            (not 0 < o.min_t <= o.max_t <= 1, "objective.min_t",
+             f"need 0 < min_t <= max_t <= 1, got {o.min_t}, {o.max_t}"),
             (self.model.init_from is not None and bool(set(self.model.config) - {"kernels"}), "model.config",
              "give either model.init_from or a model shape in model.config, not both (model.config.kernels "
              "alone may go with init_from)"),

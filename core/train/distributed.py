@@ -10,40 +10,23 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from refinery.core.torchrun import torchrun_env
+from refinery.core.torchrun import ProcessLayout
 from refinery.core.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_info() -> DistInfo:
-    rank, world, local = torchrun_env()
-    return DistInfo(world, rank, local)
-
-
-def resolve_device(name: str, info: DistInfo) -> torch.device:
+def resolve_device(name: str, info: ProcessLayout) -> torch.device:
     """``auto`` -> cuda:LOCAL_RANK when a GPU is visible, else cpu."""
     if name == "auto":
         name = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda" and info.world_size > 1:
-        name = f"cuda:{info.local_rank}"
+    else:
+        name = info.device(name)
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -97,25 +80,25 @@ def init_deepspeed(model, optimizer, scheduler, ds_config: dict):
     return engine, optimizer, scheduler
 
 
-def init_process_group_if_needed(info: DistInfo, use_deepspeed: bool, where: str) -> None:
-    if info.world_size > 1 and not use_deepspeed:
-        raise ValueError(f"{where}: {info.world_size} processes need engine.deepspeed (a ZeRO JSON config)")
+def init_process_group_if_needed(info: ProcessLayout, use_deepspeed: bool, where: str) -> None:
+    if info.world > 1 and not use_deepspeed:
+        raise ValueError(f"{where}: {info.world} processes need engine.deepspeed (a ZeRO JSON config)")
 
 
-def all_reduce_mean(values: dict, info: DistInfo, device: torch.device) -> dict:
+def all_reduce_mean(values: dict, info: ProcessLayout, device: torch.device) -> dict:
     """Average logged floats over ranks (only for logging; gradients are reduced by DeepSpeed)."""
-    if info.world_size == 1 or not values:
+    if info.world == 1 or not values:
         return values
     import torch.distributed as dist
 
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
     dist.all_reduce(t)
-    return {k: v / info.world_size for k, v in zip(keys, t.tolist())}
+    return {k: v / info.world for k, v in zip(keys, t.tolist())}
 
 
-def barrier(info: DistInfo) -> None:
-    if info.world_size > 1:
+def barrier(info: ProcessLayout) -> None:
+    if info.world > 1:
         import torch.distributed as dist
 
         dist.barrier()

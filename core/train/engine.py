@@ -21,12 +21,12 @@ from typing import Optional
 
 import torch
 
+from refinery.core.torchrun import ProcessLayout
 from refinery.core.train import checkpoint as ckpt
 from refinery.core.train.config import TrainConfig, config_to_dict
-from refinery.core.train.data import (EpochSampler, collate_chat, encode_chat, load_records, pack_texts,
-                             to_device)
-from refinery.core.train.distributed import (DistInfo, all_reduce_mean, barrier, deepspeed_config, dist_info, gathered_state_dict,
-                                    init_deepspeed, init_process_group_if_needed, resolve_device)
+from refinery.core.train.data import EpochSampler, collate_chat, encode_chat, load_records, pack_texts, to_device
+from refinery.core.train.distributed import (all_reduce_mean, barrier, deepspeed_config, gathered_state_dict,
+                                             init_deepspeed, init_process_group_if_needed, resolve_device)
 from refinery.core.train.model_setup import build_model, build_tokenizer, special_ids
 from refinery.core.train.objectives import PretrainObjective, SFTObjective
 from refinery.core.train.r2ft import R2FTObjective
@@ -85,7 +85,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, where: str = "config"):
         self.cfg, self.where = cfg, where
         self.started = time.monotonic()  # engine.max_seconds counts from here: data and model setup included
-        self.info: DistInfo = dist_info()
+        self.info = ProcessLayout.from_env()
         self.use_ds = cfg.engine.deepspeed is not None
         init_process_group_if_needed(self.info, self.use_ds, where)
         self.device = resolve_device(cfg.engine.device, self.info)
@@ -133,11 +133,12 @@ class Trainer:
         """This process's slice of the next global micro-batch (every rank draws the same indices), copied to the
         device through pinned memory without blocking; a chat batch keeps its CPU original (``batch.host``)."""
         mbs, info = self.cfg.optim.micro_batch_size, self.info
-        idx = self.sampler.take(mbs * info.world_size)[info.rank * mbs:(info.rank + 1) * mbs]
+        idx = self.sampler.take(mbs * info.world)[info.rank * mbs:(info.rank + 1) * mbs]
         if self.objective.kind == "pretrain":
             return to_device(torch.from_numpy(self.items[idx]), self.device)
         d = self.cfg.data
-        return collate_chat([self.items[i] for i in idx], d.pad_len, d.seq_len, self.special["eos_token_id"]).to(self.device)
+        batch = collate_chat([self.items[i] for i in idx], d.pad_len, d.seq_len, self.special["eos_token_id"])
+        return batch.to(self.device)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.cfg.engine.precision == "bf16" and not self.use_ds:
@@ -174,7 +175,7 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         metrics = all_reduce_mean(read_floats(sums), self.info, self.device)
-        metrics["tokens"] = tokens * self.info.world_size
+        metrics["tokens"] = tokens * self.info.world
         return metrics
 
     # ----------------------------------------------------------------------------------------- loop
@@ -213,7 +214,7 @@ class Trainer:
         if deadline is None:
             return False
         late = {"late": float(time.monotonic() >= deadline)}
-        if self.info.world_size > 1:
+        if self.info.world > 1:
             late = all_reduce_mean(late, self.info, self.device)  # any rank late -> mean > 0 -> all stop
         if late["late"] > 0:
             log.warning("%s: engine.max_seconds (%s s) reached after %d of %d steps; saving the final model",
@@ -272,7 +273,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- saving
     def _state(self) -> dict:
         return {"step": self.step, "sampler": self.sampler.state_dict(), "stage": self.cfg.stage,
-                "world_size": self.info.world_size, "config": config_to_dict(self.cfg)}
+                "world_size": self.info.world, "config": config_to_dict(self.cfg)}
 
     def save_checkpoint(self) -> Path:
         path = ckpt.step_dir(self.ckpt_root, self.step)
@@ -297,8 +298,8 @@ class Trainer:
             from refinery.core.train.ds_checkpoint import load_deepspeed_checkpoint
 
             state = load_deepspeed_checkpoint(self, path)
-        if state.get("world_size", 1) != self.info.world_size:
-            raise ValueError(f"{path}: saved with {state['world_size']} processes, resuming with {self.info.world_size}")
+        if state.get("world_size", 1) != self.info.world:
+            raise ValueError(f"{path}: saved with {state['world_size']} processes, resuming with {self.info.world}")
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         log.info("resumed from %s at step %d", path, self.step)

@@ -116,10 +116,7 @@ def pair_logprobs(logits: torch.Tensor, pair: Pair, reduction: str, mask_id: int
     that id out of the softmax."""
     dev, B = logits.device, logits.shape[0]
     scored = pair.win | pair.lose
-    sel = Selection.of(scored, dev).take(logits).float()  # (M, V): only the scored positions
-    if mask_id >= 0:
-        sel[:, mask_id] = float("-inf")
-    logp = F.log_softmax(sel, dim=-1)
+    logp = vocab_logprobs(Selection.of(scored, dev).take(logits), mask_id)  # (M, V): only the scored positions
     rows = scored.nonzero()[:, 0]
     out = []
     for where, target in ((pair.win, pair.winner), (pair.lose, pair.loser)):
@@ -127,11 +124,26 @@ def pair_logprobs(logits: torch.Tensor, pair: Pair, reduction: str, mask_id: int
         picked = logp.index_select(0, to_device(keep.nonzero().squeeze(1), dev))
         tok = picked.gather(1, to_device(target[where][:, None], dev)).squeeze(1)
         out.append(row_sums(tok, rows[keep], B))
-    (lp_w, n_w), (lp_l, n_l) = out
+    return reduce_pair_logprobs(*out, pair.win_len, reduction)
+
+
+def vocab_logprobs(sel: torch.Tensor, mask_id: int = -1) -> torch.Tensor:
+    """Log-softmax in fp32 over the vocabulary of selected logits (M, V) -> (M, V); mask_id >= 0 takes that id
+    out. ``sel`` must be a fresh selection (fp32 logits are written in place: no second (M, V) copy)."""
+    sel = sel.float()
+    if mask_id >= 0:
+        sel[:, mask_id] = float("-inf")
+    return F.log_softmax(sel, dim=-1)
+
+
+def reduce_pair_logprobs(winner: tuple, loser: tuple, win_len: torch.Tensor, reduction: str):
+    """(log-prob sum, token count) per row, each (B,), of winner and loser -> their (B,) log-probs under
+    ``reduction``: "mean" per scored token, "length" the winner's over ``win_len`` (B,) on the host, "sum" as is."""
+    (lp_w, n_w), (lp_l, n_l) = winner, loser
     if reduction == "mean":
         return lp_w / n_w.clamp(min=1), lp_l / n_l.clamp(min=1)
     if reduction == "length":
-        return lp_w / to_device(pair.win_len, dev).to(lp_w.dtype).clamp(min=1), lp_l / n_l.clamp(min=1)
+        return lp_w / to_device(win_len, lp_w.device).to(lp_w.dtype).clamp(min=1), lp_l / n_l.clamp(min=1)
     return lp_w, lp_l
 
 

@@ -57,9 +57,10 @@ def run(args) -> int:
         print(f"test look {looks} of the tune protocol named by {config.source}", flush=True)
     run_dir = run_ablation(config, out, progress=not args.no_progress, repair=args.repair,
                            on_repair=lambda report: print(report.repair_line(), flush=True))
-    from refinery.experiments.shard import current
+    from refinery.core.torchrun import ProcessLayout
 
-    if current().rank != 0:  # under torchrun: every rank has finished; rank 0 prints the table of all shards
+    # Under torchrun every rank has finished by now; rank 0 prints the table of all shards.
+    if not ProcessLayout.from_env().is_main:
         return 0
     rows = load_rows(run_dir)
     print(f"{len(rows)} rows in {run_dir}")

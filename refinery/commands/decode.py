@@ -8,8 +8,8 @@ import os
 from refinery.helpformat import DefaultsFormatter
 
 GENERATED_TASKS = ("arith", "pycode")  # the prompt forms the embedded model was trained on
-DEFAULT_PRESET = "project"
-SMALL_MODEL = 100_000_000  # parameters: below this a CPU decode of one prompt runs fastest on one thread  # the preset a strategy runs with when --preset is not given (if it has one)
+DEFAULT_PRESET = "project"  # the preset a strategy runs with when --preset is not given (if it has one)
+SMALL_MODEL = 100_000_000  # parameters: below this a CPU decode of one prompt runs fastest on one thread
 
 
 def add_parser(sub) -> None:

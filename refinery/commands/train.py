@@ -18,10 +18,12 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="YAML training config (see experiments/train/)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output directory")
     p.add_argument("--out", default=None, help="output directory (default: the config's engine.out_dir)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default: the config's optim.max_steps)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="optimiser steps (default: the config's optim.max_steps)")
     p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: the config's engine.device)")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop this many seconds after start-up (setup included) and save the final model (default: run every step)")
+                   help="stop this many seconds after start-up (setup included) and save the final model "
+                        "(default: run every step)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key (dotted; VALUE read as YAML), e.g. --set optim.lr=3e-4")

@@ -48,7 +48,8 @@ def test_figures_are_pngs(run_dir, tmp_path):
 def test_report_has_tables_and_linked_figures(run_dir, tmp_path):
     report = write_report([run_dir], tmp_path / "out")
     text = report.read_text()
-    for heading in ("## Strict accuracy", "## Gain over `masked`", "## Paired with `masked`", "## Details", "Edit operations per edit pass"):
+    for heading in ("## Strict accuracy", "## Gain over `masked`", "## Paired with `masked`", "## Details",
+                    "Edit operations per edit pass"):
         assert heading in text
     assert "| edit | +25.0 | +25.0 |" in text
     assert "| arith | edit | 75.0 -> 100.0 (+1 / -0) | 50.0 -> 50.0 (+1 / -1) |" in text
@@ -72,17 +73,19 @@ def test_report_breaks_accuracy_down_by_the_tasks_subsets(tmp_path):
     from refinery.core.tasks import get_task
     from refinery.experiments.config import config_from_dict, dump_config
 
-    config = config_from_dict({"tasks": [{"name": "pycode", "n": 6, "split": "test"}], "strategies": [{"name": "masked"}],
-                               "budgets": ["1/1"], "gen_length": 8, "batch_size": 4})
+    config = config_from_dict({"tasks": [{"name": "pycode", "n": 6, "split": "test"}],
+                               "strategies": [{"name": "masked"}], "budgets": ["1/1"], "gen_length": 8,
+                               "batch_size": 4})
     examples = get_task("pycode").examples("test", 6)
     unseen = [e.meta["subset"] == "pair unseen in training" for e in examples]
     assert 0 < sum(unseen) < 6  # both subsets occur among these six
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(dump_config(config))
-    rows = [dict(key=e.id, task="pycode", split="test", example_id=e.id, strategy="masked", label="masked", budget="1/1",
-                 budget_value=1.0, seed=0, correct=u, answer_correct=u, nfe=8, max_nfe=8, tokens_generated=8,
-                 wall_seconds=0.1, batch_seconds=0.4) for e, u in zip(examples, unseen)]  # solves exactly the unseen ones
+    # the run solves exactly the unseen ones
+    rows = [dict(key=e.id, task="pycode", split="test", example_id=e.id, strategy="masked", label="masked",
+                 budget="1/1", budget_value=1.0, seed=0, correct=u, answer_correct=u, nfe=8, max_nfe=8,
+                 tokens_generated=8, wall_seconds=0.1, batch_seconds=0.4) for e, u in zip(examples, unseen)]
     (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = write_report([run], tmp_path / "out").read_text()
     section = text.split("## By subset")[1].split("## Details")[0]

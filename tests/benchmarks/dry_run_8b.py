@@ -205,12 +205,14 @@ def report(fig: dict, args) -> str:
     lines += [f"| {k} | {v:.3f} |" for k, v in fig["seconds_per_problem"].items()]
     n = args.problems_per_benchmark
     plain = {k: v for k, v in fig["seconds_per_problem"].items() if "+" not in k}
-    best = {k: min([v] + [w for c, w in fig["seconds_per_problem"].items() if c.split("+")[0] == k]) for k, v in plain.items()}
+    best = {k: min([v] + [w for c, w in fig["seconds_per_problem"].items() if c.split("+")[0] == k])
+            for k, v in plain.items()}
     for name, entries in (("uncached", plain), ("each entry at its fastest cache mode", best)):
         lines += ["", f"GPU-hours for the full matrix, {name}, ESTIMATE ({FULL_MATRIX['benchmarks']} benchmarks x {n} "
                   f"problems x budgets {', '.join(FULL_MATRIX['budgets'])} x {len(entries)} entries; "
                   f"s/problem scaled by budget / {args.budget}): "
-                  f"1 GPU {gpu_hours(entries, args.budget, n, 1):.1f} h, 8 GPUs {gpu_hours(entries, args.budget, n, 8):.1f} h"]
+                  f"1 GPU {gpu_hours(entries, args.budget, n, 1):.1f} h, "
+                  f"8 GPUs {gpu_hours(entries, args.budget, n, 8):.1f} h"]
     return "\n".join(lines)
 
 

@@ -240,7 +240,8 @@ def time_strategy(tm: TimedModel, name: str, spec, B: int, budget: str, args, se
     kinds = [r.cache for r in res.trace.records]
     row = dict(strategy=name, cache=cache, graphs=graphs, batch=B, budget=budget, gen_length=args.gen_length,
                ms_total=total, ms_forward=sum(fwd[False] + fwd[True]), passes=passes,
-               nfe=float(res.nfe.float().mean()), ms_per_token=total / (B * args.gen_length), ms_per_pass=total / passes,
+               nfe=float(res.nfe.float().mean()), ms_per_token=total / (B * args.gen_length),
+               ms_per_pass=total / passes,
                edit_passes=len(fwd[True]), graph_passes=res.graph_passes,
                cached_passes=sum(k in ("prefix", "dual") for k in kinds), refresh_passes=kinds.count("refresh"),
                tokens=res.tokens)
@@ -361,7 +362,8 @@ def parse_args() -> argparse.Namespace:
         raise SystemExit(f"--graphs: unknown modes {bad}; known: off, on, auto")
     if args.smoke:
         args.d_model, args.n_layers, args.n_heads, args.mlp, args.gen_length, args.prompt = 32, 2, 4, 64, 32, 8
-        args.cells = "2:1/4:masked+masked_blocks+edit:1:none+prefix,1:1/4:masked_blocks+threshold+edit_blocks:1:none+dual"
+        args.cells = ("2:1/4:masked+masked_blocks+edit:1:none+prefix,"
+                      "1:1/4:masked_blocks+threshold+edit_blocks:1:none+dual")
     elif args.shape:
         args.d_model, args.n_layers, args.n_heads, args.mlp = SHAPES[args.shape]
     global DEVICE
@@ -389,7 +391,8 @@ def reference_row(model, B: int, budget: str, repeats: int, args, warm: set, dev
         if r == 1:
             ref_tokens = out
     ref = dict(strategy="llada_reference", cache="none", batch=B, budget=budget, gen_length=args.gen_length,
-               ms_total=statistics.median(ref_ms), nfe=steps, ms_per_token=statistics.median(ref_ms) / (B * args.gen_length),
+               ms_total=statistics.median(ref_ms), nfe=steps,
+               ms_per_token=statistics.median(ref_ms) / (B * args.gen_length),
                ms_per_pass=statistics.median(ref_ms) / steps, device=device)
     return ref, ref_tokens
 

@@ -127,7 +127,8 @@ def check_shape(name: str, shape: dict, vocab: int, batch: int, seq: int, kernel
         rel, worst, worst_name = _grad_diff(g_f, g_e)
         rel32, _, _ = _grad_diff(g_f, g32)
         ok = abs(loss_f - loss_e) <= 1e-2 * abs(loss_e) and rel <= max(2 * floor, 1e-3)
-        rows.append({"shape": name, "kernels": k, "loss": loss_f, "loss_rel_vs_eager": abs(loss_f - loss_e) / abs(loss_e),
+        rows.append({"shape": name, "kernels": k, "loss": loss_f,
+                     "loss_rel_vs_eager": abs(loss_f - loss_e) / abs(loss_e),
                      "grad_rel_vs_eager": rel, "worst_param_vs_eager": worst, "worst_param": worst_name,
                      "grad_rel_vs_fp32": rel32, "ok": ok})
         del model
@@ -174,8 +175,10 @@ def cmd_profile(a) -> None:
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.self_device_time_total for e in events)
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    gemm = sum(e.self_device_time_total for e in events if any(s in e.key.lower() for s in ("gemm", "nvjet", "cutlass", "sm90_xmma")))
-    print(f"kernels {a.kernels}: GPU time {total / 1e3 / a.steps:.1f} ms per step; matrix multiplies {gemm / total:.1%}")
+    matmul_names = ("gemm", "nvjet", "cutlass", "sm90_xmma")
+    gemm = sum(e.self_device_time_total for e in events if any(s in e.key.lower() for s in matmul_names))
+    print(f"kernels {a.kernels}: GPU time {total / 1e3 / a.steps:.1f} ms per step; "
+          f"matrix multiplies {gemm / total:.1%}")
     for e in events[: a.top]:
         print(f"{e.self_device_time_total / total:6.1%} {e.self_device_time_total / 1e3 / a.steps:8.2f} ms/step  "
               f"x{e.count // a.steps:<4d} {e.key[:110]}")

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein
 
-from refinery.core.align import DELETE, INSERT, KEEP, REPLACE, align_into, alignment, batch_alignment, batch_edit_scripts, \
-    batch_levenshtein, edit_script, levenshtein, pack
+from refinery.core.align import (DELETE, INSERT, KEEP, REPLACE, align_into, alignment, batch_alignment,
+                                 batch_edit_scripts, batch_levenshtein, edit_script, levenshtein, pack)
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None)
 

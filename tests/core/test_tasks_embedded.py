@@ -34,7 +34,8 @@ def test_train_dev_and_test_problems_never_overlap(name):
     train_keys = {p.key for p in task.problems("train", 400, seed=0)}
     assert not test_keys & train_keys and not dev_keys & train_keys and not dev_keys & test_keys
     records = task.training_records("train", 300, seed=1, kind="sft")
-    held_out = {p.prompt for p in task.problems("test", 100, seed=0)} | {p.prompt for p in task.problems("dev", 60, seed=0)}
+    held_out = ({p.prompt for p in task.problems("test", 100, seed=0)}
+                | {p.prompt for p in task.problems("dev", 60, seed=0)})
     assert not {r["history"][0]["content"] for r in records} & held_out
 
 

@@ -27,7 +27,8 @@ def lines_file(tmp_path: Path, lines: list[bytes]) -> Path:
 
 @pytest.mark.parametrize("bad,why", [
     (json.dumps({"history": [{"role": "user", "content": "hi"}]}).encode(), "field 'response' missing"),
-    (json.dumps({"history": [{"role": "user", "content": "hi"}], "response": 3}).encode(), "'response' must be a string"),
+    (json.dumps({"history": [{"role": "user", "content": "hi"}], "response": 3}).encode(),
+     "'response' must be a string"),
     (json.dumps({"history": "hi", "response": "x"}).encode(), "'history' must be a non-empty list"),
     (json.dumps({"history": [{"role": "user"}], "response": "x"}).encode(), "history[0]"),
     (b'{"history": [], "response": "caf\xe9"}', "not valid UTF-8"),

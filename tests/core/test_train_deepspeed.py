@@ -37,7 +37,8 @@ for z in ("zero2", "zero3"):
     m = LLaDAModel.from_pretrained(str(root / z / "checkpoints" / "step-000006"), local_files_only=True)
     out[z + "_params"] = sum(p.numel() for p in m.parameters())
 # the last checkpoint is step 6 (save_every 3): a resumed run replays steps 7-8 from DeepSpeed's state
-out["zero2_resumed"] = run("zero2", 8, resume=True, **{"engine.deepspeed": str(H.REPO / "experiments" / "deepspeed" / "zero2.json")})
+out["zero2_resumed"] = run("zero2", 8, resume=True,
+                          **{"engine.deepspeed": str(H.REPO / "experiments" / "deepspeed" / "zero2.json")})
 out["plain_params"] = sum(p.numel() for p in LLaDAModel.from_pretrained(str(root / "plain")).parameters())
 print("RESULT" + json.dumps(out))
 """

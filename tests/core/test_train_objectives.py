@@ -93,7 +93,8 @@ def test_each_stage_drives_its_loss_down(ws, tmp_path, stage, data, extra, key):
     from refinery.core.train.engine import Trainer
 
     out = tmp_path / stage
-    cfg = load_config(H.TINY / f"tiny_{stage}.yaml", H.tiny_overrides(ws, data, out, **{"engine.save_every": 0, **extra}))
+    cfg = load_config(H.TINY / f"tiny_{stage}.yaml",
+                      H.tiny_overrides(ws, data, out, **{"engine.save_every": 0, **extra}))
     Trainer(cfg).train()
     m = H.read_metrics(out)
     assert len(m) == cfg.optim.max_steps and all(math.isfinite(r["loss"]) for r in m)
@@ -112,7 +113,8 @@ def test_stage3_mixes_draft_and_masked_steps_with_edit_curriculum(ws, tmp_path):
     from refinery.core.train.engine import Trainer
     from refinery.core.train.stage3 import edit_passes_at
 
-    over = {"optim.max_steps": 12, "engine.save_every": 0, "stage3.max_diffusion_steps": 2, "stage3.curriculum_steps": 6}
+    over = {"optim.max_steps": 12, "engine.save_every": 0, "stage3.max_diffusion_steps": 2,
+            "stage3.curriculum_steps": 6}
     cfg = load_config(H.TINY / "tiny_stage3.yaml", H.tiny_overrides(ws, "sft", tmp_path / "s3", **over))
     assert [edit_passes_at(s, 12, cfg) for s in (0, 2, 4, 6, 11)] == [0, 1, 2, 2, 2]
     Trainer(cfg).train()
@@ -126,8 +128,8 @@ def test_stage3_uniform_edit_passes_draws_every_count(ws, tmp_path):
     from refinery.core.train.config import load_config
     from refinery.core.train.engine import Trainer
 
-    over = {"optim.max_steps": 10, "engine.save_every": 0, "stage3.max_diffusion_steps": 2, "stage3.curriculum_steps": 1,
-            "stage3.intermediate_ratio": 1.0, "stage3.edit_passes_sampling": "uniform"}
+    over = {"optim.max_steps": 10, "engine.save_every": 0, "stage3.max_diffusion_steps": 2,
+            "stage3.curriculum_steps": 1, "stage3.intermediate_ratio": 1.0, "stage3.edit_passes_sampling": "uniform"}
     cfg = load_config(H.TINY / "tiny_stage3.yaml", H.tiny_overrides(ws, "sft", tmp_path / "s3", **over))
     Trainer(cfg).train()
     counts = [r["draft_edit_passes"] for r in H.read_metrics(tmp_path / "s3")]

@@ -27,7 +27,8 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     opt = torch.optim.AdamW([{"params": [model[0].weight], "weight_decay": 0.1},
-                             {"params": [model[0].bias, *model[1].parameters()], "weight_decay": 0.0}], betas=(0.8, 0.9))
+                             {"params": [model[0].bias, *model[1].parameters()], "weight_decay": 0.0}],
+                            betas=(0.8, 0.9))
     for _ in range(3):
         model(torch.randn(5, 4)).square().sum().backward()
         opt.step()
@@ -135,7 +136,8 @@ def test_checkpoint_dir_is_self_contained_and_pickle_free(stage3_cfg, tmp_path):
         assert sum(f.startswith("model-") and f.endswith(".safetensors") for f in files) > 1  # sharded
         model = LLaDAModel.from_pretrained(str(d), local_files_only=True)
         tok = load_tokenizer(d)
-        assert model.next_token_head is not None and model.config.mask_token_id == tok.convert_tokens_to_ids("<|mdm_mask|>")
+        assert model.next_token_head is not None
+        assert model.config.mask_token_id == tok.convert_tokens_to_ids("<|mdm_mask|>")
     state = json.loads((out / "checkpoints" / "step-000010" / ckpt.STATE_FILE).read_text())
     assert state["step"] == 10 and state["stage"] == "stage3"
     assert any((out / "tensorboard").iterdir())

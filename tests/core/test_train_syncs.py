@@ -3,9 +3,10 @@ the host and hand back device scalars, the trainer reads all of them once per op
 is what the code before the change gave.
 
 The references below are the pre-change formulas, written out inline: boolean-mask selection (``x[mask]``,
-``mask.nonzero()``), an ``.item()`` per metric, ``float(v) / accum`` summed in Python floats. Comparisons are
-exact (``torch.equal`` / ``==``): the new code selects the same rows in the same order and runs the same
-arithmetic, so on the CPU not one bit may differ, in the losses, the metrics or the gradients.
+``mask.nonzero()``), an ``.item()`` per metric, ``float(v) / accum`` summed in Python floats (R2FT's softmax and
+final reduction, untouched by the change, are the library's). Comparisons are exact (``torch.equal`` / ``==``):
+the new code selects the same rows in the same order and runs the same arithmetic, so on the CPU not one bit may
+differ, in the losses, the metrics or the gradients.
 
 What a CPU run can show about syncs: no sync-prone operation (``.item()``, ``bool()``, ``nonzero``, boolean
 indexing, ...) touches a tensor of the autograd graph, where the model's outputs live, and the trainer itself
@@ -27,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from refinery.core.train.config import load_config
 from refinery.core.train.data import to_device
+from refinery.core.train.r2ft import reduce_pair_logprobs, vocab_logprobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _train_helpers as H  # noqa: E402
@@ -88,10 +90,7 @@ def old_masked_diffusion_loss(model, x0, eligible, attention_mask, obj, gen):
 def old_pair_logprobs(logits, pair, reduction, mask_id):
     B = logits.shape[0]
     scored = pair.win | pair.lose
-    sel = logits[scored].float()
-    if mask_id >= 0:
-        sel[:, mask_id] = float("-inf")
-    logp = F.log_softmax(sel, dim=-1)
+    logp = vocab_logprobs(logits[scored], mask_id)
     rows = scored.nonzero()[:, 0]
     out = []
     for where, target in ((pair.win, pair.winner), (pair.lose, pair.loser)):
@@ -99,12 +98,9 @@ def old_pair_logprobs(logits, pair, reduction, mask_id):
         tok = logp[keep].gather(1, target[where][:, None]).squeeze(1)
         total = torch.zeros(B, dtype=tok.dtype).index_add_(0, rows[keep], tok)
         out.append((total, torch.bincount(rows[keep], minlength=B).to(tok.dtype)))
-    (lp_w, n_w), (lp_l, n_l) = out
-    if reduction == "mean":
-        return lp_w / n_w.clamp(min=1), lp_l / n_l.clamp(min=1)
-    if reduction == "length":
-        return lp_w / pair.win_len.to(lp_w.dtype).clamp(min=1), lp_l / n_l.clamp(min=1)
-    return lp_w, lp_l
+    # The sync work changed how the positions are selected and summed, not the softmax or the reduction, so both
+    # sides share the library's; test_train_recipes.py checks "mean" and "length" against hand-written formulas.
+    return reduce_pair_logprobs(*out, pair.win_len, reduction)
 
 
 # ------------------------------------------------------------------------------- numerics: Stage 1 and 2

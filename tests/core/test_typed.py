@@ -10,7 +10,8 @@ from typing import Any, Literal, Mapping, Optional
 import pytest
 
 from refinery.core.errors import ConfigError, UsageError
-from refinery.core.typed import DTYPE_NAMES, build, check_fields, check_value, coerce, describe_range, field_choices, ranged
+from refinery.core.typed import (DTYPE_NAMES, build, check_fields, check_value, coerce, describe_range, field_choices,
+                                 ranged)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def imports_of(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
 
 def test_imports_of_sees_lazy_imports(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import os\n\ndef f():\n    from refinery.core.decode import strip_padding\n    return strip_padding\n")
+    src.write_text("import os\n\ndef f():\n"
+                   "    from refinery.core.decode import strip_padding\n    return strip_padding\n")
     assert imports_of(src) == [("os", (), 1), ("refinery.core.decode", ("strip_padding",), 4)]
 
 
@@ -119,7 +120,8 @@ def test_loop_owns_step_record_active(tiny_model):
 
     strategy.step = spy
     records = []
-    refinery.core.decode.generate(tiny_model, [[5, 6, 7], [8]], 4, strategy, "1/1", on_step=lambda i, r: records.append(r))
+    refinery.core.decode.generate(tiny_model, [[5, 6, 7], [8]], 4, strategy, "1/1",
+                                  on_step=lambda i, r: records.append(r))
     assert seen == [None] * 4
     assert all(r.active is not None and r.active.dtype == torch.bool for r in records)
     assert records[0].active.tolist() == [True, True]

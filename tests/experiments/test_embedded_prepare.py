@@ -21,7 +21,8 @@ def test_prepare_writes_train_split_records_and_a_tokenizer_that_covers_them(tmp
     assert counts["pretrain"] == len(pre) == 40 and counts["sft"] == len(sft) == 60
     assert all(set(r) == {"text"} for r in pre) and all({"history", "response", "references"} == set(r) for r in sft)
     prompts = {r["history"][0]["content"] for r in sft}
-    held = {e.prompt for name in ("arith", "pycode") for split in ("dev", "test") for e in get_task(name).examples(split, 100)}
+    held = {e.prompt for name in ("arith", "pycode") for split in ("dev", "test")
+            for e in get_task(name).examples(split, 100)}
     assert not prompts & held  # only training problems
     renames = {n for names in RENAMES.values() for n in names}
     assert any(f"({n})" in p for p in prompts for n in renames)  # some pycode arguments renamed

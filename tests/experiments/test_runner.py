@@ -74,7 +74,8 @@ def test_rerunning_a_finished_run_does_nothing(reference_run):
 
 def _start(cfg_path: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "refinery", "ablate", str(cfg_path), "--out", str(out),
-                             "--no-progress"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--no-progress"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _kill_after(proc: subprocess.Popen, rows_file: Path, min_lines: int, timeout: float = 120) -> int:

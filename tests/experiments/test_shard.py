@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from refinery.core.torchrun import ProcessLayout
 from refinery.experiments.config import load_config
-from refinery.experiments.shard import ShardInfo, assign, current, my_cells, rows_files
+from refinery.experiments.shard import assign, lock_name, my_cells, rows_files, rows_name
 from refinery.experiments.store import RunStore, acquire_lock, load_rows, read_rows, row_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,23 +34,15 @@ def test_assign_balances_cost_and_is_deterministic():
 def test_my_cells_split_every_cell_exactly_once_weighted_by_budget():
     cells = [SimpleNamespace(budget=b, examples=(1,) * n, i=i)
              for i, (b, n) in enumerate([("1/1", 4), ("1/8", 4), ("1/2", 2), ("1/1", 1), ("1/4", 4)])]
-    shares = [my_cells(cells, ShardInfo(r, 3), gen_length=16) for r in range(3)]
+    shares = [my_cells(cells, ProcessLayout(r, 3), gen_length=16) for r in range(3)]
     assert sorted(c.i for s in shares for c in s) == list(range(5))
     assert [c.i for c in shares[0]] == [0]  # the costliest cell alone outweighs the rest of a share
-    assert my_cells(cells, ShardInfo(), 16) == cells
+    assert my_cells(cells, ProcessLayout(), 16) == cells
 
 
-def test_shard_info_from_torchrun_environment(monkeypatch):
-    monkeypatch.setenv("RANK", "1"), monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("LOCAL_RANK", "1")
-    info = current()
-    assert (info.rank, info.world, info.rows_name, info.lock_name) == (1, 2, "rows.rank1.jsonl", ".lock.rank1")
-    assert info.device("cuda") == "cuda:1" and info.device("cpu") == "cpu"
-    monkeypatch.setenv("RANK", "2")
-    with pytest.raises(ValueError, match="RANK=2"):
-        current()
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name)
-    assert current() == ShardInfo() and ShardInfo().rows_name == "rows.jsonl"
+def test_each_rank_has_its_own_rows_file_and_lock():
+    assert (rows_name(ProcessLayout(1, 2)), lock_name(ProcessLayout(1, 2))) == ("rows.rank1.jsonl", ".lock.rank1")
+    assert (rows_name(ProcessLayout()), lock_name(ProcessLayout())) == ("rows.jsonl", ".lock")
 
 
 def _rows(n: int, prefix: str) -> list[dict]:
@@ -60,13 +53,14 @@ def _rows(n: int, prefix: str) -> list[dict]:
 def test_ranks_write_their_own_shards_and_see_each_others_rows(tmp_path):
     config = load_config(CONFIG)
     run = tmp_path / "run"
-    with RunStore.open(run, config, shard=ShardInfo(0, 2)) as s0, RunStore.open(run, config, shard=ShardInfo(1, 2)) as s1:
+    with (RunStore.open(run, config, shard=ProcessLayout(0, 2)) as s0,
+          RunStore.open(run, config, shard=ProcessLayout(1, 2)) as s1):
         s0.write_batch("a", _rows(2, "a"))
         s1.write_batch("b", _rows(3, "b"))
     assert [p.name for p in rows_files(run)] == ["rows.rank0.jsonl", "rows.rank1.jsonl"]
     with open(run / "rows.rank1.jsonl", "ab") as f:
         f.write(b'{"key": "torn')  # rank 1 was killed mid-line
-    with RunStore.open(run, config, shard=ShardInfo(0, 2)) as s0:
+    with RunStore.open(run, config, shard=ProcessLayout(0, 2)) as s0:
         assert s0.done_batches == {"a", "b"} and s0.num_rows == 2
     assert (run / "rows.rank1.jsonl").read_bytes().endswith(b"}\n")  # its writer is gone: its tail was cut
     read = read_rows(run)
@@ -76,14 +70,14 @@ def test_ranks_write_their_own_shards_and_see_each_others_rows(tmp_path):
 def test_a_live_ranks_shard_is_read_but_never_rewritten(tmp_path):
     config = load_config(CONFIG)
     run = tmp_path / "run"
-    with RunStore.open(run, config, shard=ShardInfo(1, 2)) as s1:
+    with RunStore.open(run, config, shard=ProcessLayout(1, 2)) as s1:
         s1.write_batch("b", _rows(2, "b"))
     with open(run / "rows.rank1.jsonl", "ab") as f:
         f.write(b'{"key": "half')  # rank 1 is writing this line right now
     fd = acquire_lock(run, ".lock.rank1")  # ... and holds its lock
     try:
         before = (run / "rows.rank1.jsonl").read_bytes()
-        with RunStore.open(run, config, shard=ShardInfo(0, 2)) as s0:
+        with RunStore.open(run, config, shard=ProcessLayout(0, 2)) as s0:
             assert s0.done_batches == {"b"}
         assert (run / "rows.rank1.jsonl").read_bytes() == before
         assert read_rows(run).torn == 1

@@ -23,9 +23,9 @@ VARIANTS = {
     "masked": [{}, {"remasking": "random"}, {"block_length": 4}, {"temperature": 1.0},
                {"cfg_scale": 0.5}, {"suppress_eos": True}, {"tokens_per_pass": 3},
                {"logits_eos_inf": True, "confidence_eos_eot_inf": True, "bans": "mask"}],
-    "remdm": [{"schedule": s} for s in ("loop", "cap", "rescale", "conf")] + [{"schedule": "cap", "temperature": 1.0},
-                                                                            {"schedule": "conf", "top_p": 0.9,
-                                                                             "temperature": 1.0, "timing": "reference"}],
+    "remdm": [{"schedule": s} for s in ("loop", "cap", "rescale", "conf")]
+             + [{"schedule": "cap", "temperature": 1.0},
+                {"schedule": "conf", "top_p": 0.9, "temperature": 1.0, "timing": "reference"}],
     "conv": [{}, {"window": 4}, {"variant": "stochastic", "top_k": 2}, {"variant": "stochastic", "temperature": 1.0},
              {"variant": "stochastic", "top_k": 2, "norm_top": "k+1"}],
     "threshold": [{}, {"threshold": 0.3, "block_length": 4}, {"threshold": 0.0},
@@ -106,7 +106,8 @@ def test_contract_of_every_named_preset(tiny_model, name, preset, budget):
         assert torch.equal(one.tokens[0, :n], res.tokens[b, :n]) and int(one.nfe[0]) == int(res.nfe[b])
 
 
-CACHE_CASES = [(name, params, mode) for name in NAMES for params in VARIANTS.get(name, [{}]) for mode in CACHE_MODES[1:]]
+CACHE_CASES = [(name, params, mode)
+               for name in NAMES for params in VARIANTS.get(name, [{}]) for mode in CACHE_MODES[1:]]
 
 
 @pytest.mark.parametrize("name,params,mode", CACHE_CASES, ids=lambda v: str(v))

@@ -51,7 +51,8 @@ class RuleModel(nn.Module):
             cols = real.nonzero()[:, 0]
             lg, nx = self.heads(input_ids[b, cols].tolist())
             logits[b, cols], nxt[b, cols] = lg, nx
-        return SimpleNamespace(logits=logits[:, logits_from:], next_logits=nxt[:, logits_from:] if compute_next else None)
+        return SimpleNamespace(logits=logits[:, logits_from:],
+                               next_logits=nxt[:, logits_from:] if compute_next else None)
 
 
 def split(budget: str, gen_length: int) -> tuple[int, int]:
@@ -262,7 +263,8 @@ def test_tiny_models_exercise_the_rules(tiny_model):
 # ----------------------------------------------------------------------------- apply_edits in ME-DLM mode
 
 
-@pytest.mark.parametrize("gaps,specials", [("before_kept", True), ("before_kept", False), ("all", True), ("all", False)])
+@pytest.mark.parametrize("gaps,specials",
+                         [("before_kept", True), ("before_kept", False), ("all", True), ("all", False)])
 @pytest.mark.parametrize("seed", range(3))
 def test_apply_edits_modes_match_reference(seed, gaps, specials):
     """apply_edits with ME-DLM's gaps, special-token insertions and the length cap, against its plain twin."""

@@ -321,7 +321,8 @@ def test_conv_paper_normaliser_sums_the_top_k_plus_one(scripted):
 
 def test_conv_paper_preset_settings_and_reference_clock(tiny_model):
     p = preset_params("conv", "paper")
-    assert (p["variant"], p["window"], p["temperature"], p["norm_top"], p["top_k"]) == ("stochastic", 128, 1.0, "k+1", 1)
+    assert (p["variant"], p["window"], p["temperature"], p["norm_top"], p["top_k"]) == \
+        ("stochastic", 128, 1.0, "k+1", 1)
     res = generate(tiny_model, PROMPTS, 8, get_strategy("conv", preset="paper"), "1/2", seed=1)
     assert res.nfe.max() <= 4 and res.trace.records  # S = 4 steps, no extra pass
     assert strategy_class("conv")().config.window == 32  # the dataclass default is unchanged

@@ -51,3 +51,6 @@ def test_blocks_are_decoded_in_order_with_carry_over(scripted):
 def test_threshold_validation():
     with pytest.raises(ValueError, match="threshold"):
         get_strategy("threshold", threshold=1.5).config.check(8, 8)
+    with pytest.raises(ValueError, match=r"^block_length=3 must divide gen_length=8$"):
+        get_strategy("threshold", block_length=3).config.check(8, 8)
+    get_strategy("threshold", block_length=4).config.check(8, 8)  # divides: no error

@@ -5,7 +5,8 @@ t_i = linspace(1, eps, S + 1), dt = (1 - eps) / S; each step takes the SUBS dist
 softmax; a decoded position's distribution is its own token), cuts it to ReMDM's nucleus, and draws one
 categorical per position over "a token or the mask" with weights:
   decoded: token (1 - sigma), mask sigma;
-  masked:  token p * (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t), mask (1 - alpha_s - sigma alpha_t) / (1 - alpha_t);
+  masked:  token p * (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t),
+           mask (1 - alpha_s - sigma alpha_t) / (1 - alpha_t);
 drawn as argmax(q / (1e-10 - log(u + 1e-10))) in float64. sigma per sampler: cap min(eta, (1 - alpha_s) /
 alpha_t), rescale eta * sigma_max, conf softmax(-p of each decoded token) * sigma_max, loop: MDLM (sigma 0)
 outside (t_off, t_on] with the piecewise alphas chosen by t, ReMDM with alpha = alpha_on and sigma = eta
