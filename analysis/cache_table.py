@@ -28,7 +28,7 @@ import pandas as pd
 
 from refinery.analysis.load import read_runs
 from refinery.analysis.protocol_table import PAIR_KEY  # rows pair on (task, budget, example_id, seed)
-from refinery.analysis.tables import mcnemar_exact, to_markdown
+from refinery.analysis.tables import mcnemar_exact, to_markdown, write_or_print
 from refinery.experiments.config import CACHE_MODES
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def plan_cells(run_dirs: Sequence[str | Path], skip_other: bool = False) -> Opti
     return list(cells), rows
 
 
-def cache_markdown(run_dirs: Sequence[str | Path], skip_other: bool = False) -> str:
+def cache_markdown(run_dirs: Sequence[str | Path], skip_other: bool = False, ran_only: bool = False) -> str:
     """The whole markdown (see the module docstring)."""
     raw, reads = read_runs(run_dirs)
     if not len(raw):
@@ -166,6 +166,9 @@ def cache_markdown(run_dirs: Sequence[str | Path], skip_other: bool = False) -> 
     planned, expected = plan or ([(*em, *tb) for em in dict.fromkeys(zip(cells["entry"], cells["mode"]))
                                   for tb in columns], {})
     expected = {t: expected.get(t) or int(cells.loc[cells["task"] == t, "n"].max()) for t in set(cells["task"])}
+    if ran_only:  # a run made with --only: its other entries are not missing, they were never asked for
+        ran = set(zip(cells["entry"], cells["mode"]))
+        planned = [c for c in planned if c[:2] in ran]
     notes = dict(skipped=len(raw) - len(labelled), repeated=len(labelled) - len(df), split=splits[0],
                  dropped=sum(r.dropped for r in reads))
     parts = [_header(run_dirs, df, cells, planned, expected, plan is not None, notes),
@@ -232,17 +235,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     p.add_argument("--skip-other-labels", action="store_true",
                    help="leave out rows (and config entries) whose label is not ENTRY@MODE instead of refusing")
+    p.add_argument("--ran-only", action="store_true",
+                   help="plan only the entry x cache lines that have rows (a run made with --only)")
     args = p.parse_args(argv)
-    try:
-        text = cache_markdown(args.run_dirs, args.skip_other_labels)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return write_or_print(p.prog, lambda: cache_markdown(args.run_dirs, args.skip_other_labels, args.ran_only),
+                          args.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from refinery.analysis.load import budget_order, rows_frame
-from refinery.analysis.tables import mcnemar_exact, to_markdown, wilson_interval
+from refinery.analysis.tables import mcnemar_exact, to_markdown, wilson_interval, write_or_print
 
 log = logging.getLogger(__name__)
 
@@ -187,16 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if setting not in ("paper", "tuned") or not entry:
         print(f"{p.prog}: error: --baseline {args.baseline}: expected ENTRY/paper or ENTRY/tuned", file=sys.stderr)
         return 2
-    try:
-        text = protocol_markdown(args.run_tune, args.run_test, (entry, setting))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return write_or_print(p.prog, lambda: protocol_markdown(args.run_tune, args.run_test, (entry, setting)), args.out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -190,3 +192,18 @@ def _with_cell_n(sub: pd.DataFrame, cells: pd.Series, most: int) -> pd.DataFrame
             k = int(cells.get((entry, budget), 0))
             out.loc[entry, budget] = "" if v != v else f"{v:.1f}" + (f" (n={k})" if k < most else "")
     return out
+
+
+def write_or_print(prog: str, make_text, out: Optional[str]) -> int:
+    """The tail of a table command: ``make_text()`` to ``out`` (or stdout) -> 0; a ValueError or a missing
+    file -> one ``PROG: error: ...`` line on stderr -> 2."""
+    try:
+        text = make_text()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if out:
+        Path(out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0

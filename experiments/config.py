@@ -154,8 +154,9 @@ class ExperimentConfig:
                        batch_size: Optional[int] = None, score_workers: Optional[int] = None,
                        budgets: Optional[Sequence[str]] = None) -> "ExperimentConfig":
         """Command-line overrides; ``limit`` caps the examples drawn per task, ``only`` keeps the strategy
-        entries with these labels, ``budgets`` the cells at these budgets (of the file's); ``batch_size`` and ``score_workers`` change how the run is carried out
-        (a row's output does not depend on its batch: every row draws from its own seeded generator)."""
+        entries with these labels, ``budgets`` the cells at these budgets (of the file's); ``batch_size`` and
+        ``score_workers`` change how the run is carried out (a row's output does not depend on its batch: every
+        row draws from its own seeded generator)."""
         cfg = self
         for flag, value in (("--batch-size", batch_size), ("--score-workers", score_workers)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

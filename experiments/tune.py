@@ -342,6 +342,7 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
 
     The protocol file is written before the first trial (no scores yet) and again at the end, so a killed
     run leaves its declared protocol behind; the looks at test recorded so far are always kept."""
+    from refinery.core.torchrun import ProcessLayout
     from refinery.experiments.config import validate
     from refinery.experiments.runner import run_ablation
     from refinery.experiments.store import load_rows
@@ -356,14 +357,18 @@ def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = No
                          "pass another --out directory")
     kept = _kept(tune, experiment)
     out.mkdir(parents=True, exist_ok=True)
-    with _protocol_lock(out / PROTOCOL_FILE):  # the looks recorded so far stay
-        looks = read_protocol(out / PROTOCOL_FILE) or {}
-        write_json_atomic(out / PROTOCOL_FILE, protocol_record(kept, experiment, {}, {}, looks, limit))
+    main_rank = ProcessLayout.from_env().is_main  # under torchrun rank 0 alone writes the protocol
+    if main_rank:
+        with _protocol_lock(out / PROTOCOL_FILE):  # the looks recorded so far stay
+            looks = read_protocol(out / PROTOCOL_FILE) or {}
+            write_json_atomic(out / PROTOCOL_FILE, protocol_record(kept, experiment, {}, {}, looks, limit))
     run_dir = run_ablation(experiment, out, progress=progress)
-    rows = load_rows(run_dir)
+    rows = load_rows(run_dir)  # every rank's shard: under torchrun all ranks have finished by now
     scores = {e.label: trial_scores(e, rows) for e in kept.entries}
     winners = {e.label: select(e, scores[e.label], tune.select) for e in kept.entries}
     winners = {k: v for k, v in winners.items() if v}
+    if not main_rank:  # rank 0 alone writes the winners, the protocol and the table
+        return protocol_record(kept, experiment, scores, winners, read_protocol(run_dir / PROTOCOL_FILE) or {}, limit)
     if winners:
         (run_dir / WINNERS_FILE).write_text(
             f"# winners of the tune protocol {run_dir / PROTOCOL_FILE} (select: {tune.select}), on the test split.\n"

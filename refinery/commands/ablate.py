@@ -48,19 +48,20 @@ def run(args) -> int:
     from refinery.experiments.runner import run_ablation
     from refinery.experiments.store import load_rows
 
+    from refinery.core.torchrun import ProcessLayout
+
     out = Path(args.out) if args.out else Path("runs") / config.name
+    main_rank = ProcessLayout.from_env().is_main  # under torchrun: one look and one table, from rank 0
     if config.protocol is not None:  # a tune winners config: count this look at test in its protocol
         from refinery.experiments.tune import record_test_look
 
         validate(config, check_paths=True)  # a config that cannot run is not a look
-        looks = record_test_look(config, out)
-        print(f"test look {looks} of the tune protocol named by {config.source}", flush=True)
+        if main_rank:
+            looks = record_test_look(config, out)
+            print(f"test look {looks} of the tune protocol named by {config.source}", flush=True)
     run_dir = run_ablation(config, out, progress=not args.no_progress, repair=args.repair,
                            on_repair=lambda report: print(report.repair_line(), flush=True))
-    from refinery.core.torchrun import ProcessLayout
-
-    # Under torchrun every rank has finished by now; rank 0 prints the table of all shards.
-    if not ProcessLayout.from_env().is_main:
+    if not main_rank:  # every rank has finished by now; rank 0 prints the table of all shards
         return 0
     rows = load_rows(run_dir)
     print(f"{len(rows)} rows in {run_dir}")

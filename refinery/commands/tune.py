@@ -46,6 +46,10 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / tune.experiment.name
     record = run_tune(tune, out, limit=args.limit, only=only, model=args.model, device=args.device,
                       batch_size=args.batch_size, score_workers=args.score_workers, progress=not args.no_progress)
+    from refinery.core.torchrun import ProcessLayout
+
+    if not ProcessLayout.from_env().is_main:  # under torchrun rank 0 prints the protocol of all shards
+        return 0
     print(trials_markdown(record))
     if record["winners_config"]:
         print(f"protocol: {out / 'protocol.json'}\nwinners (test split, run once): refinery ablate "

@@ -35,7 +35,8 @@ def _row(label: str, budget: str, example: str, correct: int, output: str) -> di
 
 
 def _rows(cells: dict = CELLS) -> list[dict]:
-    return [_row(label, budget, ex, ok, out) for (label, budget), by_ex in cells.items() for ex, (ok, out) in by_ex.items()]
+    return [_row(label, budget, ex, ok, out)
+            for (label, budget), by_ex in cells.items() for ex, (ok, out) in by_ex.items()]
 
 
 def _run(path, rows: list[dict], config: dict | None = None):
@@ -143,3 +144,11 @@ def test_cli_writes_out(tmp_path, capsys):
     assert capsys.readouterr().out == ""
     assert out.read_text() == cache_markdown([run])
     assert "| m | prefix | 75.0 (+0.0) |" in out.read_text()
+
+
+def test_ran_only_plans_just_the_lines_that_have_rows(tmp_path):
+    rows = [r for r in _rows() if r["label"] != "m@dual"]  # a run made with --only m@none,m@prefix
+    run = _run(tmp_path / "run", rows, _config())
+    assert "| m | dual | - |" in cache_markdown([run])
+    text = cache_markdown([run], ran_only=True)
+    assert "| m | dual |" not in text and "| m | prefix | 75.0 (+0.0) |" in text

@@ -300,3 +300,33 @@ def test_the_shipped_tune_config_gives_every_entry_the_same_trials():
     assert {len(e.trials) for e in tune.entries} == {tune.trials} and tune.trials == 8
     assert all(t.split == "dev" for t in tune.experiment.tasks)
     assert yaml.safe_load(path.read_text())["protocol"]["sampler"] == "random"
+
+
+def _torchrun(args: list[str], cwd: Path) -> str:
+    """``torchrun --standalone --nproc-per-node 2 -m refinery ARGS`` on CPU (gloo)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "refinery", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_tune_and_its_test_look_under_torchrun_match_one_process(tmp_path, tiny_checkpoint, capsys):
+    cfg = write_yaml(tmp_path / "tune.yaml", tune_dict(tiny_checkpoint))
+    assert main(["tune", str(cfg), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = _torchrun(["tune", str(cfg), "--out", str(tmp_path / "two"), "--no-progress"], tmp_path)
+    assert out.count("| masked | masked | 3/3 |") == 1  # one table, from rank 0
+    assert sorted(p.name for p in (tmp_path / "two").glob("rows*.jsonl")) == ["rows.rank0.jsonl", "rows.rank1.jsonl"]
+    one, two = (json.loads((tmp_path / d / "protocol.json").read_text()) for d in ("one", "two"))
+    assert two["entries"] == one["entries"] and two["config_sha256"] == one["config_sha256"]
+    assert (tmp_path / "two" / "winners.yaml").read_text().replace("two", "one") == \
+        (tmp_path / "one" / "winners.yaml").read_text()
+    _torchrun(["ablate", str(tmp_path / "two" / "winners.yaml"), "--out", str(tmp_path / "test"), "--no-progress"],
+              tmp_path)
+    assert json.loads((tmp_path / "two" / "protocol.json").read_text())["test_looks"] == 1  # not one per rank
