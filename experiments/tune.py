@@ -335,6 +335,15 @@ def read_protocol(path: Path) -> Optional[dict]:
 
 # ---- the run ----------------------------------------------------------------------------------------------
 
+def plan_record(tune: TuneConfig, *, limit: Optional[int] = None, only: Optional[Sequence[str]] = None) -> dict:
+    """The protocol as declared, before any run: every entry's drawn trials, no scores (paths not checked)."""
+    from refinery.experiments.config import validate
+
+    experiment = tune.experiment_for(limit=limit, only=only)
+    validate(experiment, check_paths=False)
+    return protocol_record(_kept(tune, experiment), experiment, {}, {}, {}, limit)
+
+
 def run_tune(tune: TuneConfig, out_dir: str | Path, *, limit: Optional[int] = None,
              only: Optional[Sequence[str]] = None, model: Optional[str] = None, device: Optional[str] = None,
              batch_size: Optional[int] = None, score_workers: Optional[int] = None, progress: bool = True) -> dict:

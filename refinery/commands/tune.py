@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--validate-only", action="store_true",
                    help="check the config, draw the trials, check paths and stop (prints trials per entry)")
+    p.add_argument("--plan", action="store_true",
+                   help="print every entry's drawn trials (the protocol before any run) and stop; needs no "
+                        "checkpoint or data")
     p.set_defaults(run=run)
 
 
@@ -33,6 +36,11 @@ def run(args) -> int:
 
     tune = load_tune(args.config)
     only = args.only.split(",") if args.only is not None else None
+    if args.plan:
+        from refinery.experiments.tune import plan_record
+
+        print(trials_markdown(plan_record(tune, limit=args.limit, only=only), detail=True), end="")
+        return 0
     if args.validate_only:
         from refinery.experiments.config import validate
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,22 @@ def test_tune_and_its_test_look_under_torchrun_match_one_process(tmp_path, tiny_
     _torchrun(["ablate", str(tmp_path / "two" / "winners.yaml"), "--out", str(tmp_path / "test"), "--no-progress"],
               tmp_path)
     assert json.loads((tmp_path / "two" / "protocol.json").read_text())["test_looks"] == 1  # not one per rank
+
+
+def test_plan_prints_the_drawn_trials_without_a_checkpoint(tmp_path, tiny_checkpoint, capsys):
+    cfg = write_yaml(tmp_path / "tune.yaml", tune_dict(str(tmp_path / "no-model-here")))
+    assert main(["tune", str(cfg), "--validate-only"]) == 2  # the paths are checked there
+    capsys.readouterr()
+    assert main(["tune", str(cfg), "--plan"]) == 0
+    out = capsys.readouterr().out
+    drawn = load_tune(cfg)
+    assert "| masked | masked | 0/3 |" in out and "| threshold | threshold | 0/3 |" in out
+    for e in drawn.entries:  # every trial the run would use, in order, with the values its space drew
+        section = out.split(f"### {e.label}\n")[1].split("###")[0]
+        lines = [line for line in section.splitlines() if re.match(r"\| t\d\d \|", line)]
+        assert len(lines) == len(e.trials) == 3
+        for i, (line, params) in enumerate(zip(lines, e.trials)):
+            assert line.startswith(f"| t{i:02d} | ")
+            assert all(f"'{d.name}': {params[d.name]!r}" in line for d in e.dims if d.name in params)
+            assert i == 0 or all(d.name in params for d in e.dims)  # the start sets only what it names
+    assert not (tmp_path / "runs").exists()
