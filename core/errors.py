@@ -1,4 +1,4 @@
-"""The project's error type for a user's mistake, and the file readers that name the file.
+"""The project's error type for a user's mistake, the file readers that name the file, and the atomic JSON writer.
 
 A :class:`UsageError` is raised where the mistake is detected, with a message that names the
 file, key or field and says what to do; ``refinery`` prints it as one line and exits 2. Any
@@ -7,6 +7,8 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 
@@ -38,3 +40,12 @@ def decode_utf8(data: bytes, path: str | Path) -> str:
 def read_text(path: str | Path) -> str:
     """The text of a UTF-8 file; a file in another encoding raises a UsageError naming the file."""
     return decode_utf8(Path(path).read_bytes(), path)
+
+
+def write_json_atomic(path: str | Path, data, indent: int = 1) -> None:
+    """Write ``data`` as JSON to ``path`` through ``PATH.tmp`` and a rename: a reader (or a killed writer) sees the
+    old file or the whole new one, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=indent, default=str) + "\n")
+    os.replace(tmp, path)

@@ -45,6 +45,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from refinery.core.errors import write_json_atomic
 from refinery.experiments.config import ConfigError, ExperimentConfig, StrategySpec, config_from_dict, read_yaml_file
 from refinery.experiments.search import SAMPLERS, Dim, SpaceError, parse_space, sample_trials
 
@@ -316,12 +317,6 @@ def protocol_record(tune: TuneConfig, experiment: ExperimentConfig, scores: dict
                 budgets=list(experiment.budgets), entries=entries,
                 winners_config=WINNERS_FILE if winners else None,
                 test_looks=looks.get("test_looks", 0), test_runs=looks.get("test_runs", []))
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def read_protocol(path: Path) -> Optional[dict]:

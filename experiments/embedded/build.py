@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from refinery.core.errors import UsageError
+from refinery.core.errors import UsageError, write_json_atomic
 from refinery.experiments.embedded.prepare import MANIFEST, data_params, prepare, prepared
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,7 @@ def start_report(root: Path, stages: list[int]) -> dict:
 
 def save_report(root: Path, report: dict) -> None:
     """Write ``ROOT/build.json`` now, so a later failure loses nothing already trained."""
-    tmp = root / "build.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(root / "build.json")
+    write_json_atomic(root / "build.json", report, indent=2)
 
 
 def step_seconds(out: Path) -> float | None:

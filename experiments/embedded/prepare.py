@@ -21,6 +21,8 @@ import logging
 import random
 from pathlib import Path
 
+from refinery.core.errors import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "prepare.json"
@@ -136,9 +138,7 @@ def prepare(out: Path, n_pretrain: int, n_sft: int, vocab_size: int, seed: int, 
     params = data_params(n_pretrain, n_sft, vocab_size, seed, references, rename_prob, space)
     manifest = {"version": MANIFEST_VERSION, "params": params, "generator": generator_digest(params),
                 "counts": counts, "files": _file_sizes(out)}
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / MANIFEST)  # atomic: a manifest is either absent or whole
+    write_json_atomic(out / MANIFEST, manifest)  # a manifest is either absent or whole
     return counts
 
 
