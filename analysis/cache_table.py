@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,7 +28,7 @@ import pandas as pd
 from refinery.analysis.load import read_runs
 from refinery.analysis.protocol_table import PAIR_KEY  # rows pair on (task, budget, example_id, seed)
 from refinery.analysis.tables import mcnemar_exact, to_markdown, write_or_print
-from refinery.experiments.config import CACHE_MODES
+from refinery.experiments.config import CACHE_MODES, most_passes_first
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ def _grid(cells: pd.DataFrame, planned: list[tuple], expected: dict) -> pd.DataF
     present = list(zip(cells["entry"], cells["mode"], cells["task"], cells["budget"]))
     every = list(dict.fromkeys(planned + present))
     tasks = list(dict.fromkeys(c[2] for c in every))
-    budgets = sorted({c[3] for c in every}, key=lambda b: -Fraction(b))
+    budgets = most_passes_first({c[3] for c in every})
     order = {e: i for i, e in enumerate(dict.fromkeys(c[0] for c in every))}  # entries in config order
     lines = sorted(dict.fromkeys(c[:2] for c in every), key=lambda em: (order[em[0]], CACHE_MODES.index(em[1])))
     text = {(r.entry, r.mode, r.task, r.budget): _cell_text(r, expected[r.task]) for r in cells.itertuples()}

@@ -110,7 +110,7 @@ class ExperimentConfig:
         unknown = [b for b in keep if b not in known]
         if unknown or not keep:
             raise ValueError(f"{flag}: {self.source} runs no cell at {', '.join(unknown) or 'no budget'} "
-                             f"(its budgets: {', '.join(sorted(known, key=lambda b: -Fraction(b)))})")
+                             f"(its budgets: {', '.join(most_passes_first(known))})")
         specs = []
         for s in self.strategies:
             if s.budgets is None:
@@ -228,6 +228,11 @@ def _list(value, key: str, source: str) -> list:
     if not isinstance(value, list) or not value:
         raise ConfigError(source, key, f"expected a non-empty list, got {value!r}")
     return value
+
+
+def most_passes_first(budgets) -> list[str]:
+    """Budget strings ('1/8', '1/1', ...) from the most forward passes to the fewest: '1/1', '1/2', ..."""
+    return sorted(budgets, key=lambda b: -Fraction(b))
 
 
 def canonical_budget(value) -> str:

@@ -46,7 +46,8 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from refinery.core.errors import write_json_atomic
-from refinery.experiments.config import ConfigError, ExperimentConfig, StrategySpec, config_from_dict, read_yaml_file
+from refinery.experiments.config import (ConfigError, ExperimentConfig, StrategySpec, config_from_dict,
+                                        most_passes_first, read_yaml_file)
 from refinery.experiments.search import SAMPLERS, Dim, SpaceError, parse_space, sample_trials
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ def trial_scores(entry: TuneEntry, rows: Sequence[dict]) -> list[Optional[dict]]
             out.append(None)
             continue
         acc = {k: Fraction(sum(v), len(v)) for k, v in c.items()}
-        budgets = sorted({b for _, b in acc}, key=lambda b: -Fraction(b))
+        budgets = most_passes_first({b for _, b in acc})
         per_budget = {b: _mean([a for (_, bb), a in acc.items() if bb == b]) for b in budgets}
         out.append(dict(cells=acc, mean=_mean(list(acc.values())), per_budget=per_budget))
     return out
@@ -252,7 +253,7 @@ def select(entry: TuneEntry, scores: list[Optional[dict]], rule: str) -> dict[st
         return {}
     if rule == "mean":
         return {"*": max(scored, key=lambda i: (scores[i]["mean"], -i))}
-    budgets = sorted({b for i in scored for b in scores[i]["per_budget"]}, key=lambda b: -Fraction(b))
+    budgets = most_passes_first({b for i in scored for b in scores[i]["per_budget"]})
     out = {}
     for b in budgets:
         have = [i for i in scored if b in scores[i]["per_budget"]]
